@@ -1,0 +1,67 @@
+"""The one app factory. Typed state lives in AppKeys; resources are owned by ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from . import handlers
+from .backends import BackendPool
+from .config import Config
+from .middleware import auth_middleware, error_middleware
+from .proxy import Proxy
+from .state import CONFIG, DRAINING, POOL, PROXY
+
+log = logging.getLogger("mtproxy")
+
+
+def create_app(config: Config) -> web.Application:
+    middlewares = [error_middleware]
+    if config.server.api_keys:
+        middlewares.append(auth_middleware(k.get_secret_value() for k in config.server.api_keys))
+    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[POOL] = BackendPool(config)
+    app[DRAINING] = asyncio.Event()
+    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_health_checks)
+    app.on_shutdown.append(_start_draining)
+    handlers.add_routes(app)
+    return app
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    t = app[CONFIG].timeouts
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        raise_for_status=False,
+    )
+    app[PROXY] = Proxy(app[CONFIG], app[POOL], session)
+    try:
+        yield
+    finally:
+        await session.close()
+
+
+async def _health_checks(app: web.Application) -> AsyncIterator[None]:
+    pool, session = app[POOL], app[PROXY].session
+    await pool.probe_all(session)
+    task = asyncio.create_task(pool.run(session), name="mtproxy-health")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[DRAINING].set()

@@ -1,0 +1,188 @@
+"""Configuration: strict pydantic models, YAML loading and ``${ENV}`` interpolation.
+
+Config is loaded from text (``load_config_text``) so tests need no files; ``load_config`` reads a
+path. Every error is a :class:`ConfigError` whose message names the field path
+(``backends[1].url: …``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from yarl import URL
+
+RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "mlx", "trtllm", "llama-cpp-python", "openai")
+Runtime = Literal["vllm", "sglang", "llamacpp", "ollama", "mlx", "trtllm", "llama-cpp-python", "openai"]
+MtpPolicy = Literal["prefer", "require", "ignore"]
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``str(err)`` is one line per problem, each naming its field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=0, le=65535)
+    api_keys: list[SecretStr] = []
+    shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+
+
+class TimeoutsConfig(_Strict):
+    connect: float = Field(5.0, gt=0, description="TCP connect to a backend")
+    first_token: float = Field(120.0, gt=0, description="request sent → first streamed byte")
+    idle: float = Field(60.0, gt=0, description="longest silence between stream chunks")
+    request: float = Field(600.0, gt=0, description="whole non-streaming request")
+
+
+class HealthConfig(_Strict):
+    interval: float = Field(5.0, gt=0)
+    timeout: float = Field(2.0, gt=0)
+
+
+class BackendConfig(_Strict):
+    name: str = Field(min_length=1)
+    runtime: Runtime
+    url: str
+    models: list[str] | None = None
+    mtp: bool | None = None
+    api_key: SecretStr | None = None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # `${KEY:-}` with KEY unset: no key
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"must be an http(s) URL with a host, got {value!r}")
+        return value.rstrip("/")
+
+
+class ModelConfig(_Strict):
+    mtp: bool | None = None
+    aliases: list[str] = []
+
+
+class RoutingConfig(_Strict):
+    mtp: MtpPolicy = "prefer"
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    health: HealthConfig = HealthConfig()
+    backends: list[BackendConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = {}
+    routing: RoutingConfig = RoutingConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for i, backend in enumerate(self.backends):
+            if backend.name in seen:
+                raise _FieldError(f"backends[{i}].name", f"duplicate backend name {backend.name!r}")
+            seen.add(backend.name)
+        owner: dict[str, str] = {}
+        for model, cfg in self.models.items():
+            for alias in cfg.aliases:
+                if alias in self.models and alias != model:
+                    raise _FieldError(f"models.{model}.aliases", f"{alias!r} is also a model name")
+                if owner.setdefault(alias, model) != model:
+                    raise _FieldError(
+                        f"models.{model}.aliases", f"{alias!r} is already an alias of {owner[alias]!r}"
+                    )
+        return self
+
+
+class _FieldError(ValueError):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors(include_url=False, include_input=False):
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _FieldError):
+            lines.append(str(ctx_err))
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{_path(e['loc'])}: {msg}")
+    return "\n".join(lines)
+
+
+def interpolate_env(data: Any, env: dict[str, str], path: tuple[int | str, ...] = ()) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML document."""
+    if isinstance(data, dict):
+        return {k: interpolate_env(v, env, (*path, k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate_env(v, env, (*path, i)) for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{_path(path)}: environment variable {name} is not set")
+
+    return _ENV_RE.sub(sub, data)
+
+
+def load_config_text(text: str, env: dict[str, str] | None = None) -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"(yaml): {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): expected a mapping with at least `backends`")
+    data = interpolate_env(data, dict(os.environ) if env is None else env)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    return load_config_text(text, env)

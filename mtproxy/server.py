@@ -1,0 +1,66 @@
+"""Running the app: listen, wait for SIGTERM/SIGINT, drain in-flight requests, exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config
+
+log = logging.getLogger("mtproxy")
+
+
+async def start(app: web.Application, host: str, port: int, *, shutdown_grace: float) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on host:port (0 = any free port); returns the runner and the bound port.
+
+    Used by ``serve`` and by the tests, so both run the app the same way.
+    """
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        # a client that disconnects cancels its handler, which closes the upstream request
+        handler_cancellation=True,
+        shutdown_timeout=shutdown_grace,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
+async def serve(config: Config, *, ready: Callable[[int], None] | None = None) -> None:
+    app = create_app(config)
+    runner, port = await start(app, config.server.host, config.server.port,
+                               shutdown_grace=config.server.shutdown_grace)
+    log.info("mtproxy listening on http://%s:%d (%d backends)", config.server.host, port,
+             len(config.backends))
+    if ready is not None:
+        ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests (up to %g s)", config.server.shutdown_grace)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def run(config: Config) -> None:
+    """Blocking entry point, on uvloop when it is installed."""
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config))

@@ -1,0 +1,154 @@
+"""A fake OpenAI-compatible runtime: a real aiohttp server on 127.0.0.1, port 0.
+
+Its behaviour is set per test through :class:`Behaviour`; every request it receives is recorded,
+and it notices when the proxy closes a stream early (``closed_early``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Behaviour:
+    models: list[str] = field(default_factory=lambda: ["m1"])
+    tokens: list[str] = field(default_factory=lambda: ["Hel", "lo", " wor", "ld"])
+    token_delay: float = 0.0  # seconds between stream chunks
+    first_token_delay: float = 0.0
+    status: int = 200  # answer every generation request with this status...
+    error_body: bytes = b'{"error":{"message":"boom","type":"server_error","code":500}}'
+    healthy: bool = True
+    die_after: int | None = None  # ...or close the connection after this many stream chunks
+    send_done: bool = True
+    split_events: bool = False  # write each event in two TCP writes, cut mid-JSON
+    gate: asyncio.Event | None = None  # when set: hold the stream after the first token until set
+
+
+class FakeRuntime:
+    def __init__(self, name: str = "fake", behaviour: Behaviour | None = None) -> None:
+        self.name = name
+        self.b = behaviour or Behaviour()
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.closed_early = asyncio.Event()
+        self.stream_started = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeRuntime:
+        app = web.Application()
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.generate)
+        app.router.add_post("/v1/completions", self.generate)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def health(self, request: web.Request) -> web.Response:
+        if not self.b.healthy:
+            return web.json_response({"error": "loading"}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": self.name} for m in self.b.models]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3},
+        })
+
+    def _record(self, request: web.Request, body: dict[str, Any]) -> None:
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self._record(request, body)
+        if self.b.status != 200:
+            return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
+        chat = request.path.endswith("/chat/completions")
+        if not body.get("stream"):
+            await asyncio.sleep(self.b.first_token_delay)
+            text = "".join(self.b.tokens)
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                      if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+            return web.json_response({
+                "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": body["model"], "choices": [choice],
+                "usage": self._usage(),
+            })
+        return await self._stream(request, body, chat)
+
+    def _usage(self) -> dict[str, int]:
+        n = len(self.b.tokens)
+        return {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
+
+    def _chunk(self, body: dict[str, Any], chat: bool, token: str | None, finish: str | None) -> bytes:
+        if chat:
+            choice = {"index": 0, "delta": {"content": token} if token is not None else {}, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": token or "", "finish_reason": finish}
+        obj = {"id": "cmpl-1", "object": "chat.completion.chunk" if chat else "text_completion",
+               "created": 0, "model": body["model"], "choices": [choice]}
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], chat: bool) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        self.stream_started.set()
+        try:
+            await asyncio.sleep(self.b.first_token_delay)
+            for i, token in enumerate(self.b.tokens):
+                if self.b.die_after is not None and i >= self.b.die_after:
+                    request.transport.close()  # type: ignore[union-attr]
+                    return resp
+                if i == 1 and self.b.gate is not None:
+                    await self.b.gate.wait()
+                if i:
+                    await asyncio.sleep(self.b.token_delay)
+                await self._write(resp, self._chunk(body, chat, token, None))
+            await self._write(resp, self._chunk(body, chat, None, "stop"))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0,
+                         "model": body["model"], "choices": [], "usage": self._usage()}
+                await self._write(resp, b"data: " + orjson.dumps(usage) + b"\n\n")
+            if self.b.send_done:
+                await self._write(resp, b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.closed_early.set()
+            raise
+        return resp
+
+    async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
+        if self.b.split_events:
+            half = len(data) // 2
+            await resp.write(data[:half])
+            await asyncio.sleep(0.005)
+            data = data[half:]
+        await resp.write(data)
