@@ -13,6 +13,7 @@ from aiohttp import web
 from . import handlers
 from .backends import BackendPool
 from .config import Config
+from .ollama import api as ollama_api
 from .middleware import auth_middleware, error_middleware
 from .proxy import Proxy
 from .state import CONFIG, DRAINING, POOL, PROXY
@@ -32,6 +33,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_health_checks)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
+    ollama_api.add_routes(app)
     return app
 
 

@@ -7,8 +7,8 @@ import time
 from aiohttp import web
 
 from .errors import ModelNotFound
-from .proxy import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from .state import DRAINING, POOL, PROXY
+from .wire import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 
 def _forward(endpoint: Endpoint):
     async def handler(request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler, Middleware
 from ..errors import Unauthorized
 
 # Liveness, readiness and scraping stay open so orchestrators and Prometheus need no secret.
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/metrics"})
 
 
 def auth_middleware(keys: Iterable[str]) -> Middleware:

@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..errors import ProxyError, error_body
+from ..errors import ProxyError
 
 log = logging.getLogger("mtproxy.errors")
 
@@ -18,7 +18,9 @@ _HTTP_TYPES = {
 }
 
 
-def error_response(err: ProxyError) -> web.Response:
+def error_response(request: web.Request, err: ProxyError) -> web.Response:
+    if request.path.startswith("/api/"):  # Ollama clients: {"error": "<text>"}
+        return web.json_response({"error": err.message}, status=err.status, headers=err.headers)
     return web.Response(body=err.json(), status=err.status, content_type="application/json",
                         headers=err.headers)
 
@@ -32,18 +34,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.info("%s %s -> %d %s", request.method, request.path, err.status, err.message)
         else:
             log.warning("%s %s -> %d %s", request.method, request.path, err.status, err.message)
-        return error_response(err)
+        return error_response(request, err)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         type_, code = _HTTP_TYPES.get(exc.status, ("invalid_request_error", None))
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         log.info("%s %s -> %d %s", request.method, request.path, exc.status, message)
-        return web.json_response(error_body(message, type_, code=code), status=exc.status)
+        return error_response(request, ProxyError(message, status=exc.status, type_=type_, code=code))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(
-            error_body("The proxy hit an internal error; it has been logged.", "server_error",
-                       code="internal_error"),
-            status=500,
-        )
+        return error_response(request, ProxyError("The proxy hit an internal error; it has been logged.",
+                                                  code="internal_error"))

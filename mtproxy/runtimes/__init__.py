@@ -1,26 +1,25 @@
-"""Runtime adapters: one object per runtime name, all behind :class:`Runtime`."""
+"""Runtime adapters: one module per runtime, all behind :class:`~.base.Runtime`."""
 
 from __future__ import annotations
 
-from .base import BackendHTTP, OpenAICompatible, Probe, Runtime
+from .base import BackendHTTP, Probe, Report, Runtime
+from .llama_cpp_python import LlamaCppPython
+from .llamacpp import LlamaCpp
+from .mlx import MLX
+from .ollama import Ollama
+from .openai_compat import OpenAICompatible
+from .sglang import SGLang
+from .trtllm import TensorRTLLM
+from .vllm import VLLM
 
-# Health endpoints from ../shared/reference/runtimes.md §3–4. llama-cpp-python's server has no
-# /health (its /v1/models answers instead); a generic OpenAI-compatible server may not have one.
-# Ollama answers OpenAI requests under /v1 and liveness at /api/version.
-_ADAPTERS: dict[str, Runtime] = {
-    "vllm": OpenAICompatible("vllm"),
-    "sglang": OpenAICompatible("sglang"),
-    "llamacpp": OpenAICompatible("llamacpp"),
-    "ollama": OpenAICompatible("ollama", health_path="/api/version"),
-    "mlx": OpenAICompatible("mlx"),
-    "trtllm": OpenAICompatible("trtllm"),
-    "llama-cpp-python": OpenAICompatible("llama-cpp-python", health_path=None),
-    "openai": OpenAICompatible("openai", health_path=None),
+ADAPTERS: dict[str, type[Runtime]] = {
+    cls.name: cls
+    for cls in (VLLM, SGLang, LlamaCpp, Ollama, MLX, TensorRTLLM, LlamaCppPython, OpenAICompatible)
 }
 
 
 def runtime_for(name: str) -> Runtime:
-    return _ADAPTERS[name]
+    return ADAPTERS[name]()
 
 
-__all__ = ["BackendHTTP", "Probe", "Runtime", "runtime_for"]
+__all__ = ["ADAPTERS", "BackendHTTP", "Probe", "Report", "Runtime", "runtime_for"]

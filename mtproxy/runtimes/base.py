@@ -1,7 +1,8 @@
 """The one seam between the proxy core and a runtime: the :class:`Runtime` protocol.
 
 Nothing outside ``mtproxy/runtimes/`` branches on a runtime's name; it asks the backend's
-``Runtime`` object instead.
+``Runtime`` object instead. Everything a runtime hands back is in OpenAI's format by the time it
+leaves its adapter: SSE events as ``(raw bytes, parsed object)`` pairs, bodies as JSON bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from ..errors import UpstreamError, normalise_upstream_error
+from ..errors import UpstreamError
+from ..wire import ApiRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +29,58 @@ class Probe:
     version: str | None = None
 
 
+@dataclass(slots=True)
+class Report:
+    """What the runtime itself reported about one request. ``None`` means it did not say."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    draft_tokens: int | None = None  # speculative tokens proposed (MTP heads or a draft model)
+    accepted_tokens: int | None = None  # of those, accepted
+    tokens_per_step: float | None = None  # runtime's own tokens per decode iteration
+    prompt_seconds: float | None = None  # runtime's own prompt-processing time
+    decode_seconds: float | None = None  # runtime's own generation time
+
+
+class _Done:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DONE"
+
+
+DONE: Any = _Done()  # the parsed form of `data: [DONE]`
+
+# One stream event in OpenAI's format: the bytes the runtime sent for it (None when the adapter
+# made the event up, e.g. translating NDJSON), and its parsed data: a dict, DONE, or None for
+# events without JSON data (comments, keep-alives).
+Event = tuple[bytes | None, Any]
+
+
+class StreamFailure(Exception):
+    """The runtime reported an error inside a stream that had already started."""
+
+
+class StreamDecoder(Protocol):
+    def feed(self, data: bytes) -> list[Event]:
+        """Upstream bytes in, the complete OpenAI events they finish out."""
+        ...
+
+    def flush(self) -> list[Event]:
+        """At upstream EOF: whatever a trailing partial event still completes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """The request as the runtime wants it."""
+
+    path: str
+    body: bytes
+
+
 class BackendHTTP:
-    """Bounded GETs against one backend, for probes (never on the request path)."""
+    """Bounded requests against one backend, for probes (never on the request path)."""
 
     __slots__ = ("session", "base_url", "headers", "timeout")
 
@@ -42,8 +94,12 @@ class BackendHTTP:
     async def get(self, path: str) -> tuple[int, Any]:
         """GET ``path``; returns (status, parsed JSON or None). Raises ``OSError``,
         ``aiohttp.ClientError`` or ``TimeoutError`` when the backend cannot be reached."""
-        async with self.session.get(self.base_url.join(URL(path)), headers=self.headers,
-                                    timeout=self.timeout) as resp:
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+        data = None if json is None else orjson.dumps(json)
+        async with self.session.request(method, self.base_url.join(URL(path)), data=data,
+                                        headers=self.headers, timeout=self.timeout) as resp:
             body = await resp.read()
         try:
             return resp.status, orjson.loads(body) if body else None
@@ -57,7 +113,25 @@ class Runtime(Protocol):
     name: str
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
-        """Liveness (the runtime's own health endpoint) and, when ``discover``, its model list."""
+        """Liveness (the runtime's own health endpoint), version, and when ``discover`` the
+        model list."""
+        ...
+
+    async def show(self, http: BackendHTTP, model: str) -> dict[str, Any] | None:
+        """The runtime's own description of a model (Ollama ``/api/show``), if it has one."""
+        ...
+
+    def prepare(self, req: ApiRequest) -> Upstream:
+        """The request for this runtime: its path, usage asked for in streams, fields it
+        rejects removed, another API translated to."""
+        ...
+
+    def stream_decoder(self, req: ApiRequest, report: Report) -> StreamDecoder:
+        """Turns the runtime's stream into OpenAI events, filling ``report`` on the way."""
+        ...
+
+    def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
+        """The runtime's non-streaming answer as an OpenAI JSON body; fills ``report``."""
         ...
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
@@ -68,42 +142,6 @@ class Runtime(Protocol):
 PROBE_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
-def model_ids(data: Any) -> tuple[str, ...] | None:
-    """Model ids from an OpenAI ``/v1/models`` list body."""
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        return tuple(m["id"] for m in data["data"] if isinstance(m, dict) and isinstance(m.get("id"), str))
-    return None
-
-
-class OpenAICompatible:
-    """A runtime that serves the OpenAI API under ``/v1`` and a health endpoint.
-
-    ``health_path`` None means the runtime has no health endpoint and ``/v1/models`` answers for it.
-    """
-
-    def __init__(self, name: str, *, health_path: str | None = "/health") -> None:
-        self.name = name
-        self.health_path = health_path
-
-    async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
-        try:
-            if self.health_path is not None:
-                status, _ = await http.get(self.health_path)
-                if status != 200:
-                    return Probe(False, f"{self.health_path} answered HTTP {status}")
-            if not discover and self.health_path is not None:
-                return Probe(True)
-            status, data = await http.get("/v1/models")
-        except PROBE_ERRORS as exc:
-            return Probe(False, describe(exc))
-        if status != 200:
-            return Probe(False, f"/v1/models answered HTTP {status}")
-        return Probe(True, models=model_ids(data) if discover else None)
-
-    def upstream_error(self, status: int, body: bytes) -> UpstreamError:
-        return normalise_upstream_error(status, body)
-
-
 def describe(exc: BaseException) -> str:
     """A short, secret-free description of a connection-level failure."""
     if isinstance(exc, asyncio.TimeoutError):
@@ -111,3 +149,13 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None

@@ -1,0 +1,2 @@
+"""MTP knowledge: which runtimes run it (``registry``), which models are trained for it
+(``detect``), and whether a backend is running it now (``state``)."""

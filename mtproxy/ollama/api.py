@@ -1,0 +1,239 @@
+"""The Ollama API served to Ollama clients, in front of any backend whatever its runtime.
+
+Requests are translated to OpenAI's format, routed like any other, and the OpenAI events the
+backend's adapter yields are written back as Ollama NDJSON (``application/x-ndjson``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from ..encoders import OPENAI
+from ..errors import InvalidRequest
+from ..runtimes.base import DONE, Event, Report
+from ..state import POOL, PROXY
+from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, from_payload
+from . import wire
+
+
+class OllamaStream:
+    """OpenAI events in, Ollama NDJSON lines out (``chat`` or ``generate`` shaped)."""
+
+    content_type = "application/x-ndjson"
+
+    def __init__(self, model: str, generate: bool, report: Report) -> None:
+        self.model = model
+        self.generate = generate
+        self.report = report
+        self.finished = False
+        self.started = time.monotonic()
+        self.usage: dict[str, Any] | None = None
+        self.reason = "stop"
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+
+    def _line(self, text: str = "", thinking: str = "", **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "created_at": wire.now_iso()}
+        if self.generate:
+            out["response"] = text
+            if thinking:
+                out["thinking"] = thinking
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
+            out["message"] = message
+        out.update(extra)
+        return out
+
+    def encode(self, events: list[Event]) -> bytes:
+        lines: list[bytes] = []
+        for _raw, obj in events:
+            if obj is DONE:
+                self.finished = True
+                lines.append(orjson.dumps(self._final()))
+            elif obj.__class__ is dict:
+                if obj.get("usage"):
+                    self.usage = obj["usage"]
+                for choice in obj.get("choices") or ():
+                    line = self._choice(choice)
+                    if line is not None:
+                        lines.append(orjson.dumps(line))
+        return b"".join(line + b"\n" for line in lines)
+
+    def _choice(self, choice: dict[str, Any]) -> dict[str, Any] | None:
+        if choice.get("finish_reason"):
+            self.reason = wire.DONE_REASON.get(choice["finish_reason"], "stop")
+        delta = choice.get("delta")
+        if delta is None:  # a text completion chunk
+            text, thinking = choice.get("text") or "", ""
+        else:
+            text = delta.get("content") or ""
+            thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            for call in delta.get("tool_calls") or ():
+                slot = self.tool_calls.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
+                fn = call.get("function") or {}
+                slot["name"] += fn.get("name") or ""
+                slot["arguments"] += fn.get("arguments") or ""
+        if not text and not thinking:
+            return None
+        return self._line(text, thinking, done=False)
+
+    def _final(self) -> dict[str, Any]:
+        line = self._line()
+        if self.tool_calls and not self.generate:
+            line["message"]["tool_calls"] = [
+                {"function": {"name": c["name"], "arguments": _json_or_empty(c["arguments"])}}
+                for _, c in sorted(self.tool_calls.items())]
+        line.update(wire.final_fields(self.usage, self.reason, int((time.monotonic() - self.started) * 1e9),
+                                      self.report.prompt_seconds, self.report.decode_seconds))
+        return line
+
+    def error(self, body: dict[str, Any]) -> bytes:
+        return orjson.dumps({"error": body["error"]["message"]}) + b"\n"
+
+
+def _json_or_empty(text: str) -> Any:
+    try:
+        return orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return {}
+
+
+class OllamaFormat:
+    def __init__(self, generate: bool) -> None:
+        self.generate = generate
+
+    def stream_encoder(self, req: ApiRequest, report: Report) -> OllamaStream:
+        return OllamaStream(req.model, self.generate, report)
+
+    def body(self, req: ApiRequest, body: bytes, report: Report) -> tuple[bytes, str]:
+        enc = OllamaStream(req.model, self.generate, report)
+        obj = orjson.loads(body)
+        choice = (obj.get("choices") or [{}])[0]
+        message = choice.get("message")
+        text = message.get("content") if message is not None else choice.get("text")
+        thinking = (message or {}).get("reasoning_content") or (message or {}).get("reasoning") or ""
+        enc.usage = obj.get("usage")
+        enc.reason = wire.DONE_REASON.get(choice.get("finish_reason") or "stop", "stop")
+        for i, call in enumerate((message or {}).get("tool_calls") or ()):
+            fn = call.get("function") or {}
+            enc.tool_calls[i] = {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""}
+        out = enc._final()
+        if self.generate:
+            out["response"] = text or ""
+        else:
+            out["message"]["content"] = text or ""
+        if thinking:
+            (out if self.generate else out["message"])["thinking"] = thinking
+        return orjson.dumps(out), "application/json"
+
+
+CHAT_FORMAT = OllamaFormat(generate=False)
+GENERATE_FORMAT = OllamaFormat(generate=True)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    if "model" not in body and isinstance(body.get("name"), str):  # the older spelling
+        body["model"] = body["name"]
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise InvalidRequest("model is required", param="model")
+    return body
+
+
+def _loaded(model: str, generate: bool) -> web.Response:
+    """Ollama answers a request with no input by loading the model; here it is always ready."""
+    out: dict[str, Any] = {"model": model, "created_at": wire.now_iso()}
+    out.update({"response": ""} if generate else {"message": {"role": "assistant", "content": ""}})
+    out.update({"done_reason": "load", "done": True})
+    return web.json_response(out)
+
+
+def _with_usage(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload.get("stream"):
+        payload["stream_options"] = {"include_usage": True}  # the final line carries the counts
+    return payload
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await _json(request)
+    if not body.get("messages"):
+        request.app[PROXY].router.resolve(body["model"])
+        return _loaded(body["model"], generate=False)
+    req = from_payload(_with_usage(wire.openai_chat_from_ollama(body)), CHAT)
+    return await request.app[PROXY].forward(request, req, CHAT_FORMAT)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = await _json(request)
+    if not body.get("prompt") and not body.get("images"):
+        request.app[PROXY].router.resolve(body["model"])
+        return _loaded(body["model"], generate=True)
+    payload, is_chat = wire.openai_from_generate(body)
+    req = from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
+    return await request.app[PROXY].forward(request, req, GENERATE_FORMAT)
+
+
+async def embed(request: web.Request) -> web.Response:
+    body = await _json(request)
+    legacy = request.path == "/api/embeddings"  # {"prompt": "..."} → {"embedding": [...]}
+    payload = {"model": body["model"], "input": body.get("prompt", "") if legacy else body.get("input", "")}
+    if body.get("dimensions"):
+        payload["dimensions"] = body["dimensions"]
+    resp = await request.app[PROXY].forward(request, from_payload(payload, EMBEDDINGS), OPENAI)
+    data = orjson.loads(resp.body)  # type: ignore[attr-defined]
+    vectors = [d.get("embedding") for d in data.get("data") or ()]
+    if legacy:
+        out: dict[str, Any] = {"embedding": vectors[0] if vectors else []}
+    else:
+        out = {"model": body["model"], "embeddings": vectors,
+               "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens")}
+    return web.json_response(out, headers={k: v for k, v in resp.headers.items() if k.startswith("x-mtproxy")})
+
+
+def _tag(name: str) -> dict[str, Any]:
+    return {"name": name, "model": name, "modified_at": "1970-01-01T00:00:00Z", "size": 0, "digest": "",
+            "details": {"parent_model": "", "format": "", "family": "", "families": None,
+                        "parameter_size": "", "quantization_level": ""}}
+
+
+async def tags(request: web.Request) -> web.Response:
+    return web.json_response({"models": [_tag(name) for name in request.app[POOL].model_names()]})
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": __version__})
+
+
+async def show(request: web.Request) -> web.Response:
+    model = (await _json(request))["model"]
+    shown = await request.app[PROXY].show(model)
+    if shown is None:
+        shown = {"modelfile": "", "parameters": "", "template": "", "details": _tag(model)["details"],
+                 "model_info": {}, "capabilities": ["completion"]}
+    return web.json_response(shown)
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running (mtproxy)")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/chat", chat)
+    app.router.add_post("/api/generate", generate)
+    app.router.add_post("/api/embed", embed)
+    app.router.add_post("/api/embeddings", embed)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/version", version)
+    app.router.add_post("/api/show", show)
+    app.router.add_get("/", root)

@@ -1,0 +1,34 @@
+"""llama-cpp-python's server (``python -m llama_cpp.server``).
+
+Source: abetlen/llama-cpp-python llama_cpp/server/app.py, llama_cpp/server/errors.py.
+- no /health: /v1/models answers for liveness;
+- version: GET /openapi.json → info.version;
+- streams never carry usage (stream_options is ignored): token counts stay unknown;
+- accepts any `model` name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UpstreamError, normalise_upstream_error
+from .openai_compat import OpenAICompatible
+
+
+class LlamaCppPython(OpenAICompatible):
+    name = "llama-cpp-python"
+    health_path = None
+    version_path = "/openapi.json"
+
+    def version_from(self, data: Any) -> str | None:
+        info = data.get("info") if isinstance(data, dict) else None
+        version = info.get("version") if isinstance(info, dict) else None
+        return version if isinstance(version, str) else None
+
+    def upstream_error(self, status: int, body: bytes) -> UpstreamError:
+        """Its server answers a request that fails validation with 500 and pydantic's error list
+        (llama_cpp/server/errors.py); that is the client's mistake, so it becomes a 400."""
+        err = normalise_upstream_error(status, body)
+        if status == 500 and err.message.startswith("[{'type':") and "'loc': ('body'" in err.message:
+            return UpstreamError(f"Invalid request: {err.message}", status=400, type_="invalid_request_error")
+        return err

@@ -1,0 +1,53 @@
+"""llama.cpp's llama-server.
+
+Source: ggml-org/llama.cpp tools/server (server.cpp, README.md); real captures of build
+b1-0c1e570 in ../shared/reference/transcripts/llama-server/.
+- health: GET /health → 200 {"status":"ok"}, 503 while the model loads;
+- version: GET /props → "build_info": "b<N>-<hash>";
+- every response carries `timings` {prompt_n, prompt_ms, predicted_n, predicted_ms, …, and with
+  speculation draft_n, draft_n_accepted}; in streams on the usage chunk, or on the finish chunk
+  when usage was not asked for;
+- errors: {"error": {"code", "message", "type"}}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Report, as_float, as_int
+from .openai_compat import OpenAICompatible, observe_usage
+
+
+class LlamaCpp(OpenAICompatible):
+    name = "llamacpp"
+    health_path = "/health"
+    version_path = "/props"
+
+    def version_from(self, data: Any) -> str | None:
+        build = data.get("build_info") if isinstance(data, dict) else None
+        return build if isinstance(build, str) and build else None
+
+    def observe(self, obj: dict[str, Any], report: Report) -> None:
+        observe_usage(obj, report)
+        timings = obj.get("timings")
+        if timings:
+            observe_timings(timings, report)
+
+
+def observe_timings(timings: dict[str, Any], report: Report) -> None:
+    prompt_n = as_int(timings.get("prompt_n"))
+    if prompt_n is not None and report.prompt_tokens is None:
+        report.prompt_tokens = prompt_n
+    predicted_n = as_int(timings.get("predicted_n"))
+    if predicted_n is not None and report.completion_tokens is None:
+        report.completion_tokens = predicted_n
+    prompt_ms = as_float(timings.get("prompt_ms"))
+    if prompt_ms is not None:
+        report.prompt_seconds = prompt_ms / 1000
+    predicted_ms = as_float(timings.get("predicted_ms"))
+    if predicted_ms is not None:
+        report.decode_seconds = predicted_ms / 1000
+    draft_n = as_int(timings.get("draft_n"))
+    if draft_n is not None:
+        report.draft_tokens = draft_n
+        report.accepted_tokens = as_int(timings.get("draft_n_accepted"))

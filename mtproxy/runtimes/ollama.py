@@ -1,0 +1,164 @@
+"""Ollama, spoken to through its native API so its timings and options are available.
+
+Source: ollama/ollama server/routes.go (/api/chat, /api/generate, /api/embed, /api/tags,
+/api/version, /api/show), api/types.go (request/response structs, Metrics in nanoseconds).
+- streams are NDJSON (application/x-ndjson), streaming unless "stream": false; the last object
+  has done: true, done_reason and prompt_eval_count/_duration, eval_count/_duration;
+- an error inside a stream is an object {"error": "<text>"};
+- errors are {"error": "<text>"} with the HTTP status;
+- no draft/acceptance figures at all; `options.draft_num_predict` sets MTP drafting length.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import UpstreamError, normalise_upstream_error
+from ..ollama import wire
+from ..wire import ApiRequest
+from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, StreamFailure, Upstream, describe
+
+_PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
+
+
+def observe(obj: dict[str, Any], report: Report) -> None:
+    if isinstance(obj.get("prompt_eval_count"), int):
+        report.prompt_tokens = obj["prompt_eval_count"]
+    if isinstance(obj.get("eval_count"), int):
+        report.completion_tokens = obj["eval_count"]
+    if isinstance(obj.get("prompt_eval_duration"), int):
+        report.prompt_seconds = obj["prompt_eval_duration"] / 1e9
+    if isinstance(obj.get("eval_duration"), int):
+        report.decode_seconds = obj["eval_duration"] / 1e9
+
+
+class NDJSONDecoder:
+    """Ollama's NDJSON stream in, OpenAI chunks out (made up, so their raw bytes are None)."""
+
+    __slots__ = ("_tail", "_chat", "_model", "_id", "_created", "_first", "_tools", "_report")
+
+    def __init__(self, req: ApiRequest, report: Report) -> None:
+        self._tail = b""
+        self._chat = req.endpoint.kind == "chat"
+        self._model = req.model
+        self._id = wire.new_id("chatcmpl" if self._chat else "cmpl")
+        self._created = int(time.time())
+        self._first = True
+        self._tools = False
+        self._report = report
+
+    def feed(self, data: bytes) -> list[Event]:
+        data = self._tail + data
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:]
+        return self._lines(data[:cut]) if cut else []
+
+    def flush(self) -> list[Event]:
+        tail, self._tail = self._tail, b""
+        return self._lines(tail) if tail.strip() else []
+
+    def _lines(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise StreamFailure("unparseable line in the NDJSON stream") from None
+            if not isinstance(obj, dict):
+                continue
+            if "error" in obj:
+                raise StreamFailure(str(obj["error"]))
+            events.extend(self._convert(obj))
+        return events
+
+    def _chunk(self, choice: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self._id, "object": "chat.completion.chunk" if self._chat else "text_completion",
+                "created": self._created, "model": self._model, "choices": [choice]}
+
+    def _convert(self, obj: dict[str, Any]) -> list[Event]:
+        events: list[Event] = []
+        if self._chat:
+            delta = wire.chat_delta(obj, self._first)
+            self._tools = self._tools or "tool_calls" in delta
+            if delta and (not obj.get("done") or len(delta) > 1 or self._first):
+                events.append((None, self._chunk({"index": 0, "delta": delta, "finish_reason": None})))
+                self._first = False
+        elif obj.get("response"):
+            events.append((None, self._chunk({"index": 0, "text": obj["response"], "finish_reason": None})))
+        if obj.get("done"):
+            observe(obj, self._report)
+            reason = wire.finish_reason(obj, self._tools)
+            final = ({"index": 0, "delta": {}, "finish_reason": reason} if self._chat
+                     else {"index": 0, "text": "", "finish_reason": reason})
+            events.append((None, self._chunk(final)))
+            usage = wire.usage_of(obj)
+            if usage:
+                events.append((None, {**self._chunk({}), "choices": [], "usage": usage}))
+            events.append((None, DONE))
+        return events
+
+
+class Ollama:
+    name = "ollama"
+
+    async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
+        try:
+            status, data = await http.get("/api/version")
+            if status != 200:
+                return Probe(False, f"/api/version answered HTTP {status}")
+            version = data.get("version") if isinstance(data, dict) else None
+            models = None
+            if discover:
+                status, tags = await http.get("/api/tags")
+                if status != 200:
+                    return Probe(False, f"/api/tags answered HTTP {status}")
+                models = tuple(m.get("name") or m.get("model") for m in (tags or {}).get("models") or ()
+                               if isinstance(m, dict) and (m.get("name") or m.get("model")))
+        except PROBE_ERRORS as exc:
+            return Probe(False, describe(exc))
+        return Probe(True, models=models, version=version if isinstance(version, str) else None)
+
+    async def show(self, http: BackendHTTP, model: str) -> dict[str, Any] | None:
+        try:
+            status, data = await http.request("POST", "/api/show", json={"model": model})
+        except PROBE_ERRORS:
+            return None
+        return data if status == 200 and isinstance(data, dict) else None
+
+    def prepare(self, req: ApiRequest) -> Upstream:
+        kind = req.endpoint.kind
+        if kind == "chat":
+            body = wire.chat_request(req.payload, req.stream)
+        elif kind == "completions":
+            body = wire.generate_request(req.payload, req.stream)
+        else:
+            body = wire.embed_request(req.payload)
+        return Upstream(_PATHS[kind], orjson.dumps(body))
+
+    def stream_decoder(self, req: ApiRequest, report: Report) -> NDJSONDecoder:
+        return NDJSONDecoder(req, report)
+
+    def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("Ollama sent a body that is not JSON.", status=502) from None
+        if not isinstance(obj, dict):
+            raise UpstreamError("Ollama sent an unexpected body.", status=502)
+        observe(obj, report)
+        kind = req.endpoint.kind
+        if kind == "chat":
+            out = wire.chat_body(obj, req.model)
+        elif kind == "completions":
+            out = wire.completion_body(obj, req.model)
+        else:
+            out = wire.embeddings_body(obj, req.model)
+        return orjson.dumps(out)
+
+    def upstream_error(self, status: int, body: bytes) -> UpstreamError:
+        return normalise_upstream_error(status, body)

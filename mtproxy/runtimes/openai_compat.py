@@ -1,0 +1,171 @@
+"""The shared base of every runtime that speaks the OpenAI API: SSE decoding, usage in
+streams, OpenAI ``usage`` extraction, model discovery from ``/v1/models``.
+
+Runtime modules subclass :class:`OpenAICompatible` and override only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import orjson
+
+from ..errors import UpstreamError, normalise_upstream_error
+from ..sse import EventFramer
+from ..wire import ApiRequest
+from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, Upstream, as_int, describe
+
+
+def model_ids(data: Any) -> tuple[str, ...] | None:
+    """Model ids from an OpenAI ``/v1/models`` list body."""
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        return tuple(m["id"] for m in data["data"] if isinstance(m, dict) and isinstance(m.get("id"), str))
+    return None
+
+
+def parse_event(raw: bytes) -> Any:
+    """The data of one SSE event (without its blank line): dict, DONE, or None."""
+    if raw.startswith(b"data: ") and b"\n" not in raw:
+        data = raw[6:]
+    else:
+        data = b"\n".join(
+            line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            return None
+    if data == b"[DONE]":
+        return DONE
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class SSEDecoder:
+    """OpenAI SSE in, OpenAI events out: each event keeps the runtime's own bytes."""
+
+    __slots__ = ("_framer", "_observe", "_report")
+
+    def __init__(self, observe: Any, report: Report) -> None:
+        self._framer = EventFramer()
+        self._observe = observe
+        self._report = report
+
+    def feed(self, data: bytes) -> list[Event]:
+        complete = self._framer.feed(data)
+        return self._events(complete) if complete else []
+
+    def flush(self) -> list[Event]:
+        tail = self._framer.flush()
+        return self._events(tail) if tail else []
+
+    def _events(self, complete: bytes) -> list[Event]:
+        if b"\r" in complete:
+            complete = complete.replace(b"\r\n", b"\n")
+        events: list[Event] = []
+        observe, report = self._observe, self._report
+        for part in complete.split(b"\n\n"):
+            if not part:
+                continue
+            obj = parse_event(part)
+            if obj.__class__ is dict:
+                observe(obj, report)
+            events.append((part + b"\n\n", obj))
+        return events
+
+
+def observe_usage(obj: dict[str, Any], report: Report) -> None:
+    """OpenAI ``usage``: prompt and completion tokens."""
+    usage = obj.get("usage")
+    if usage:
+        prompt = as_int(usage.get("prompt_tokens"))
+        if prompt is not None:
+            report.prompt_tokens = prompt
+        completion = as_int(usage.get("completion_tokens"))
+        if completion is not None:
+            report.completion_tokens = completion
+
+
+class OpenAICompatible:
+    """A runtime that serves the OpenAI API under ``/v1``.
+
+    ``health_path`` None: the runtime has no health endpoint and ``/v1/models`` answers for it.
+    ``version_path`` None: it does not report a version.
+    """
+
+    name: ClassVar[str] = "openai"
+    health_path: ClassVar[str | None] = None
+    version_path: ClassVar[str | None] = None
+    # Request fields this runtime rejects; None: it accepts (and ignores) unknown fields.
+    accepted_fields: ClassVar[dict[str, frozenset[str]] | None] = None
+    # Fields mtproxy itself understands as extensions (Ollama `options`); never sent to
+    # runtimes that do not know them.
+    extension_fields: ClassVar[tuple[str, ...]] = ("options",)
+
+    async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
+        try:
+            if self.health_path is not None:
+                status, _ = await http.get(self.health_path)
+                if status != 200:
+                    return Probe(False, f"{self.health_path} answered HTTP {status}")
+            version = await self._version(http)
+            models = None
+            if discover or self.health_path is None:
+                status, data = await http.get("/v1/models")
+                if status != 200:
+                    return Probe(False, f"/v1/models answered HTTP {status}")
+                models = model_ids(data) if discover else None
+        except PROBE_ERRORS as exc:
+            return Probe(False, describe(exc))
+        return Probe(True, models=models, version=version)
+
+    async def _version(self, http: BackendHTTP) -> str | None:
+        if self.version_path is None:
+            return None
+        status, data = await http.get(self.version_path)
+        return self.version_from(data) if status == 200 else None
+
+    def version_from(self, data: Any) -> str | None:
+        version = data.get("version") if isinstance(data, dict) else None
+        return str(version) if version is not None else None
+
+    async def show(self, http: BackendHTTP, model: str) -> dict[str, Any] | None:
+        return None
+
+    def prepare(self, req: ApiRequest) -> Upstream:
+        payload = req.payload
+        changes: dict[str, Any] = {}
+        if req.stream and not req.client_usage:  # always ask for usage: token counts are exact
+            changes["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+        drop = self._dropped_fields(req, payload)
+        if not changes and not drop:
+            return Upstream(req.endpoint.path, req.body())
+        body = {k: v for k, v in payload.items() if k not in drop}
+        body.update(changes)
+        return Upstream(req.endpoint.path, orjson.dumps(body))
+
+    def _dropped_fields(self, req: ApiRequest, payload: dict[str, Any]) -> Iterable[str]:
+        if self.accepted_fields is not None:
+            accepted = self.accepted_fields[req.endpoint.kind]
+            return {k for k in payload if k not in accepted}
+        return {k for k in self.extension_fields if k in payload}
+
+    def observe(self, obj: dict[str, Any], report: Report) -> None:
+        """Fill ``report`` from one response object or stream chunk."""
+        observe_usage(obj, report)
+
+    def stream_decoder(self, req: ApiRequest, report: Report) -> SSEDecoder:
+        return SSEDecoder(self.observe, report)
+
+    def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        if isinstance(obj, dict):
+            self.observe(obj, report)
+        return body
+
+    def upstream_error(self, status: int, body: bytes) -> UpstreamError:
+        return normalise_upstream_error(status, body)

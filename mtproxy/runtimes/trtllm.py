@@ -1,0 +1,39 @@
+"""TensorRT-LLM's trtllm-serve.
+
+Source: NVIDIA/TensorRT-LLM tensorrt_llm/serve/openai_server.py (/health, /version),
+tensorrt_llm/serve/openai_protocol.py (request models with extra="forbid": an unknown field is
+a 400; flat ErrorResponse {"object":"error", …}).
+- per choice `avg_decoded_tokens_per_iter`: tokens per decode iteration, > 1 with MTP;
+- usage in streams with stream_options.include_usage.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from .base import Report, as_float
+from .openai_compat import OpenAICompatible, observe_usage
+
+
+def _accepted_fields() -> dict[str, frozenset[str]]:
+    data = json.loads(resources.files(__package__).joinpath("trtllm_fields.json").read_text())
+    return {"chat": frozenset(data["chat"]), "completions": frozenset(data["completions"]),
+            "embeddings": frozenset(data.get("embeddings", ("model", "input")))}
+
+
+class TensorRTLLM(OpenAICompatible):
+    name = "trtllm"
+    health_path = "/health"
+    version_path = "/version"
+
+    def __init__(self) -> None:
+        self.accepted_fields = _accepted_fields()
+
+    def observe(self, obj: dict[str, Any], report: Report) -> None:
+        observe_usage(obj, report)
+        for choice in obj.get("choices") or ():
+            per_iter = as_float(choice.get("avg_decoded_tokens_per_iter")) if isinstance(choice, dict) else None
+            if per_iter is not None:
+                report.tokens_per_step = per_iter

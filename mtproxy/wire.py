@@ -1,0 +1,77 @@
+"""The OpenAI request as the proxy sees it: endpoint, payload and what the client asked for.
+
+Lenient on input (unknown fields pass through to the runtime); strict only about the fields the
+proxy itself relies on (``model``, ``stream``, ``stream_options``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from .errors import InvalidRequest
+
+Kind = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    kind: Kind
+    path: str  # the OpenAI path; adapters of runtimes with another API map it
+    streams: bool  # whether `stream: true` is allowed
+
+
+CHAT = Endpoint("chat", "/v1/chat/completions", streams=True)
+COMPLETIONS = Endpoint("completions", "/v1/completions", streams=True)
+EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", streams=False)
+
+
+@dataclass(slots=True)
+class ApiRequest:
+    endpoint: Endpoint
+    payload: dict[str, Any]  # OpenAI-shaped; `model` is the served name once routed
+    raw: bytes | None  # the client's body, while it still matches `payload` byte for byte
+    model: str  # the name the client asked for
+    stream: bool
+    client_usage: bool  # the client asked for a usage chunk in the stream
+
+    def set_model(self, model: str) -> None:
+        if self.payload["model"] != model:
+            self.payload["model"] = model
+            self.raw = None
+
+    def body(self) -> bytes:
+        if self.raw is None:
+            self.raw = orjson.dumps(self.payload)
+        return self.raw
+
+
+def parse_request(body: bytes, endpoint: Endpoint) -> ApiRequest:
+    """Validate the parts of an OpenAI request body the proxy relies on."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    return from_payload(payload, endpoint, raw=body)
+
+
+def from_payload(payload: Any, endpoint: Endpoint, *, raw: bytes | None = None) -> ApiRequest:
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_model")
+    stream = payload.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be a boolean.", param="stream")
+    if stream and not endpoint.streams:
+        raise InvalidRequest("This endpoint does not stream.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
+    client_usage = bool(options and options.get("include_usage"))
+    return ApiRequest(endpoint, payload, raw, model, stream, client_usage)
