@@ -1,7 +1,17 @@
 """Fake runtimes that replay golden transcripts from ``tests/data/<runtime>/``.
 
-Each transcript follows the runtime's real wire format as its source writes it; the source is
-cited in that directory's SOURCE.md. The server is a real aiohttp server on 127.0.0.1, port 0;
+Each transcript follows the runtime's real wire format as its source writes it; every file's
+source is cited in that directory's SOURCE.md. The main ones:
+- vllm: vllm-project/vllm vllm/entrypoints/openai/chat_completion/serving.py, protocol.py,
+  vllm/entrypoints/generate/base/protocol.py (PerRequestMetrics);
+- sglang: sgl-project/sglang python/sglang/srt/entrypoints/openai/serving_chat.py, protocol.py;
+- llamacpp: real captures of llama-server b1-0c1e570 (../shared/reference/transcripts/llama-server);
+- ollama: ollama/ollama api/types.go, server/routes.go;
+- mlx: ml-explore/mlx-lm mlx_lm/server.py;
+- trtllm: NVIDIA/TensorRT-LLM tensorrt_llm/serve/openai_server.py, openai_protocol.py,
+  postprocess_handlers.py;
+- llama-cpp-python: abetlen/llama-cpp-python llama_cpp/server/app.py, errors.py,
+  llama_cpp/llama_chat_format.py. The server is a real aiohttp server on 127.0.0.1, port 0;
 streams are written event by event, as the runtime writes them.
 """
 
