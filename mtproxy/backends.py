@@ -1,25 +1,27 @@
-"""Live backend state and the background health checks that keep it current."""
+"""Live backend state and the background probes that keep it current: health, version, models,
+and for each model whether it is MTP-trained and whether the backend runs MTP for it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 import aiohttp
 from yarl import URL
 
 from .config import BackendConfig, Config
-from .runtimes import BackendHTTP, Probe, Runtime, runtime_for
+from .mtp import detect
+from .mtp.detect import UNKNOWN, Trained
+from .mtp.state import NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
+from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
 
 log = logging.getLogger("mtproxy.backends")
 
 
 class Backend:
     """One configured backend: its adapter and what the proxy currently knows of it."""
-
-    __slots__ = ("config", "name", "runtime", "base_url", "headers", "up", "detail", "models",
-                 "version", "outstanding")
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -29,7 +31,7 @@ class Backend:
         if url.path.rstrip("/").endswith("/v1"):  # a common slip: the root is wanted
             url = url.with_path(url.path.rstrip("/")[: -len("/v1")] or "/")
         self.base_url = url
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
         if config.api_key is not None:
             self.headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self.up = True  # optimistic until the first probe; a refused request marks it down
@@ -37,6 +39,12 @@ class Backend:
         self.models: tuple[str, ...] = tuple(config.models or ())
         self.version: str | None = None
         self.outstanding = 0
+        # MTP, per served model
+        self.reported: dict[str, Trained] = {}  # the runtime's word on "MTP-trained"
+        self.evidence: dict[str, Evidence] = {}  # the runtime's word on "MTP drafting on"
+        self.live: dict[str, Evidence] = {}  # what its responses showed
+        self.mtp: dict[str, MtpStatus] = {}
+        self.mtp_probed_at = 0.0
 
     def url(self, path: str) -> URL:
         return self.base_url.join(URL(path))
@@ -47,18 +55,24 @@ class Backend:
         self.up = False
         self.detail = reason
 
+    def mtp_on(self, model: str) -> bool:
+        status = self.mtp.get(model)
+        return status is not None and status.on
+
     def __repr__(self) -> str:
         return f"<Backend {self.name} up={self.up} outstanding={self.outstanding}>"
 
 
 class BackendPool:
-    """All backends, the model → backends index, and the health-check loop."""
+    """All backends, the model → backends index, MTP knowledge, and the probe loop."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.backends = [Backend(b) for b in config.backends]
         self.aliases = {a: m for m, cfg in config.models.items() for a in cfg.aliases}
         self.by_model: dict[str, list[Backend]] = {}
+        self.trained: dict[str, Trained] = {}
+        self._files: dict[str, Trained | None] = {}  # model_path → what the file says
         self._reindex()
 
     def _reindex(self) -> None:
@@ -67,11 +81,58 @@ class BackendPool:
             for model in backend.models:
                 index.setdefault(model, []).append(backend)
         self.by_model = index
+        self.trained = {model: self._trained(model, backends) for model, backends in index.items()}
+        for backend in self.backends:
+            self._decide(backend)
 
     def model_names(self) -> Iterable[str]:
         """Every model a client may ask for: served names, then configured aliases."""
         yield from self.by_model
         yield from (a for a in self.aliases if a not in self.by_model)
+
+    # --- MTP -----------------------------------------------------------------------------------
+
+    def _trained(self, model: str, backends: list[Backend]) -> Trained:
+        """config flag → the runtime's own report → a local model file → the family name."""
+        cfg = self.config.models.get(model)
+        if cfg is not None and cfg.mtp is not None:
+            return Trained(cfg.mtp, "config", f"models.{model}.mtp = {str(cfg.mtp).lower()}")
+        for backend in backends:
+            reported = backend.reported.get(model)
+            if reported is not None and reported.mtp is not None:
+                return reported
+        for backend in backends:
+            path = backend.config.model_path
+            if path:
+                if path not in self._files:
+                    self._files[path] = detect.from_path(path)
+                found = self._files[path]
+                if found is not None and found.mtp is not None:
+                    return found
+        return detect.from_family(model) or UNKNOWN
+
+    def _decide(self, backend: Backend) -> None:
+        for model in backend.models:
+            status = decide(backend.runtime.name, backend.version, model, self.trained[model].mtp,
+                            backend.evidence.get(model, NO_EVIDENCE), backend.live.get(model, NO_EVIDENCE),
+                            backend.config.mtp)
+            before = backend.mtp.get(model)
+            if before is None or (before.state, before.mismatch) != (status.state, status.mismatch):
+                level = logging.WARNING if status.mismatch else logging.INFO
+                log.log(level, "backend %s, model %s: MTP %s (%s)", backend.name, model, status.state, status.why)
+            backend.mtp[model] = status
+
+    def record(self, backend: Backend, model: str, report: Report) -> None:
+        """A finished request's runtime report: live evidence of drafting (or of none)."""
+        evidence = live_evidence(report)
+        if evidence is None:
+            return
+        before = backend.live.get(model, NO_EVIDENCE)
+        backend.live[model] = evidence
+        if (before.mtp, before.speculating) != (evidence.mtp, evidence.speculating) and model in self.trained:
+            self._decide(backend)
+
+    # --- probes --------------------------------------------------------------------------------
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._probe(session, b) for b in self.backends))
@@ -82,23 +143,39 @@ class BackendPool:
         discover = backend.config.models is None
         try:
             probe = await backend.runtime.probe(http, discover=discover)
-        except Exception as exc:  # an adapter bug must not stop the health loop
+            changed = self._apply(backend, probe)
+            now = time.monotonic()
+            if backend.up and (changed or now - backend.mtp_probed_at >= self.config.health.mtp_interval):
+                backend.mtp_probed_at = now
+                for model in backend.models:
+                    reported, evidence = await backend.runtime.mtp_probe(http, model)
+                    if reported is not None:
+                        backend.reported[model] = reported
+                    backend.evidence[model] = evidence
+        except Exception as exc:  # an adapter bug must not stop the probe loop
             log.exception("probe of backend %s failed", backend.name)
-            probe = Probe(False, f"probe failed: {type(exc).__name__}")
-        self._apply(backend, probe)
+            self._apply(backend, Probe(False, f"probe failed: {type(exc).__name__}"))
 
-    def _apply(self, backend: Backend, probe: Probe) -> None:
+    def _apply(self, backend: Backend, probe: Probe) -> bool:
+        """Take in a probe; True when the backend came up, restarted or changed models."""
+        changed = False
         if probe.up and not backend.up:
             log.info("backend %s is up", backend.name)
+            changed = True
         elif not probe.up:
             backend.mark_down(probe.detail)
         backend.up = probe.up
         backend.detail = probe.detail
-        if probe.version is not None:
+        if probe.version is not None and probe.version != backend.version:
+            if backend.version is not None:
+                log.info("backend %s now reports version %s (was %s)", backend.name, probe.version, backend.version)
             backend.version = probe.version
+            changed = True
         if probe.models is not None and probe.models != backend.models:
             log.info("backend %s serves %s", backend.name, ", ".join(probe.models) or "no models")
             backend.models = probe.models
+            changed = True
+        return changed
 
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Probe every backend every ``health.interval`` seconds until cancelled."""

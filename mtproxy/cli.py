@@ -41,6 +41,69 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runtimes(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .status import pool_status, support_table
+
+    config = _load(args.config)
+    status = asyncio.run(_probe_once(config))
+    if args.json:
+        print(json.dumps({"support": support_table(), **status}, indent=2))
+        return 0
+    print(render_support(support_table()))
+    print()
+    print(render_backends(status, args.config))
+    return 0
+
+
+async def _probe_once(config: Config) -> dict:
+    import aiohttp
+
+    from .backends import BackendPool
+    from .status import pool_status
+
+    pool = BackendPool(config)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await pool.probe_all(session)
+    return pool_status(pool)
+
+
+def render_support(rows: list[dict]) -> str:
+    lines = ["Which runtimes run MTP (Multi-Token Prediction), and since when:", ""]
+    for row in rows:
+        level = {"yes": "yes", "some": "some families", "no": "no", "unknown": "unknown"}[row["level"]]
+        since = f" since {row['since']}" if row["since"] else ""
+        lines.append(f"{row['runtime']:<17} {level}{since}")
+        if row["families"]:
+            lines.append(f"{'':<17} families: {', '.join(row['families'])}; not: {', '.join(row['not_families'])}")
+        lines.append(f"{'':<17} switch: {row['switch']}")
+        if row["notes"]:
+            lines.append(f"{'':<17} note: {row['notes']}")
+        for source in row["sources"]:
+            lines.append(f"{'':<17} source: {source}")
+    return "\n".join(lines)
+
+
+def render_backends(status: dict, path: str) -> str:
+    lines = [f"Backends in {path} (routing.mtp: {status['routing']['mtp']}):", ""]
+    for b in status["backends"]:
+        health = "up" if b["up"] else f"down ({b['detail']})"
+        configured = "" if b["mtp_configured"] is None else f", config mtp: {str(b['mtp_configured']).lower()}"
+        lines.append(f"{b['name']}: {b['runtime']} {b['version'] or '(version not reported)'} at {b['url']}, "
+                     f"{health}{configured}")
+        if not b["models"]:
+            lines.append("  no models known")
+        for m in b["models"]:
+            trained = {True: "MTP-trained", False: "not MTP-trained", None: "MTP training unknown"}[m["mtp_trained"]]
+            lines.append(f"  {m['name']}: {trained} ({m['mtp_trained_why']})")
+            flag = "  [config disagrees]" if m["mtp_mismatch"] else ""
+            lines.append(f"    MTP {m['mtp']}: {m['mtp_why']}{flag}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtproxy", description="One OpenAI-compatible URL for local LLM runtimes.")
     parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
@@ -56,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and exit 0 (valid) or 1")
     check.add_argument("--config", default="config.yaml", help="path to config.yaml (default ./config.yaml)")
     check.set_defaults(func=_cmd_check)
+    runtimes = sub.add_parser("runtimes", help="which runtimes run MTP, and each configured backend's state")
+    runtimes.add_argument("--config", default="config.yaml", help="path to config.yaml (default ./config.yaml)")
+    runtimes.add_argument("--json", action="store_true", help="print JSON")
+    runtimes.set_defaults(func=_cmd_runtimes)
     return parser
 
 

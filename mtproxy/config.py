@@ -57,6 +57,7 @@ class TimeoutsConfig(_Strict):
 class HealthConfig(_Strict):
     interval: float = Field(5.0, gt=0)
     timeout: float = Field(2.0, gt=0)
+    mtp_interval: float = Field(30.0, gt=0, description="seconds between MTP probes of a backend")
 
 
 class BackendConfig(_Strict):
@@ -66,6 +67,7 @@ class BackendConfig(_Strict):
     models: list[str] | None = None
     mtp: bool | None = None
     api_key: SecretStr | None = None
+    model_path: str | None = None  # local GGUF file, config.json or checkpoint dir: MTP detection
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -134,7 +136,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 
 def _format(err: ValidationError) -> str:
     lines = []
-    for e in err.errors(include_url=False, include_input=False):
+    for e in err.errors(include_url=False):
         ctx_err = (e.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _FieldError):
             lines.append(str(ctx_err))
@@ -142,6 +144,8 @@ def _format(err: ValidationError) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] == "string_type" and isinstance(e.get("input"), bool):
+            msg += " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
         lines.append(f"{_path(e['loc'])}: {msg}")
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .errors import ModelNotFound
 from .state import DRAINING, POOL, PROXY
+from .status import pool_status
 from .wire import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 
 def _forward(endpoint: Endpoint):
@@ -55,7 +56,12 @@ async def ready(request: web.Request) -> web.Response:
                              status=200 if up else 503)
 
 
+async def backends(request: web.Request) -> web.Response:
+    return web.json_response(pool_status(request.app[POOL]))
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/mtproxy/backends", backends)
     app.router.add_post("/v1/chat/completions", _forward(CHAT))
     app.router.add_post("/v1/completions", _forward(COMPLETIONS))
     app.router.add_post("/v1/embeddings", _forward(EMBEDDINGS))

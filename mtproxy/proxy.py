@@ -114,6 +114,7 @@ class Proxy:
             raise self._error_status(route, backend, resp.status, data)
         report = Report()
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
+        self.router.pool.record(backend, route.model, report)
         return web.Response(body=body, status=resp.status, headers=self._headers(route, backend),
                             content_type=content_type)
 
@@ -147,6 +148,7 @@ class Proxy:
                 await self._relay(resp, out, first, backend, decoder, encoder)
             except ConnectionResetError:
                 log.info("client went away mid-stream; closing the request to %s", backend.name)
+            self.router.pool.record(backend, route.model, report)
             return out
         finally:
             if resp is not None:

@@ -1,4 +1,9 @@
-"""Model name or alias → the backends serving it → the one to use now."""
+"""Model name or alias → the backends serving it → the one to use now.
+
+For an MTP-trained model, ``routing.mtp`` orders the candidates: ``prefer`` tries backends
+where MTP is active, then capable, then the rest; ``require`` takes only active ones; ``ignore``
+does not look. Within a tier, the fewest outstanding requests wins; ties rotate.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,20 @@ from dataclasses import dataclass
 from .backends import Backend, BackendPool
 from .errors import ModelNotFound, NoBackendAvailable
 
+_TIER = {"active": 0, "capable": 1, "off": 2}
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
     model: str  # the served model name, sent upstream
     candidates: tuple[Backend, ...]
-    mtp_model: bool  # the model is MTP-trained (per config, until detection fills it in)
+    mtp_model: bool  # the model is MTP-trained
 
 
 class Router:
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
+        self.policy = pool.config.routing.mtp
         self._turn = 0
 
     def resolve(self, requested: str) -> Route:
@@ -27,27 +35,53 @@ class Router:
         if not candidates:
             raise ModelNotFound(f"The model `{requested}` does not exist or no backend serves it.",
                                 param="model")
-        cfg = self.pool.config.models.get(model)
-        return Route(model, tuple(candidates), bool(cfg and cfg.mtp))
+        trained = self.pool.trained.get(model)
+        return Route(model, tuple(candidates), bool(trained and trained.mtp))
+
+    def _tier(self, route: Route, backend: Backend) -> int:
+        if not route.mtp_model or self.policy == "ignore":
+            return 0
+        status = backend.mtp.get(route.model)
+        return _TIER[status.state] if status is not None else 2
 
     def pick(self, route: Route, tried: Collection[Backend] = ()) -> Backend:
-        """The healthy, untried candidate with the fewest outstanding requests; ties rotate."""
+        """The healthy, untried candidate in the best MTP tier with the fewest outstanding
+        requests; ties rotate."""
         best: list[Backend] = []
-        low = None
+        low: tuple[int, int] | None = None
+        require = route.mtp_model and self.policy == "require"
         for backend in route.candidates:
             if not backend.up or backend in tried:
                 continue
-            if low is None or backend.outstanding < low:
-                best, low = [backend], backend.outstanding
-            elif backend.outstanding == low:
+            tier = self._tier(route, backend)
+            if require and tier != 0:
+                continue
+            key = (tier, backend.outstanding)
+            if low is None or key < low:
+                best, low = [backend], key
+            elif key == low:
                 best.append(backend)
         if not best:
-            why = "; ".join(f"{b.name}: {'tried' if b in tried else b.detail}" for b in route.candidates)
-            raise NoBackendAvailable(f"No healthy backend for model `{route.model}` ({why}).")
+            raise NoBackendAvailable(self._why_none(route, tried, require))
         self._turn += 1
         return best[self._turn % len(best)]
 
+    def _why_none(self, route: Route, tried: Collection[Backend], require: bool) -> str:
+        reasons = []
+        for b in route.candidates:
+            if b in tried:
+                reasons.append(f"{b.name}: tried")
+            elif not b.up:
+                reasons.append(f"{b.name}: down ({b.detail})")
+            else:
+                status = b.mtp.get(route.model)
+                reasons.append(f"{b.name}: MTP {status.state} ({status.why})" if status else f"{b.name}: MTP unknown")
+        if require:
+            return (f"routing.mtp is `require` and no backend runs MTP for `{route.model}` now: "
+                    + "; ".join(reasons) + ".")
+        return f"No healthy backend for model `{route.model}` ({'; '.join(reasons)})."
+
     @staticmethod
     def mtp_on(route: Route, backend: Backend) -> bool:
-        """Whether ``backend`` runs MTP for the route's model (config intent for now)."""
-        return route.mtp_model and bool(backend.config.mtp)
+        """Whether ``backend`` runs MTP for the route's model."""
+        return route.mtp_model and backend.mtp_on(route.model)

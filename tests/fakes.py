@@ -28,6 +28,8 @@ class Behaviour:
     send_done: bool = True
     split_events: bool = False  # write each event in two TCP writes, cut mid-JSON
     gate: asyncio.Event | None = None  # when set: hold the stream after the first token until set
+    routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
 
 
 class FakeRuntime:
@@ -52,6 +54,8 @@ class FakeRuntime:
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        for path in self.b.routes:
+            app.router.add_get(path, self.route)
         self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
@@ -63,6 +67,12 @@ class FakeRuntime:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+    async def route(self, request: web.Request) -> web.Response:
+        body = self.b.routes[request.path]
+        if isinstance(body, str):
+            return web.Response(text=body)
+        return web.json_response(body)
 
     async def health(self, request: web.Request) -> web.Response:
         if not self.b.healthy:
@@ -101,7 +111,7 @@ class FakeRuntime:
             return web.json_response({
                 "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": body["model"], "choices": [choice],
-                "usage": self._usage(),
+                "usage": self._usage(), **self.b.extra,
             })
         return await self._stream(request, body, chat)
 
@@ -133,10 +143,14 @@ class FakeRuntime:
                 if i:
                     await asyncio.sleep(self.b.token_delay)
                 await self._write(resp, self._chunk(body, chat, token, None))
-            await self._write(resp, self._chunk(body, chat, None, "stop"))
-            if (body.get("stream_options") or {}).get("include_usage"):
+            usage_asked = (body.get("stream_options") or {}).get("include_usage")
+            finish = self._chunk(body, chat, None, "stop")
+            if not usage_asked and self.b.extra:
+                finish = b"data: " + orjson.dumps({**orjson.loads(finish[6:]), **self.b.extra}) + b"\n\n"
+            await self._write(resp, finish)
+            if usage_asked:
                 usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0,
-                         "model": body["model"], "choices": [], "usage": self._usage()}
+                         "model": body["model"], "choices": [], "usage": self._usage(), **self.b.extra}
                 await self._write(resp, b"data: " + orjson.dumps(usage) + b"\n\n")
             if self.b.send_done:
                 await self._write(resp, b"data: [DONE]\n\n")

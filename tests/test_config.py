@@ -26,6 +26,7 @@ def test_env_interpolation_with_defaults_and_paths():
     ("routing: {mtp: sometimes}\n", "routing.mtp: Input should be 'prefer', 'require' or 'ignore'"),
     ("timeouts: {idle: 0}\n", "timeouts.idle: Input should be greater than 0"),
     ("bogus: 1\n", "bogus: unknown field"),
+    ("models: {m: {aliases: [on]}}\n", "models.m.aliases[0]: Input should be a valid string (YAML reads"),
 ])
 def test_errors_name_the_field(extra, message):
     with pytest.raises(ConfigError) as exc:

@@ -217,7 +217,7 @@ async def test_no_healthy_backend_is_503(runtime_factory, proxy_factory, http):
         assert resp.status == 503
         err = (await resp.json())["error"]
     assert err["code"] == "no_backend_available"
-    assert "a: /health answered HTTP 503" in err["message"]
+    assert "a: down (/health answered HTTP 503)" in err["message"]
     async with http.get(proxy.url + "/ready") as resp:
         assert resp.status == 503
     async with http.get(proxy.url + "/health") as resp:

@@ -110,7 +110,10 @@ def version_key(version: str) -> tuple[str, tuple[int, ...]] | None:
     PEP 440-like versions (pre-release and local parts ignored). None when unparseable."""
     version = version.strip()
     if m := _BUILD.match(version):
-        return "build", (int(m.group(1)),)
+        build = int(m.group(1))
+        # llama.cpp numbers builds by git commit count; a build from a source tarball without
+        # git history (as vendored in llama-cpp-python's sdist) reports b1: not a release number.
+        return ("build", (build,)) if build >= 100 else None
     if m := _PEP440ISH.match(version):
         parts = tuple(int(p) for p in m.group(1).split("."))
         while len(parts) > 1 and parts[-1] == 0:

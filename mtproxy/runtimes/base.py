@@ -16,6 +16,8 @@ import orjson
 from yarl import URL
 
 from ..errors import UpstreamError
+from ..mtp.detect import Trained
+from ..mtp.state import Evidence
 from ..wire import ApiRequest
 
 
@@ -96,6 +98,11 @@ class BackendHTTP:
         ``aiohttp.ClientError`` or ``TimeoutError`` when the backend cannot be reached."""
         return await self.request("GET", path)
 
+    async def text(self, path: str) -> tuple[int, str]:
+        async with self.session.get(self.base_url.join(URL(path)), headers=self.headers,
+                                    timeout=self.timeout) as resp:
+            return resp.status, await resp.text(errors="replace")
+
     async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
         data = None if json is None else orjson.dumps(json)
         async with self.session.request(method, self.base_url.join(URL(path)), data=data,
@@ -119,6 +126,10 @@ class Runtime(Protocol):
 
     async def show(self, http: BackendHTTP, model: str) -> dict[str, Any] | None:
         """The runtime's own description of a model (Ollama ``/api/show``), if it has one."""
+        ...
+
+    async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
+        """The runtime's own word on ``model``: is it MTP-trained, and is MTP drafting on."""
         ...
 
     def prepare(self, req: ApiRequest) -> Upstream:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Report, as_float, as_int
+from ..mtp import detect
+from ..mtp.detect import Trained
+from ..mtp.state import NO_EVIDENCE, Evidence
+from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
 from .openai_compat import OpenAICompatible, observe_usage
 
 
@@ -26,6 +29,9 @@ class LlamaCpp(OpenAICompatible):
     def version_from(self, data: Any) -> str | None:
         build = data.get("build_info") if isinstance(data, dict) else None
         return build if isinstance(build, str) and build else None
+
+    async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
+        return await _props_probe(http)
 
     def observe(self, obj: dict[str, Any], report: Report) -> None:
         observe_usage(obj, report)
@@ -51,3 +57,34 @@ def observe_timings(timings: dict[str, Any], report: Report) -> None:
     if draft_n is not None:
         report.draft_tokens = draft_n
         report.accepted_tokens = as_int(timings.get("draft_n_accepted"))
+
+
+def speculative_evidence(props: Any) -> Evidence:
+    """/props default_generation_settings.params["speculative.types"]: "none", or e.g.
+    "none,ngram-simple" / "none,draft-mtp" (seen in build b1-0c1e570's /props)."""
+    params = ((props or {}).get("default_generation_settings") or {}).get("params") or {}
+    types = params.get("speculative.types")
+    if not isinstance(types, str):
+        return NO_EVIDENCE
+    kinds = [t.strip() for t in types.split(",") if t.strip() and t.strip() != "none"]
+    if any("mtp" in k for k in kinds):
+        return Evidence(mtp=True, speculating=True, why=f"/props speculative.types = {types}")
+    if kinds:
+        return Evidence(mtp=False, speculating=True, why=f"/props speculative.types = {types}: not MTP")
+    return Evidence(mtp=False, speculating=False, why="/props speculative.types = none")
+
+
+async def _props_probe(http: BackendHTTP) -> tuple[Trained | None, Evidence]:
+    try:
+        status, props = await http.get("/props")
+    except PROBE_ERRORS:
+        return None, NO_EVIDENCE
+    if status != 200 or not isinstance(props, dict):
+        return None, NO_EVIDENCE
+    trained = None
+    path = props.get("model_path")
+    if isinstance(path, str) and path:  # readable when the runtime runs on this machine
+        trained = detect.from_path(path)
+        if trained is not None:
+            trained = Trained(trained.mtp, "runtime", f"/props model_path: {trained.why}")
+    return trained, speculative_evidence(props)

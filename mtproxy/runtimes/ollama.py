@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError, normalise_upstream_error
+from ..mtp.detect import Trained
+from ..mtp.state import NO_EVIDENCE, Evidence
 from ..ollama import wire
 from ..wire import ApiRequest
 from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, StreamFailure, Upstream, describe
@@ -33,6 +35,29 @@ def observe(obj: dict[str, Any], report: Report) -> None:
         report.prompt_seconds = obj["prompt_eval_duration"] / 1e9
     if isinstance(obj.get("eval_duration"), int):
         report.decode_seconds = obj["eval_duration"] / 1e9
+
+
+def show_evidence(shown: dict[str, Any]) -> tuple[Trained | None, Evidence]:
+    """/api/show: model_info "<arch>.nextn_predict_layers" says MTP-trained; Ollama then runs
+    llama-server with --spec-type draft-mtp, drafting draft_num_predict tokens (parameters)."""
+    info = shown.get("model_info") or {}
+    arch = info.get("general.architecture")
+    layers = info.get(f"{arch}.nextn_predict_layers") if arch else None
+    trained = None
+    if isinstance(layers, int):
+        trained = Trained(layers > 0, "runtime", f"/api/show {arch}.nextn_predict_layers = {layers}")
+    draft = None
+    for line in str(shown.get("parameters") or "").splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key == "draft_num_predict" and value.strip().isdigit():
+            draft = int(value.strip())
+    if not layers:
+        return trained, Evidence(mtp=False, speculating=None, why="no NextN layers in the model")
+    if draft is None:
+        return trained, Evidence(why="draft_num_predict not set; its default differs between releases")
+    if draft > 0:
+        return trained, Evidence(mtp=True, speculating=True, why=f"/api/show draft_num_predict = {draft}")
+    return trained, Evidence(mtp=False, speculating=False, why="/api/show draft_num_predict = 0")
 
 
 class NDJSONDecoder:
@@ -129,6 +154,12 @@ class Ollama:
         except PROBE_ERRORS:
             return None
         return data if status == 200 and isinstance(data, dict) else None
+
+    async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
+        shown = await self.show(http, model)
+        if shown is None:
+            return None, NO_EVIDENCE
+        return show_evidence(shown)
 
     def prepare(self, req: ApiRequest) -> Upstream:
         kind = req.endpoint.kind

@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import orjson
 
 from ..errors import UpstreamError, normalise_upstream_error
+from ..mtp import detect
+from ..mtp.state import NO_EVIDENCE, Evidence
 from ..sse import EventFramer
 from ..wire import ApiRequest
 from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, Upstream, as_int, describe
@@ -132,6 +134,9 @@ class OpenAICompatible:
 
     async def show(self, http: BackendHTTP, model: str) -> dict[str, Any] | None:
         return None
+
+    async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[detect.Trained | None, Evidence]:
+        return None, NO_EVIDENCE
 
     def prepare(self, req: ApiRequest) -> Upstream:
         payload = req.payload

@@ -12,14 +12,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Report, as_float, as_int
+import re
+
+from ..mtp import detect
+from ..mtp.detect import Trained
+from ..mtp.state import NO_EVIDENCE, Evidence
+from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
 from .openai_compat import OpenAICompatible, observe_usage
+
+_DRAFTS = re.compile(r"^vllm:spec_decode_num_draft_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
+_ACCEPTED = re.compile(r"^vllm:spec_decode_num_accepted_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
+
+
+def spec_decode_evidence(metrics_text: str) -> Evidence:
+    """vLLM registers its spec_decode counters only when speculative decoding is configured;
+    drafted tokens > 0 show it has been drafting since the process started."""
+    drafts = [float(v) for v in _DRAFTS.findall(metrics_text)]
+    if not drafts:
+        return Evidence(mtp=False, speculating=False, why="/metrics has no spec_decode counters")
+    accepted = sum(float(v) for v in _ACCEPTED.findall(metrics_text))
+    total = sum(drafts)
+    if total > 0:
+        return Evidence(mtp=True, speculating=True,
+                        why=f"/metrics spec_decode: {total:.0f} draft tokens, {accepted:.0f} accepted")
+    return Evidence(speculating=True, why="/metrics spec_decode counters present, no drafts yet")
 
 
 class VLLM(OpenAICompatible):
     name = "vllm"
     health_path = "/health"
     version_path = "/version"
+
+    async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
+        trained = None
+        try:
+            status, models = await http.get("/v1/models")
+            root = next((m.get("root") for m in (models or {}).get("data") or ()
+                         if isinstance(m, dict) and m.get("id") == model), None)
+            if status == 200 and isinstance(root, str):
+                found = detect.from_path(root)  # a local checkpoint directory
+                if found is not None:
+                    trained = Trained(found.mtp, "runtime", f"/v1/models root {root}: {found.why}")
+            status, text = await http.text("/metrics")
+        except PROBE_ERRORS:
+            return trained, NO_EVIDENCE
+        return trained, spec_decode_evidence(text) if status == 200 else NO_EVIDENCE
 
     def observe(self, obj: dict[str, Any], report: Report) -> None:
         observe_usage(obj, report)
