@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import handlers
 from .backends import BackendPool
@@ -16,23 +18,32 @@ from .config import Config
 from .ollama import api as ollama_api
 from .middleware import auth_middleware, error_middleware
 from .proxy import Proxy
-from .state import CONFIG, DRAINING, POOL, PROXY
+from .metrics.instruments import Metrics
+from .metrics.window import TokenWindow
+from .state import CONFIG, DRAINING, METRICS, POOL, PROXY
 
 log = logging.getLogger("mtproxy")
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy as an aiohttp app. Metrics go to ``registry`` (a fresh one by default, so apps
+    and tests never share state through a module global)."""
     middlewares = [error_middleware]
     if config.server.api_keys:
         middlewares.append(auth_middleware(k.get_secret_value() for k in config.server.api_keys))
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[POOL] = BackendPool(config)
+    if registry is None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+    app[METRICS] = Metrics(registry, app[POOL], TokenWindow(config.metrics.window_seconds))
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_health_checks)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
     ollama_api.add_routes(app)
     return app
 
@@ -46,7 +57,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
         raise_for_status=False,
     )
-    app[PROXY] = Proxy(app[CONFIG], app[POOL], session)
+    app[PROXY] = Proxy(app[CONFIG], app[POOL], session, app[METRICS])
     try:
         yield
     finally:

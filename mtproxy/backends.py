@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import aiohttp
@@ -14,7 +15,7 @@ from yarl import URL
 from .config import BackendConfig, Config
 from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
-from .mtp.state import NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
+from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
 
 log = logging.getLogger("mtproxy.backends")
@@ -43,6 +44,7 @@ class Backend:
         self.reported: dict[str, Trained] = {}  # the runtime's word on "MTP-trained"
         self.evidence: dict[str, Evidence] = {}  # the runtime's word on "MTP drafting on"
         self.live: dict[str, Evidence] = {}  # what its responses showed
+        self.recent: dict[str, deque[tuple[float | None, int | None]]] = {}  # (tokens/step, accepted)
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
 
@@ -122,14 +124,22 @@ class BackendPool:
                 log.log(level, "backend %s, model %s: MTP %s (%s)", backend.name, model, status.state, status.why)
             backend.mtp[model] = status
 
-    def record(self, backend: Backend, model: str, report: Report) -> None:
-        """A finished request's runtime report: live evidence of drafting (or of none)."""
-        evidence = live_evidence(report)
+    def record(self, backend: Backend, model: str, report: Report, tokens_per_step: float | None) -> None:
+        """A finished request: the runtime's report and the proxy's own tokens per step are live
+        evidence of drafting (or of none)."""
+        recent = backend.recent.get(model)
+        if recent is None:
+            recent = backend.recent[model] = deque(maxlen=LIVE_WINDOW)
+        if tokens_per_step is not None and (report.completion_tokens or 0) >= 8:  # enough to tell
+            recent.append((tokens_per_step, report.accepted_tokens))
+        evidence = live_evidence(report, recent)
         if evidence is None:
             return
         before = backend.live.get(model, NO_EVIDENCE)
         backend.live[model] = evidence
         if (before.mtp, before.speculating) != (evidence.mtp, evidence.speculating) and model in self.trained:
+            if evidence.mtp is False:
+                log.warning("backend %s, model %s: %s", backend.name, model, evidence.why)
             self._decide(backend)
 
     # --- probes --------------------------------------------------------------------------------

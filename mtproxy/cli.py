@@ -104,6 +104,31 @@ def render_backends(status: dict, path: str) -> str:
     return "\n".join(lines)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    from pathlib import Path
+
+    from . import verify as v
+
+    config = _load(args.config)
+    try:
+        if args.against and args.baseline:
+            raise v.VerifyError("--against and --baseline exclude each other")
+        baseline = v.load_baseline(Path(args.baseline)) if args.baseline else None
+        outcome = asyncio.run(v.verify(
+            config, model=args.model, backend=args.backend, against=args.against, baseline=baseline,
+            seconds=args.seconds, rounds=args.rounds, prompt=args.prompt, max_tokens=args.max_tokens,
+            threshold=args.threshold))
+    except v.VerifyError as exc:
+        print(f"mtproxy verify: {exc}", file=sys.stderr)
+        return 2
+    if args.save_baseline:
+        v.save_baseline(Path(args.save_baseline), outcome.sides[0], args.prompt)
+    print(json.dumps(outcome.as_dict(), indent=2) if args.json else v.render(outcome))
+    return 0 if outcome.verified else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtproxy", description="One OpenAI-compatible URL for local LLM runtimes.")
     parser.add_argument("--version", action="version", version=f"mtproxy {__version__}")
@@ -123,6 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     runtimes.add_argument("--config", default="config.yaml", help="path to config.yaml (default ./config.yaml)")
     runtimes.add_argument("--json", action="store_true", help="print JSON")
     runtimes.set_defaults(func=_cmd_runtimes)
+
+    from .verify import DEFAULT_PROMPT
+
+    verify = sub.add_parser("verify", help="prove MTP is on: tokens/s against another backend or a baseline")
+    verify.add_argument("--config", default="config.yaml", help="path to config.yaml (default ./config.yaml)")
+    verify.add_argument("--model", required=True, help="model (or alias) to test")
+    verify.add_argument("--backend", help="the backend that should run MTP (default: the router's choice)")
+    verify.add_argument("--against", help="a backend serving the same model without MTP")
+    verify.add_argument("--baseline", help="a run saved with --save-baseline (before an upgrade)")
+    verify.add_argument("--save-baseline", help="store this run's figures in FILE")
+    verify.add_argument("--seconds", type=float, default=5.0, help="window per round (default 5)")
+    verify.add_argument("--rounds", type=int, default=3, help="rounds per side, interleaved (default 3)")
+    verify.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt sent every time")
+    verify.add_argument("--max-tokens", type=int, default=128, help="max_tokens per request (default 128)")
+    verify.add_argument("--threshold", type=float, default=1.15,
+                        help="tokens/s ratio that counts as a material gain (default 1.15)")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(func=_cmd_verify)
     return parser
 
 

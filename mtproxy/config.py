@@ -60,6 +60,10 @@ class HealthConfig(_Strict):
     mtp_interval: float = Field(30.0, gt=0, description="seconds between MTP probes of a backend")
 
 
+class MetricsConfig(_Strict):
+    window_seconds: float = Field(5.0, gt=0, description="span of mtproxy_window_tokens_per_second")
+
+
 class BackendConfig(_Strict):
     name: str = Field(min_length=1)
     runtime: Runtime
@@ -96,6 +100,7 @@ class Config(_Strict):
     server: ServerConfig = ServerConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health: HealthConfig = HealthConfig()
+    metrics: MetricsConfig = MetricsConfig()
     backends: list[BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()

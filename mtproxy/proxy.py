@@ -1,25 +1,29 @@
-"""Forwarding one request: route, send upstream with retries, relay the answer.
+"""Forwarding one request: route, send upstream with retries, relay the answer, measure it.
 
 Streams are relayed as they arrive; the proxy only holds back a partial event until its end
 arrives. Status and headers are settled before ``prepare()``: failures before the first upstream
 byte are retried on another candidate or become an error with an HTTP status; failures after it
 become an error event in the client's format (SSE ``error`` + ``[DONE]`` for OpenAI clients).
+Measurement reads a copy of what is relayed and is recorded after the client got its last byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from .backends import Backend, BackendPool
 from .config import Config
-from .encoders import OPENAI, ClientFormat
+from .encoders import OPENAI, ClientFormat, StreamEncoder
 from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable, error_body
+from .metrics.instruments import Metrics
+from .metrics.meter import RequestMeter, content_events
 from .router import Route, Router
-from .runtimes.base import BackendHTTP, Report, StreamDecoder, StreamFailure, describe
+from .runtimes.base import BackendHTTP, StreamDecoder, StreamFailure, describe
 from .wire import ApiRequest, Endpoint, parse_request
 
 log = logging.getLogger("mtproxy.proxy")
@@ -32,6 +36,9 @@ UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSErro
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+# What a handler hands `serve`: the request to forward, or an answer needing no backend.
+Build = Callable[[], Awaitable["ApiRequest | web.StreamResponse"]]
+
 
 class _Retry(Exception):
     """Internal: this candidate failed before its first byte; try the next one."""
@@ -41,10 +48,13 @@ class _Retry(Exception):
 
 
 class Proxy:
-    def __init__(self, config: Config, pool: BackendPool, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: Config, pool: BackendPool, session: aiohttp.ClientSession,
+                 metrics: Metrics) -> None:
         self.config = config
+        self.pool = pool
         self.router = Router(pool)
         self.session = session
+        self.metrics = metrics
         t = config.timeouts
         self._first_token = t.first_token
         self._idle = t.idle
@@ -52,24 +62,62 @@ class Proxy:
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         """An OpenAI client's request."""
-        req = parse_request(await request.read(), endpoint)
-        return await self.forward(request, req, OPENAI)
 
-    async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat) -> web.StreamResponse:
+        async def build() -> ApiRequest:
+            return parse_request(await request.read(), endpoint)
+
+        return await self.serve(request, endpoint, build, OPENAI)
+
+    async def serve(self, request: web.Request, endpoint: Endpoint, build: Build,
+                    fmt: ClientFormat) -> web.StreamResponse:
+        """Build, forward and account for one request, whatever its outcome."""
+        loop = asyncio.get_running_loop()
+        meter = RequestMeter(loop.time(), endpoint.kind)
+        backend: Backend | None = None
+        try:
+            built = await build()
+            if isinstance(built, web.StreamResponse):
+                return built
+            meter.stream = built.stream
+            resp = await self.forward(request, built, fmt, meter)
+            if meter.status == "200":
+                meter.status = str(resp.status)
+            return resp
+        except ProxyError as err:
+            meter.status = str(err.status)
+            raise
+        except asyncio.CancelledError:
+            meter.status = "client_closed"
+            raise
+        except Exception:
+            meter.status = "500"
+            raise
+        finally:
+            if meter.t_end is None:
+                meter.t_end = loop.time()
+            measured = self.metrics.finish(meter)
+            backend = meter.target
+            if backend is not None:
+                self.pool.record(backend, meter.model, meter.report, measured.tokens_per_step)
+
+    async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
+                      meter: RequestMeter) -> web.StreamResponse:
         route = self.router.resolve(req.model)
         req.set_model(route.model)
         tried: list[Backend] = []
         while True:
             backend = self.router.pick(route, tried)
             tried.append(backend)
+            self._label(meter, route, backend)
             backend.outstanding += 1
             try:
                 if req.stream:
-                    return await self._stream(request, req, fmt, route, backend)
-                return await self._unary(req, fmt, route, backend)
+                    return await self._stream(request, req, fmt, route, backend, meter)
+                return await self._unary(req, fmt, route, backend, meter)
             except _Retry as retry:
                 if not any(b.up and b not in tried for b in route.candidates):
                     raise retry.error from None
+                self.metrics.retry(backend.name, backend.runtime.name)
                 log.warning("retrying %s on another backend after %s: %s",
                             route.model, backend.name, retry.error.message)
             finally:
@@ -81,6 +129,11 @@ class Proxy:
         backend = self.router.pick(route)
         http = BackendHTTP(self.session, backend.base_url, backend.headers, self.config.health.timeout)
         return await backend.runtime.show(http, route.model)
+
+    def _label(self, meter: RequestMeter, route: Route, backend: Backend) -> None:
+        meter.backend, meter.runtime, meter.model = backend.name, backend.runtime.name, route.model
+        meter.mtp = "on" if self.router.mtp_on(route, backend) else "off"
+        meter.target = backend
 
     def _headers(self, route: Route, backend: Backend) -> dict[str, str]:
         return {
@@ -99,8 +152,11 @@ class Proxy:
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
         return _Retry(err) if status in RETRY_STATUSES else err
 
-    async def _unary(self, req: ApiRequest, fmt: ClientFormat, route: Route, backend: Backend) -> web.Response:
+    async def _unary(self, req: ApiRequest, fmt: ClientFormat, route: Route, backend: Backend,
+                     meter: RequestMeter) -> web.Response:
         upstream = backend.runtime.prepare(req)
+        loop = asyncio.get_running_loop()
+        meter.t_sent = loop.time()
         try:
             async with asyncio.timeout(self._request):
                 async with self.session.post(backend.url(upstream.path), data=upstream.body,
@@ -110,19 +166,23 @@ class Proxy:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
         except UNREACHABLE as exc:
             raise self._unreachable(backend, exc) from None
+        meter.t_in = loop.time()
         if resp.status >= 400:
             raise self._error_status(route, backend, resp.status, data)
-        report = Report()
+        report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
-        self.router.pool.record(backend, route.model, report)
-        return web.Response(body=body, status=resp.status, headers=self._headers(route, backend),
-                            content_type=content_type)
+        out = web.Response(body=body, status=resp.status, headers=self._headers(route, backend),
+                           content_type=content_type)
+        meter.t_out = loop.time()
+        return out
 
     async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, route: Route,
-                      backend: Backend) -> web.StreamResponse:
+                      backend: Backend, meter: RequestMeter) -> web.StreamResponse:
         upstream = backend.runtime.prepare(req)
+        loop = asyncio.get_running_loop()
         resp: aiohttp.ClientResponse | None = None
         try:
+            meter.t_sent = loop.time()
             try:
                 async with asyncio.timeout(self._first_token):
                     resp = await self.session.post(backend.url(upstream.path), data=upstream.body,
@@ -137,25 +197,28 @@ class Proxy:
                 raise self._unreachable(backend, exc) from None
             if not first:
                 raise self._unreachable(backend, ConnectionResetError("empty response"))
+            meter.t_in = loop.time()
+            meter.window_key = (backend.name, route.model)
+            meter.window = self.metrics.window
 
-            report = Report()
-            decoder = backend.runtime.stream_decoder(req, report)
-            encoder = fmt.stream_encoder(req, report)
+            decoder = backend.runtime.stream_decoder(req, meter.report)
+            encoder = fmt.stream_encoder(req, meter.report)
             out = web.StreamResponse(headers={"Content-Type": encoder.content_type, **STREAM_HEADERS,
                                               **self._headers(route, backend)})
             await out.prepare(request)
             try:
-                await self._relay(resp, out, first, backend, decoder, encoder)
+                await self._relay(resp, out, first, backend, decoder, encoder, meter)
             except ConnectionResetError:
+                meter.status = "client_closed"
                 log.info("client went away mid-stream; closing the request to %s", backend.name)
-            self.router.pool.record(backend, route.model, report)
             return out
         finally:
             if resp is not None:
                 resp.close()
 
     async def _relay(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, data: bytes,
-                     backend: Backend, decoder: StreamDecoder, encoder) -> None:
+                     backend: Backend, decoder: StreamDecoder, encoder: StreamEncoder,
+                     meter: RequestMeter) -> None:
         """Copy upstream events to the client as they come. Client write errors propagate."""
         loop = asyncio.get_running_loop()
         failure: str | None = None
@@ -168,7 +231,15 @@ class Proxy:
                         chunk = encoder.encode(events)
                         if chunk:
                             await out.write(chunk)
-                    idle.reschedule(loop.time() + self._idle)
+                        now = loop.time()
+                        if meter.t_out is None:
+                            meter.t_out = now
+                        n = content_events(events)
+                        if n:
+                            meter.content(now, n)
+                        idle.reschedule(now + self._idle)
+                    else:
+                        idle.reschedule(loop.time() + self._idle)
                     try:
                         data = await resp.content.readany()
                     except UNREACHABLE as exc:
@@ -178,6 +249,9 @@ class Proxy:
                 events = decoder.flush()
                 if events:
                     await out.write(encoder.encode(events))
+                    n = content_events(events)
+                    if n:
+                        meter.content(loop.time(), n)
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:
@@ -185,7 +259,10 @@ class Proxy:
             code = "upstream_timeout"
         except StreamFailure as exc:
             failure = f"Backend {backend.name} reported an error mid-stream: {exc}"
+        meter.t_end = loop.time()
         if failure is not None:
+            meter.status = "stream_error"
             log.warning("%s", failure)
             await out.write(encoder.error(error_body(failure, "upstream_error", code=code)))
         await out.write_eof()
+

@@ -28,6 +28,9 @@ class Behaviour:
     send_done: bool = True
     split_events: bool = False  # write each event in two TCP writes, cut mid-JSON
     gate: asyncio.Event | None = None  # when set: hold the stream after the first token until set
+    rate: float | None = None  # paced mode: tokens per second after the first chunk...
+    tokens_per_chunk: int = 1  # ...this many tokens in each chunk...
+    burst: int = 1  # ...and this many chunks written back to back per decode step
     routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
 
@@ -134,6 +137,9 @@ class FakeRuntime:
         self.stream_started.set()
         try:
             await asyncio.sleep(self.b.first_token_delay)
+            if self.b.rate:
+                await self._paced(resp, body, chat)
+                return resp
             for i, token in enumerate(self.b.tokens):
                 if self.b.die_after is not None and i >= self.b.die_after:
                     request.transport.close()  # type: ignore[union-attr]
@@ -158,6 +164,27 @@ class FakeRuntime:
             self.closed_early.set()
             raise
         return resp
+
+    async def _paced(self, resp: web.StreamResponse, body: dict[str, Any], chat: bool) -> None:
+        """Steps on an absolute schedule (no drift): each step writes `burst` chunks of
+        `tokens_per_chunk` tokens back to back, `burst * tokens_per_chunk / rate` seconds apart."""
+        b = self.b
+        k = b.tokens_per_chunk
+        chunks = ["".join(b.tokens[i:i + k]) for i in range(0, len(b.tokens), k)]
+        steps = [chunks[i:i + b.burst] for i in range(0, len(chunks), b.burst)]
+        loop = asyncio.get_running_loop()
+        start, interval = loop.time(), b.burst * k / b.rate
+        for j, step in enumerate(steps):
+            delay = start + j * interval - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await resp.write(b"".join(self._chunk(body, chat, text, None) for text in step))
+        await resp.write(self._chunk(body, chat, None, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                     "choices": [], "usage": self._usage(), **b.extra}
+            await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
 
     async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
         if self.b.split_events:

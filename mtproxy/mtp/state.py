@@ -57,6 +57,8 @@ def _state(support, version, model, trained, probe, live, configured) -> tuple[S
     if trained is False:
         return "off", f"{model} is not MTP-trained"
     if probe.mtp is True:
+        if live.mtp is False:
+            return "capable", f"{probe.why}, but {live.why}"
         return "active", probe.why
     if live.mtp is True and probe.mtp is None:
         return "active", live.why
@@ -86,17 +88,26 @@ def _since(support, version) -> str:
     return ""
 
 
-def live_evidence(report) -> Evidence | None:
-    """What one response's runtime report (``runtimes.base.Report``) says about drafting."""
-    if report.draft_tokens is not None:
-        if report.draft_tokens > 0:
-            return Evidence(mtp=True, speculating=True,
-                            why=f"responses carry drafts ({report.draft_tokens} drafted, "
-                                f"{report.accepted_tokens} accepted in the last)")
-        return Evidence(mtp=False, speculating=False, why="responses carry no drafted tokens")
-    if report.tokens_per_step is not None:
-        if report.tokens_per_step > 1.05:
-            return Evidence(mtp=True, speculating=True,
-                            why=f"the runtime reports {report.tokens_per_step:.2f} tokens per iteration")
-        return Evidence(mtp=False, why=f"the runtime reports {report.tokens_per_step:.2f} tokens per iteration")
+# The live signal: this many requests in a row averaging about one token per step, with no
+# accepted drafts, say MTP is not working whatever the runtime's settings claim.
+LIVE_WINDOW = 5
+ONE_TOKEN_PER_STEP = 1.1
+
+
+def live_evidence(report, recent) -> Evidence | None:
+    """What responses show about drafting: ``report`` is the last one's runtime report
+    (``runtimes.base.Report``), ``recent`` the last requests' (tokens per step measured by the
+    proxy, accepted drafts reported by the runtime)."""
+    if report.accepted_tokens:
+        return Evidence(mtp=True, speculating=True,
+                        why=f"responses carry accepted drafts ({report.accepted_tokens} of "
+                            f"{report.draft_tokens} in the last)")
+    if report.tokens_per_step is not None and report.tokens_per_step > 1.05:
+        return Evidence(mtp=True, speculating=True,
+                        why=f"the runtime reports {report.tokens_per_step:.2f} tokens per iteration")
+    if len(recent) >= LIVE_WINDOW and not any(accepted for _, accepted in recent) \
+            and (mean := sum(tps for tps, _ in recent) / len(recent)) < ONE_TOKEN_PER_STEP:
+        return Evidence(mtp=False, speculating=False,
+                        why=f"the last {len(recent)} requests show {mean:.2f} tokens per step and no "
+                            "accepted drafts")
     return None

@@ -13,7 +13,6 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..encoders import OPENAI
 from ..errors import InvalidRequest
 from ..runtimes.base import DONE, Event, Report
 from ..state import POOL, PROXY
@@ -166,39 +165,59 @@ def _with_usage(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    body = await _json(request)
-    if not body.get("messages"):
-        request.app[PROXY].router.resolve(body["model"])
-        return _loaded(body["model"], generate=False)
-    req = from_payload(_with_usage(wire.openai_chat_from_ollama(body)), CHAT)
-    return await request.app[PROXY].forward(request, req, CHAT_FORMAT)
+    async def build() -> ApiRequest | web.Response:
+        body = await _json(request)
+        if not body.get("messages"):
+            request.app[PROXY].router.resolve(body["model"])
+            return _loaded(body["model"], generate=False)
+        return from_payload(_with_usage(wire.openai_chat_from_ollama(body)), CHAT)
+
+    return await request.app[PROXY].serve(request, CHAT, build, CHAT_FORMAT)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    body = await _json(request)
-    if not body.get("prompt") and not body.get("images"):
-        request.app[PROXY].router.resolve(body["model"])
-        return _loaded(body["model"], generate=True)
-    payload, is_chat = wire.openai_from_generate(body)
-    req = from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
-    return await request.app[PROXY].forward(request, req, GENERATE_FORMAT)
+    async def build() -> ApiRequest | web.Response:
+        body = await _json(request)
+        if not body.get("prompt") and not body.get("images"):
+            request.app[PROXY].router.resolve(body["model"])
+            return _loaded(body["model"], generate=True)
+        payload, is_chat = wire.openai_from_generate(body)
+        return from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
+
+    return await request.app[PROXY].serve(request, COMPLETIONS, build, GENERATE_FORMAT)
 
 
-async def embed(request: web.Request) -> web.Response:
-    body = await _json(request)
-    legacy = request.path == "/api/embeddings"  # {"prompt": "..."} → {"embedding": [...]}
-    payload = {"model": body["model"], "input": body.get("prompt", "") if legacy else body.get("input", "")}
-    if body.get("dimensions"):
-        payload["dimensions"] = body["dimensions"]
-    resp = await request.app[PROXY].forward(request, from_payload(payload, EMBEDDINGS), OPENAI)
-    data = orjson.loads(resp.body)  # type: ignore[attr-defined]
-    vectors = [d.get("embedding") for d in data.get("data") or ()]
-    if legacy:
-        out: dict[str, Any] = {"embedding": vectors[0] if vectors else []}
-    else:
-        out = {"model": body["model"], "embeddings": vectors,
-               "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens")}
-    return web.json_response(out, headers={k: v for k, v in resp.headers.items() if k.startswith("x-mtproxy")})
+class OllamaEmbedFormat:
+    """OpenAI embeddings → /api/embed ({"embeddings": [...]}) or legacy /api/embeddings
+    ({"embedding": [...]})."""
+
+    def __init__(self, legacy: bool) -> None:
+        self.legacy = legacy
+
+    def stream_encoder(self, req: ApiRequest, report: Report) -> OllamaStream:  # pragma: no cover
+        raise InvalidRequest("embeddings do not stream")
+
+    def body(self, req: ApiRequest, body: bytes, report: Report) -> tuple[bytes, str]:
+        data = orjson.loads(body)
+        vectors = [d.get("embedding") for d in data.get("data") or ()]
+        if self.legacy:
+            return orjson.dumps({"embedding": vectors[0] if vectors else []}), "application/json"
+        return orjson.dumps({"model": req.model, "embeddings": vectors,
+                             "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens")}), \
+            "application/json"
+
+
+async def embed(request: web.Request) -> web.StreamResponse:
+    legacy = request.path == "/api/embeddings"
+
+    async def build() -> ApiRequest:
+        body = await _json(request)
+        payload = {"model": body["model"], "input": body.get("prompt", "") if legacy else body.get("input", "")}
+        if body.get("dimensions"):
+            payload["dimensions"] = body["dimensions"]
+        return from_payload(payload, EMBEDDINGS)
+
+    return await request.app[PROXY].serve(request, EMBEDDINGS, build, OllamaEmbedFormat(legacy))
 
 
 def _tag(name: str) -> dict[str, Any]:

@@ -1,0 +1,186 @@
+"""Every Prometheus metric mtproxy exports: names, units, labels and buckets, declared once.
+
+Labels come from a fixed small set (backend, runtime, model, mtp, endpoint, stream, status);
+a model label value is always a configured or discovered model (the router resolved it), never a
+name only the client chose. The same request figures are also exported under the OpenTelemetry
+GenAI semantic-convention names with their advised buckets (extended at the top for CPU runtimes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..backends import BackendPool
+from .meter import Measurement, RequestMeter
+from .window import TokenWindow
+
+# --- buckets --------------------------------------------------------------------------------
+DURATION = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+            163.84, 327.68, 655.36)  # OTel doubling series, extended to 10 minutes
+TTFT = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+        15.0, 20.0, 30.0, 45.0, 60.0)  # OTel advised, extended to 60 s for long prompts on CPUs
+INTER_TOKEN = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+               0.3, 0.5, 1.0, 2.5, 5.0)
+TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+        2.5, 5.0, 10.0)  # OTel advised (0.01 … 2.5), widened both ways
+OTEL_TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)  # OTel advised
+TOKENS_PER_SECOND = (0.5, 1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
+TOKENS_PER_CHUNK = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0)
+OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
+               67108864)  # OTel advised
+
+LABELS = ("backend", "runtime", "model", "mtp", "endpoint", "stream")
+OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+
+
+class Metrics:
+    """The instruments, on an injected registry (a fresh one per app, and per test)."""
+
+    def __init__(self, registry: CollectorRegistry, pool: BackendPool, window: TokenWindow) -> None:
+        self.window = window
+        r = registry
+
+        def hist(name: str, doc: str, buckets, labels=LABELS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        self.duration = hist("mtproxy_request_duration_seconds", "Request received to response finished.", DURATION)
+        self.ttft = hist("mtproxy_time_to_first_token_seconds",
+                         "Request received to first content chunk relayed (streams).", TTFT)
+        self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
+                        INTER_TOKEN)
+        self.tpot = hist("mtproxy_time_per_output_token_seconds",
+                         "(duration - TTFT) / (output tokens - 1) (streams).", TPOT)
+        self.decode = hist("mtproxy_decode_tokens_per_second",
+                           "(output tokens - 1) / (last - first content chunk), per request (streams).",
+                           TOKENS_PER_SECOND)
+        self.per_chunk = hist("mtproxy_tokens_per_chunk", "Output tokens / content chunks (streams).",
+                              TOKENS_PER_CHUNK)
+        self.per_step = hist("mtproxy_tokens_per_step",
+                             "Output tokens / bursts of content chunks: ~1 without speculation (streams).",
+                             TOKENS_PER_CHUNK)
+        self.overhead = hist("mtproxy_overhead_seconds",
+                             "The proxy's own added time: before sending upstream and relaying the first byte.",
+                             OVERHEAD)
+        self.requests = Counter("mtproxy_requests", "Requests by outcome.", (*LABELS, "status"), registry=r)
+        self.prompt_tokens = Counter("mtproxy_prompt_tokens", "Prompt tokens (runtime usage).", LABELS, registry=r)
+        self.completion_tokens = Counter("mtproxy_completion_tokens", "Output tokens (runtime usage).",
+                                         LABELS, registry=r)
+        self.draft_tokens = Counter("mtproxy_spec_decode_draft_tokens",
+                                    "Speculative tokens drafted, as the runtime reports them.", LABELS, registry=r)
+        self.accepted_tokens = Counter("mtproxy_spec_decode_accepted_tokens",
+                                       "Drafted tokens accepted, as the runtime reports them.", LABELS, registry=r)
+        self.retries = Counter("mtproxy_upstream_retries", "Requests moved to another backend before their first byte.",
+                               ("backend", "runtime"), registry=r)
+        # OpenTelemetry GenAI semantic conventions (metrics, status: Development)
+        self.otel_ttft = hist("gen_ai_server_time_to_first_token_seconds", "OTel: time to first token.",
+                              TTFT, OTEL_LABELS)
+        self.otel_tpot = hist("gen_ai_server_time_per_output_token_seconds", "OTel: time per output token.",
+                              OTEL_TPOT, OTEL_LABELS)
+        self.otel_duration = hist("gen_ai_server_request_duration_seconds", "OTel: request duration.",
+                                  DURATION, OTEL_LABELS)
+        self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
+                                    (*OTEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_USAGE, registry=r)
+        r.register(StateCollector(pool, window))
+
+    def retry(self, backend: str, runtime: str) -> None:
+        self.retries.labels(backend, runtime).inc()
+
+    def finish(self, meter: RequestMeter) -> Measurement:
+        """Observe one finished request (called after the client got its last byte)."""
+        labels = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
+                  "true" if meter.stream else "false")
+        m = meter.measure()
+        self.requests.labels(*labels, meter.status).inc()
+        if meter.backend == "none":  # never routed: nothing else to say
+            return m
+        if meter.window_key is not None:
+            self.window.settle(meter.window_key, meter.times, m.output_tokens)
+        otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
+        self.duration.labels(*labels).observe(m.duration)
+        self.otel_duration.labels(*otel).observe(m.duration)
+        if m.overhead is not None:
+            self.overhead.labels(*labels).observe(m.overhead)
+        report = meter.report
+        if report.prompt_tokens is not None:
+            self.prompt_tokens.labels(*labels).inc(report.prompt_tokens)
+            self.otel_usage.labels(*otel, "input").observe(report.prompt_tokens)
+        if m.output_tokens is not None:
+            self.completion_tokens.labels(*labels).inc(m.output_tokens)
+            self.otel_usage.labels(*otel, "output").observe(m.output_tokens)
+        if report.draft_tokens is not None:
+            self.draft_tokens.labels(*labels).inc(report.draft_tokens)
+        if report.accepted_tokens is not None:
+            self.accepted_tokens.labels(*labels).inc(report.accepted_tokens)
+        if m.ttft is not None:
+            self.ttft.labels(*labels).observe(m.ttft)
+            self.otel_ttft.labels(*otel).observe(m.ttft)
+        if m.gaps:
+            itl = self.itl.labels(*labels)
+            for gap in m.gaps:
+                itl.observe(gap)
+        if m.time_per_output_token is not None:
+            self.tpot.labels(*labels).observe(m.time_per_output_token)
+            self.otel_tpot.labels(*otel).observe(m.time_per_output_token)
+        if m.decode_rate is not None:
+            self.decode.labels(*labels).observe(m.decode_rate)
+        if m.tokens_per_chunk is not None:
+            self.per_chunk.labels(*labels).observe(m.tokens_per_chunk)
+        if m.tokens_per_step is not None:
+            self.per_step.labels(*labels).observe(m.tokens_per_step)
+        return m
+
+
+class StateCollector(Collector):
+    """State read at scrape time: backend health, version, MTP state, in-flight requests and the
+    token window. Nothing on the request path updates these."""
+
+    def __init__(self, pool: BackendPool, window: TokenWindow) -> None:
+        self.pool = pool
+        self.window = window
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mtproxy_backend_up", "1 when the backend passes its health check.",
+                               labels=("backend", "runtime"))
+        in_flight = GaugeMetricFamily("mtproxy_requests_in_flight", "Requests being served, per backend.",
+                                      labels=("backend", "runtime"))
+        info = InfoMetricFamily("mtproxy_backend", "The runtime and version a backend reports.",
+                                labels=("backend", "runtime"))
+        active = GaugeMetricFamily("mtproxy_backend_mtp_active",
+                                   "1 when the backend runs MTP for the model (runtime evidence).",
+                                   labels=("backend", "runtime", "model"))
+        mismatch = GaugeMetricFamily("mtproxy_backend_mtp_mismatch",
+                                     "1 when backends[].mtp in the config and the runtime's evidence disagree.",
+                                     labels=("backend", "runtime", "model"))
+        window = GaugeMetricFamily("mtproxy_window_tokens_per_second",
+                                   f"Output tokens per second over the last {self.window.seconds:g} s.",
+                                   labels=("backend", "runtime", "model"))
+        runtimes = {}
+        for b in self.pool.backends:
+            runtime = b.runtime.name
+            runtimes[b.name] = runtime
+            up.add_metric((b.name, runtime), 1.0 if b.up else 0.0)
+            in_flight.add_metric((b.name, runtime), float(b.outstanding))
+            info.add_metric((b.name, runtime), {"version": b.version or "unknown"})
+            for model, status in b.mtp.items():
+                active.add_metric((b.name, runtime, model), 1.0 if status.on else 0.0)
+                mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
+        now = asyncio.get_running_loop().time() if _loop_running() else None
+        if now is not None:
+            for (backend, model), rate in self.window.rates(now):
+                window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
+        yield from (up, in_flight, info, active, mismatch, window)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
