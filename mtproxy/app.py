@@ -66,14 +66,18 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     pool, session = app[POOL], app[PROXY].session
+    starting = pool.start_managed(session)
     await pool.probe_all(session)
-    task = asyncio.create_task(pool.run(session), name="mtproxy-health")
+    tasks = [*starting, asyncio.create_task(pool.run(session), name="mtproxy-health")]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.stop_managed()  # children never outlive the proxy
 
 
 async def _start_draining(app: web.Application) -> None:

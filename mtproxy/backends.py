@@ -13,6 +13,7 @@ import aiohttp
 from yarl import URL
 
 from .config import BackendConfig, Config
+from .launcher import ManagedProcess
 from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
@@ -47,6 +48,7 @@ class Backend:
         self.recent: dict[str, deque[tuple[float | None, int | None]]] = {}  # (tokens/step, accepted)
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
+        self.process: ManagedProcess | None = None  # for a backend with `launch`
 
     def url(self, path: str) -> URL:
         return self.base_url.join(URL(path))
@@ -90,7 +92,7 @@ class BackendPool:
     def model_names(self) -> Iterable[str]:
         """Every model a client may ask for: served names, then configured aliases."""
         yield from self.by_model
-        yield from (a for a in self.aliases if a not in self.by_model)
+        yield from (a for a, m in self.aliases.items() if m in self.by_model and a not in self.by_model)
 
     # --- MTP -----------------------------------------------------------------------------------
 
@@ -142,6 +144,46 @@ class BackendPool:
                 log.warning("backend %s, model %s: %s", backend.name, model, evidence.why)
             self._decide(backend)
 
+    # --- managed backends ----------------------------------------------------------------------
+
+    def start_managed(self, session: aiohttp.ClientSession) -> list[asyncio.Task]:
+        """Create the child-process managers; start the `start: startup` ones in the background."""
+        tasks = []
+        for backend in self.backends:
+            cfg = backend.config
+            if cfg.launch is None:
+                continue
+            backend.process = ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend),
+                                             cfg.ready_timeout, cfg.idle_stop)
+            backend.process.busy = lambda b=backend: b.outstanding > 0
+            backend.detail = "not started; starts on the first request"
+            if cfg.start == "startup":
+                tasks.append(asyncio.create_task(self._start_quietly(backend.process)))
+        return tasks
+
+    @staticmethod
+    async def _start_quietly(process: ManagedProcess) -> None:
+        try:
+            await process.ensure_running()
+        except Exception:  # logged by the process manager; the backend shows as down
+            pass
+
+    def _ready_check(self, session: aiohttp.ClientSession, backend: Backend):
+        async def ready() -> bool:
+            http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
+            if backend.config.ready is not None:
+                try:
+                    status, _ = await http.get(backend.config.ready)
+                except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                    return False
+                return status == 200
+            return (await backend.runtime.probe(http, discover=False)).up
+
+        return ready
+
+    async def stop_managed(self) -> None:
+        await asyncio.gather(*(b.process.close() for b in self.backends if b.process is not None))
+
     # --- probes --------------------------------------------------------------------------------
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
@@ -149,6 +191,15 @@ class BackendPool:
         self._reindex()
 
     async def _probe(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        process = backend.process
+        if process is not None and not process.running:  # a managed backend not running now
+            if process.failure is not None:
+                backend.mark_down(f"launch failed: {process.failure}")
+                process.failure = None  # routable again next round: the next request retries
+            else:
+                backend.up = True
+                backend.detail = "not running; starts on the first request"
+            return
         http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
         discover = backend.config.models is None
         try:

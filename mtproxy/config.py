@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +73,37 @@ class BackendConfig(_Strict):
     mtp: bool | None = None
     api_key: SecretStr | None = None
     model_path: str | None = None  # local GGUF file, config.json or checkpoint dir: MTP detection
+    # A managed backend: mtproxy starts `launch` as a child process, waits until it is ready,
+    # restarts it when it dies, stops it after `idle_stop` idle seconds and on exit.
+    launch: list[str] | None = None  # argv; a string is split like a shell would
+    start: Literal["on-demand", "startup"] = "on-demand"
+    ready: str | None = None  # path that answers 200 when ready (default: the runtime's probe)
+    ready_timeout: float = Field(120.0, gt=0)
+    idle_stop: float | None = Field(None, gt=0)
+    env: dict[str, str] = {}  # extra environment for the launched process
+
+    @field_validator("launch", mode="before")
+    @classmethod
+    def _split_launch(cls, value: object) -> object:
+        if isinstance(value, str):
+            return shlex.split(value)
+        return value
+
+    @field_validator("launch")
+    @classmethod
+    def _nonempty_launch(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("must name a program to run")
+        return value
+
+    @model_validator(mode="after")
+    def _managed_needs_models(self) -> BackendConfig:
+        if self.launch is not None and self.start == "on-demand" and not self.models:
+            raise ValueError("a backend launched on demand needs `models`: they cannot be discovered "
+                             "before it runs")
+        if self.launch is None and (self.idle_stop is not None or self.ready is not None):
+            raise ValueError("`idle_stop` and `ready` apply to a backend with `launch`")
+        return self
 
     @field_validator("api_key", mode="before")
     @classmethod

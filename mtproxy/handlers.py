@@ -37,7 +37,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     name = request.match_info["model"]
-    if name not in pool.by_model and name not in pool.aliases:
+    if pool.aliases.get(name, name) not in pool.by_model:
         raise ModelNotFound(f"The model `{name}` does not exist or no backend serves it.", param="model")
     return web.json_response(_model_entry(pool, name))
 

@@ -111,6 +111,8 @@ class Proxy:
             self._label(meter, route, backend)
             backend.outstanding += 1
             try:
+                if backend.process is not None:
+                    await self._launched(backend)
                 if req.stream:
                     return await self._stream(request, req, fmt, route, backend, meter)
                 return await self._unary(req, fmt, route, backend, meter)
@@ -122,6 +124,19 @@ class Proxy:
                             route.model, backend.name, retry.error.message)
             finally:
                 backend.outstanding -= 1
+                if backend.process is not None:
+                    backend.process.touch()
+
+    async def _launched(self, backend: Backend) -> None:
+        """A managed backend: started (and waited for) on the first request that needs it."""
+        process = backend.process
+        assert process is not None
+        process.touch()
+        try:
+            await process.ensure_running()
+        except UpstreamUnreachable as err:
+            backend.mark_down(err.message)
+            raise _Retry(err) from None
 
     async def show(self, model: str) -> dict | None:
         """The serving runtime's own description of ``model``, where it has one."""

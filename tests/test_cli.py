@@ -26,10 +26,15 @@ async def run_cli(*args: str, env: dict | None = None) -> tuple[int, str, str]:
 
 def test_example_config_is_valid():
     cfg = load_config(ROOT / "config.yaml", env={})
-    assert cfg.backends[0].api_key is None  # ${VLLM_KEY:-} unset: no key
-    cfg = load_config(ROOT / "config.yaml", env={"VLLM_KEY": "s3cret"})
-    assert cfg.backends[0].api_key.get_secret_value() == "s3cret"
+    vllm = next(b for b in cfg.backends if b.runtime == "vllm")
+    assert vllm.api_key is None  # ${VLLM_API_KEY:-} unset: no key
+    assert cfg.backends[0].launch[0] == "llama-server"
+    cfg = load_config(ROOT / "config.yaml", env={"VLLM_API_KEY": "s3cret", "MTPROXY_LLAMA_SERVER": "/x/llama-server"})
+    vllm = next(b for b in cfg.backends if b.runtime == "vllm")
+    assert vllm.api_key.get_secret_value() == "s3cret"
+    assert cfg.backends[0].launch[0] == "/x/llama-server"
     assert "s3cret" not in repr(cfg)
+    assert {b.runtime for b in cfg.backends} >= {"llamacpp", "vllm", "sglang", "ollama", "mlx", "trtllm"}
 
 
 async def test_check_accepts_the_example_config():

@@ -1,0 +1,161 @@
+"""Managed backends: runtimes that mtproxy starts, watches and stops itself (as llama-swap does).
+
+A backend with ``launch`` is started as a child process at start-up or on the first request that
+needs it, waited for until its ready check passes, restarted when it dies (with backoff), stopped
+after ``idle_stop`` seconds without requests, and stopped when mtproxy exits. Its output goes to
+the log (``mtproxy.launch.<name>``, DEBUG); the last lines are quoted when a start fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from .errors import UpstreamUnreachable
+
+log = logging.getLogger("mtproxy.launch")
+
+STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+MAX_BACKOFF = 30.0
+
+
+class ManagedProcess:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], Awaitable[bool]],
+                 ready_timeout: float, idle_stop: float | None) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self.idle_stop = idle_stop
+        self.proc: asyncio.subprocess.Process | None = None
+        self.running = False  # started and ready
+        self.failure: str | None = None  # why the last start failed
+        self.last_used = 0.0
+        self.restarts = 0
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._tail: deque[str] = deque(maxlen=20)
+        self._tasks: set[asyncio.Task] = set()
+        self._log = logging.getLogger(f"mtproxy.launch.{name}")
+        self.busy: Callable[[], bool] | None = None  # set by the pool: requests in flight here
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+    def touch(self) -> None:
+        self.last_used = asyncio.get_running_loop().time()
+
+    async def ensure_running(self) -> None:
+        """Start the process if it is not running and wait until it is ready."""
+        if self.running:
+            return
+        async with self._lock:
+            if self.running:
+                return
+            await self._start()
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping = False
+        log.info("starting backend %s: %s", self.name, " ".join(self.argv))
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, env={**os.environ, **self.env}, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self.failure = f"cannot launch {self.argv[0]}: {exc.strerror or exc}"
+            raise UpstreamUnreachable(f"Backend {self.name}: {self.failure}") from None
+        proc = self.proc
+        self._spawn(self._pump(proc))
+        deadline = loop.time() + self.ready_timeout
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                break
+            if await self.ready():
+                self.running = True
+                self.failure = None
+                self.touch()
+                log.info("backend %s is ready (pid %d)", self.name, proc.pid)
+                self._spawn(self._watch(proc))
+                if self.idle_stop is not None:
+                    self._spawn(self._idle_watch(proc))
+                return
+            await asyncio.sleep(0.1)
+        code = proc.returncode
+        await self._terminate(proc)
+        tail = " | ".join(list(self._tail)[-5:])
+        self.failure = (f"exited with status {code} while starting" if code is not None
+                        else f"not ready within {self.ready_timeout:g} s") + (f"; last output: {tail}" if tail else "")
+        log.warning("backend %s failed to start: %s", self.name, self.failure)
+        raise UpstreamUnreachable(f"Backend {self.name} {self.failure}")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            text = line.decode("utf-8", "replace").rstrip()
+            self._tail.append(text)
+            self._log.debug("%s", text)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._stopping or proc is not self.proc:
+            return
+        self.running = False
+        self.restarts += 1
+        delay = min(MAX_BACKOFF, 2 ** min(self.restarts - 1, 5))
+        log.warning("backend %s exited with status %s; restarting in %g s", self.name, code, delay)
+        await asyncio.sleep(delay)
+        if self._stopping or self.running:
+            return
+        with contextlib.suppress(UpstreamUnreachable):
+            await self.ensure_running()
+
+    async def _idle_watch(self, proc: asyncio.subprocess.Process) -> None:
+        assert self.idle_stop is not None
+        loop = asyncio.get_running_loop()
+        while proc.returncode is None and not self._stopping:
+            await asyncio.sleep(min(self.idle_stop / 4, 5.0))
+            if self.busy is not None and self.busy():
+                self.touch()
+            elif loop.time() - self.last_used >= self.idle_stop:
+                log.info("backend %s idle for %g s: stopping it", self.name, self.idle_stop)
+                await self.stop()
+                return
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.running = False
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            await self._terminate(proc)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def close(self) -> None:
+        """On proxy exit: stop the process and every task watching it."""
+        await self.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
