@@ -16,23 +16,24 @@ from . import handlers
 from .backends import BackendPool
 from .config import Config
 from .ollama import api as ollama_api
-from .middleware import auth_middleware, error_middleware
+from .middleware import Keys, add_cors, auth_middleware, error_middleware
 from .proxy import Proxy
 from .metrics.instruments import Metrics
 from .metrics.window import TokenWindow
-from .state import CONFIG, DRAINING, METRICS, POOL, PROXY
+from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY
 
 log = logging.getLogger("mtproxy")
 
 
-def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> web.Application:
+def create_app(config: Config, *, registry: CollectorRegistry | None = None,
+               config_path: str | None = None) -> web.Application:
     """The proxy as an aiohttp app. Metrics go to ``registry`` (a fresh one by default, so apps
-    and tests never share state through a module global)."""
-    middlewares = [error_middleware]
-    if config.server.api_keys:
-        middlewares.append(auth_middleware(k.get_secret_value() for k in config.server.api_keys))
+    and tests never share state through a module global); ``config_path`` is what a reload
+    (SIGHUP, ``POST /mtproxy/reload``) reads again."""
+    middlewares = [error_middleware, auth_middleware(lambda a: a[KEYS])]
     app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
-    app[CONFIG] = config
+    app[CONFIG_PATH] = config_path
+    app[KEYS] = Keys(config)
     app[POOL] = BackendPool(config)
     if registry is None:
         registry = CollectorRegistry()
@@ -45,11 +46,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None) -> 
     handlers.add_routes(app)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     ollama_api.add_routes(app)
+    add_cors(app, lambda a: a[POOL].config.server.cors_origins)
     return app
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    t = app[CONFIG].timeouts
+    t = app[POOL].config.timeouts
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(
         connector=connector,
@@ -57,7 +59,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
         raise_for_status=False,
     )
-    app[PROXY] = Proxy(app[CONFIG], app[POOL], session, app[METRICS])
+    app[PROXY] = Proxy(app[POOL].config, app[POOL], session, app[METRICS])
     try:
         yield
     finally:

@@ -49,6 +49,11 @@ class Backend:
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
         self.process: ManagedProcess | None = None  # for a backend with `launch`
+        self.cap = config.max_concurrent or 0  # 0: no cap
+        # passive outlier detection (Envoy-style): consecutive 5xx answers eject the backend
+        self.failures = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
 
     def url(self, path: str) -> URL:
         return self.base_url.join(URL(path))
@@ -58,6 +63,10 @@ class Backend:
             log.warning("backend %s marked down: %s", self.name, reason)
         self.up = False
         self.detail = reason
+
+    @property
+    def full(self) -> bool:
+        return self.cap > 0 and self.outstanding >= self.cap
 
     def mtp_on(self, model: str) -> bool:
         status = self.mtp.get(model)
@@ -77,7 +86,30 @@ class BackendPool:
         self.by_model: dict[str, list[Backend]] = {}
         self.trained: dict[str, Trained] = {}
         self._files: dict[str, Trained | None] = {}  # model_path → what the file says
+        self.retiring: set[asyncio.Task] = set()  # managed backends that left on reload
         self._reindex()
+
+    def update(self, config: Config) -> list[Backend]:
+        """Take a reloaded config: unchanged backends keep their state (health, MTP evidence,
+        processes); changed and new ones start fresh. Returns the backends that left, for the
+        caller to retire once their requests are done."""
+        old = {b.name: b for b in self.backends}
+        backends, retired = [], []
+        for cfg in config.backends:
+            kept = old.pop(cfg.name, None)
+            if kept is not None and kept.config == cfg:
+                backends.append(kept)
+            else:
+                backends.append(Backend(cfg))
+                if kept is not None:
+                    retired.append(kept)
+        retired.extend(old.values())
+        self.config = config
+        self.backends = backends
+        self.aliases = {a: m for m, cfg in config.models.items() for a in cfg.aliases}
+        self._files = {}
+        self._reindex()
+        return retired
 
     def _reindex(self) -> None:
         index: dict[str, list[Backend]] = {}
@@ -88,6 +120,24 @@ class BackendPool:
         self.trained = {model: self._trained(model, backends) for model, backends in index.items()}
         for backend in self.backends:
             self._decide(backend)
+
+    def answered(self, backend: Backend, status: int) -> None:
+        """Passive outlier detection: a backend answering 5xx this many times in a row is ejected
+        for a while (doubling with each ejection); health checks bring it back afterwards."""
+        if status < 500:
+            backend.failures = 0
+            if backend.ejected_until and backend.up:
+                backend.ejections = 0
+                backend.ejected_until = 0.0
+            return
+        backend.failures += 1
+        cfg = self.config.outlier
+        if backend.failures >= cfg.consecutive_failures:
+            seconds = min(cfg.ejection_seconds * 2 ** backend.ejections, cfg.max_ejection_seconds)
+            backend.ejections += 1
+            backend.failures = 0
+            backend.ejected_until = time.monotonic() + seconds
+            backend.mark_down(f"ejected for {seconds:g} s after {cfg.consecutive_failures} failures in a row")
 
     def model_names(self) -> Iterable[str]:
         """Every model a client may ask for: served names, then configured aliases."""
@@ -151,7 +201,7 @@ class BackendPool:
         tasks = []
         for backend in self.backends:
             cfg = backend.config
-            if cfg.launch is None:
+            if cfg.launch is None or backend.process is not None:
                 continue
             backend.process = ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend),
                                              cfg.ready_timeout, cfg.idle_stop)
@@ -182,6 +232,9 @@ class BackendPool:
         return ready
 
     async def stop_managed(self) -> None:
+        for task in list(self.retiring):
+            task.cancel()
+        await asyncio.gather(*self.retiring, return_exceptions=True)
         await asyncio.gather(*(b.process.close() for b in self.backends if b.process is not None))
 
     # --- probes --------------------------------------------------------------------------------
@@ -219,6 +272,8 @@ class BackendPool:
 
     def _apply(self, backend: Backend, probe: Probe) -> bool:
         """Take in a probe; True when the backend came up, restarted or changed models."""
+        if probe.up and time.monotonic() < backend.ejected_until:
+            return False  # still serving its ejection
         changed = False
         if probe.up and not backend.up:
             log.info("backend %s is up", backend.name)

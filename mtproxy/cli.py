@@ -29,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = config.model_copy(update={"server": server})
     from .server import run
 
-    run(config)
+    run(config, config_path=args.config)
     return 0
 
 

@@ -44,6 +44,10 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8088, ge=0, le=65535)
     api_keys: list[SecretStr] = []
+    api_keys_file: str | None = None  # more client keys, one per line (# comments allowed)
+    admin_keys: list[SecretStr] = []  # for /mtproxy/reload; without one admin endpoints are off
+    metrics_auth: bool = False  # /metrics wants a client or admin key too
+    cors_origins: list[str] = []  # CORS is off unless origins are listed ("*" allows any)
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
 
@@ -59,6 +63,25 @@ class HealthConfig(_Strict):
     interval: float = Field(5.0, gt=0)
     timeout: float = Field(2.0, gt=0)
     mtp_interval: float = Field(30.0, gt=0, description="seconds between MTP probes of a backend")
+
+
+class LimitsConfig(_Strict):
+    max_concurrent: int = Field(0, ge=0, description="requests served at once in total; 0: no cap")
+    max_queue: int = Field(256, ge=0, description="requests waiting for a slot beyond the caps")
+    queue_timeout: float = Field(30.0, gt=0, description="longest wait for a slot before 429")
+
+
+class RetriesConfig(_Strict):
+    budget_ratio: float = Field(0.2, ge=0, le=1, description="retries in flight / requests in flight")
+    min_concurrent: int = Field(3, ge=0, description="retries always allowed at once")
+    backoff_base: float = Field(0.025, ge=0)
+    backoff_max: float = Field(0.25, ge=0)
+
+
+class OutlierConfig(_Strict):
+    consecutive_failures: int = Field(5, ge=1, description="5xx answers in a row that eject a backend")
+    ejection_seconds: float = Field(30.0, gt=0, description="first ejection; doubles each time")
+    max_ejection_seconds: float = Field(300.0, gt=0)
 
 
 class MetricsConfig(_Strict):
@@ -81,6 +104,7 @@ class BackendConfig(_Strict):
     ready_timeout: float = Field(120.0, gt=0)
     idle_stop: float | None = Field(None, gt=0)
     env: dict[str, str] = {}  # extra environment for the launched process
+    max_concurrent: int | None = Field(None, gt=0, description="requests at once on this backend")
 
     @field_validator("launch", mode="before")
     @classmethod
@@ -133,6 +157,9 @@ class Config(_Strict):
     timeouts: TimeoutsConfig = TimeoutsConfig()
     health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    retries: RetriesConfig = RetriesConfig()
+    outlier: OutlierConfig = OutlierConfig()
     backends: list[BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()
@@ -216,9 +243,23 @@ def load_config_text(text: str, env: dict[str, str] | None = None) -> Config:
         raise ConfigError("(top level): expected a mapping with at least `backends`")
     data = interpolate_env(data, dict(os.environ) if env is None else env)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format(exc)) from None
+    return _with_key_file(config)
+
+
+def _with_key_file(config: Config) -> Config:
+    path = config.server.api_keys_file
+    if path is None:
+        return config
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"server.api_keys_file: cannot read {path!r}: {exc.strerror}") from None
+    keys = [SecretStr(line.strip()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    server = config.server.model_copy(update={"api_keys": [*config.server.api_keys, *keys]})
+    return config.model_copy(update={"server": server})
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

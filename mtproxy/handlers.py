@@ -6,7 +6,8 @@ import time
 
 from aiohttp import web
 
-from .errors import ModelNotFound
+from .errors import InvalidRequest, ModelNotFound
+from .reload import reload
 from .state import DRAINING, POOL, PROXY
 from .status import pool_status
 from .wire import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
@@ -60,7 +61,15 @@ async def backends(request: web.Request) -> web.Response:
     return web.json_response(pool_status(request.app[POOL]))
 
 
+async def reload_config(request: web.Request) -> web.Response:
+    ok, message = await reload(request.app)
+    if ok:
+        return web.json_response({"status": "reloaded", "message": message})
+    raise InvalidRequest(message, code="config_rejected")
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/mtproxy/reload", reload_config)
     app.router.add_get("/mtproxy/backends", backends)
     app.router.add_post("/v1/chat/completions", _forward(CHAT))
     app.router.add_post("/v1/completions", _forward(COMPLETIONS))

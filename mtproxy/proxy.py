@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -22,7 +23,8 @@ from .encoders import OPENAI, ClientFormat, StreamEncoder
 from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable, error_body
 from .metrics.instruments import Metrics
 from .metrics.meter import RequestMeter, content_events
-from .router import Route, Router
+from .limits import Gate, Waiters
+from .router import Busy, Route, Router
 from .runtimes.base import BackendHTTP, StreamDecoder, StreamFailure, describe
 from .wire import ApiRequest, Endpoint, parse_request
 
@@ -55,10 +57,28 @@ class Proxy:
         self.router = Router(pool)
         self.session = session
         self.metrics = metrics
-        t = config.timeouts
+        self.in_flight = 0
+        self.retries_in_flight = 0
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Take the settings of a (re)loaded config; requests in flight keep theirs."""
+        self.config = config
+        t, limits = config.timeouts, config.limits
         self._first_token = t.first_token
         self._idle = t.idle
         self._request = t.request
+        self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
+
+    def _retry_allowed(self) -> bool:
+        """Envoy-style retry budget: retries in flight stay under a share of requests in flight."""
+        r = self.config.retries
+        return self.retries_in_flight < max(r.min_concurrent, r.budget_ratio * self.in_flight)
+
+    def _backoff(self, attempt: int) -> float:
+        r = self.config.retries
+        return random.uniform(0, min(r.backoff_max, r.backoff_base * 2 ** (attempt - 1)))
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         """An OpenAI client's request."""
@@ -74,11 +94,16 @@ class Proxy:
         loop = asyncio.get_running_loop()
         meter = RequestMeter(loop.time(), endpoint.kind)
         backend: Backend | None = None
+        gate = self.gate
+        held = False
         try:
             built = await build()
             if isinstance(built, web.StreamResponse):
                 return built
             meter.stream = built.stream
+            await gate.acquire()
+            held = True
+            self.in_flight += 1
             resp = await self.forward(request, built, fmt, meter)
             if meter.status == "200":
                 meter.status = str(resp.status)
@@ -93,6 +118,9 @@ class Proxy:
             meter.status = "500"
             raise
         finally:
+            if held:
+                gate.release()
+                self.in_flight -= 1
             if meter.t_end is None:
                 meter.t_end = loop.time()
             measured = self.metrics.finish(meter)
@@ -105,27 +133,52 @@ class Proxy:
         route = self.router.resolve(req.model)
         req.set_model(route.model)
         tried: list[Backend] = []
-        while True:
-            backend = self.router.pick(route, tried)
-            tried.append(backend)
-            self._label(meter, route, backend)
-            backend.outstanding += 1
-            try:
-                if backend.process is not None:
-                    await self._launched(backend)
-                if req.stream:
-                    return await self._stream(request, req, fmt, route, backend, meter)
-                return await self._unary(req, fmt, route, backend, meter)
-            except _Retry as retry:
-                if not any(b.up and b not in tried for b in route.candidates):
-                    raise retry.error from None
-                self.metrics.retry(backend.name, backend.runtime.name)
-                log.warning("retrying %s on another backend after %s: %s",
-                            route.model, backend.name, retry.error.message)
-            finally:
-                backend.outstanding -= 1
-                if backend.process is not None:
-                    backend.process.touch()
+        retrying = False
+        try:
+            while True:
+                try:
+                    backend = self.router.pick(route, tried)
+                except Busy:
+                    await self.backend_waiters.wait(f"model {route.model}")
+                    continue
+                tried.append(backend)
+                self._label(meter, route, backend)
+                backend.outstanding += 1
+                try:
+                    if backend.process is not None:
+                        await self._launched(backend)
+                    if req.stream:
+                        resp = await self._stream(request, req, fmt, route, backend, meter)
+                    else:
+                        resp = await self._unary(req, fmt, route, backend, meter)
+                    self.pool.answered(backend, resp.status)
+                    return resp
+                except _Retry as retry:
+                    self.pool.answered(backend, retry.error.status)
+                    if not any(b.up and b not in tried for b in route.candidates):
+                        raise retry.error from None
+                    if not retrying and not self._retry_allowed():
+                        log.warning("retry budget spent: %s fails without retry", route.model)
+                        raise retry.error from None
+                    if not retrying:
+                        retrying = True
+                        self.retries_in_flight += 1
+                    self.metrics.retry(backend.name, backend.runtime.name)
+                    log.warning("retrying %s on another backend after %s: %s",
+                                route.model, backend.name, retry.error.message)
+                except ProxyError as err:
+                    self.pool.answered(backend, err.status)
+                    raise
+                finally:
+                    backend.outstanding -= 1
+                    if backend.cap:
+                        self.backend_waiters.wake_all()
+                    if backend.process is not None:
+                        backend.process.touch()
+                await asyncio.sleep(self._backoff(len(tried)))
+        finally:
+            if retrying:
+                self.retries_in_flight -= 1
 
     async def _launched(self, backend: Backend) -> None:
         """A managed backend: started (and waited for) on the first request that needs it."""

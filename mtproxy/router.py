@@ -23,11 +23,18 @@ class Route:
     mtp_model: bool  # the model is MTP-trained
 
 
+class Busy(Exception):
+    """Internal: every healthy candidate is at its `max_concurrent`."""
+
+
 class Router:
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
-        self.policy = pool.config.routing.mtp
         self._turn = 0
+
+    @property
+    def policy(self) -> str:
+        return self.pool.config.routing.mtp
 
     def resolve(self, requested: str) -> Route:
         model = self.pool.aliases.get(requested, requested)
@@ -50,11 +57,15 @@ class Router:
         best: list[Backend] = []
         low: tuple[int, int] | None = None
         require = route.mtp_model and self.policy == "require"
+        busy = False
         for backend in route.candidates:
             if not backend.up or backend in tried:
                 continue
             tier = self._tier(route, backend)
             if require and tier != 0:
+                continue
+            if backend.full:
+                busy = True
                 continue
             key = (tier, backend.outstanding)
             if low is None or key < low:
@@ -62,6 +73,8 @@ class Router:
             elif key == low:
                 best.append(backend)
         if not best:
+            if busy:
+                raise Busy()
             raise NoBackendAvailable(self._why_none(route, tried, require))
         self._turn += 1
         return best[self._turn % len(best)]

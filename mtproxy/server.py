@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 
 from aiohttp import web
 
 from .app import create_app
+from .reload import reload
 from .config import Config
 
 log = logging.getLogger("mtproxy")
@@ -34,18 +34,24 @@ async def start(app: web.Application, host: str, port: int, *, shutdown_grace: f
     return runner, runner.addresses[0][1]
 
 
-async def serve(config: Config, *, ready: Callable[[int], None] | None = None) -> None:
-    app = create_app(config)
-    runner, port = await start(app, config.server.host, config.server.port,
-                               shutdown_grace=config.server.shutdown_grace)
-    log.info("mtproxy listening on http://%s:%d (%d backends)", config.server.host, port,
-             len(config.backends))
-    if ready is not None:
-        ready(port)
+async def serve(config: Config, *, config_path: str | None = None) -> None:
+    app = create_app(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    runner, port = await start(app, config.server.host, config.server.port,
+                               shutdown_grace=config.server.shutdown_grace)
+    log.info("mtproxy listening on http://%s:%d (%d backends)", config.server.host, port,
+             len(config.backends))
     try:
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (up to %g s)", config.server.shutdown_grace)
@@ -54,7 +60,7 @@ async def serve(config: Config, *, ready: Callable[[int], None] | None = None) -
     log.info("stopped")
 
 
-def run(config: Config) -> None:
+def run(config: Config, config_path: str | None = None) -> None:
     """Blocking entry point, on uvloop when it is installed."""
     try:
         import uvloop
@@ -63,4 +69,4 @@ def run(config: Config) -> None:
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, config_path=config_path))

@@ -7,12 +7,13 @@ import asyncio
 from aiohttp import web
 
 from .backends import BackendPool
-from .config import Config
 from .metrics.instruments import Metrics
+from .middleware.auth import Keys
 from .proxy import Proxy
 
-CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", BackendPool)
 PROXY = web.AppKey("proxy", Proxy)
 DRAINING = web.AppKey("draining", asyncio.Event)
 METRICS = web.AppKey("metrics", Metrics)
+KEYS = web.AppKey("keys", Keys)
+CONFIG_PATH = web.AppKey("config_path", str | None)

@@ -1,38 +1,76 @@
-"""Client API keys: ``Authorization: Bearer <key>`` (or ``x-api-key``) when keys are configured."""
+"""Client and admin API keys: ``Authorization: Bearer <key>`` (or ``x-api-key``).
+
+Client keys (``server.api_keys``, ``server.api_keys_file``) guard the API when any is set; admin
+keys (``server.admin_keys``) guard the endpoints that change state (``/mtproxy/reload``), which are
+off without one. Liveness and readiness stay open; ``/metrics`` too unless
+``server.metrics_auth``. Keys are compared in constant time and never logged.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
-from ..errors import Unauthorized
+from ..config import Config
+from ..errors import ProxyError, Unauthorized
 
-# Liveness, readiness and scraping stay open so orchestrators and Prometheus need no secret.
-OPEN_PATHS = frozenset({"/", "/health", "/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/health", "/ready"})  # and CORS preflights (OPTIONS)
+ADMIN_PATHS = frozenset({"/mtproxy/reload"})
 
 
-def auth_middleware(keys: Iterable[str]) -> Middleware:
-    encoded = [k.encode() for k in keys]
+class Keys:
+    """The keys in force; replaced as a whole on config reload."""
 
-    def known(candidate: str) -> bool:
-        c = candidate.encode()
-        # compare against every key so timing does not reveal which one nearly matched
-        return sum(hmac.compare_digest(c, k) for k in encoded) > 0
+    def __init__(self, config: Config) -> None:
+        self.update(config)
+
+    def update(self, config: Config) -> None:
+        s = config.server
+        self.client = [k.get_secret_value().encode() for k in s.api_keys]
+        self.admin = [k.get_secret_value().encode() for k in s.admin_keys]
+        self.metrics_auth = s.metrics_auth
+
+    @staticmethod
+    def _match(token: str, keys: list[bytes]) -> bool:
+        candidate = token.encode()
+        # compare with every key, so timing does not tell which one nearly matched
+        return sum(hmac.compare_digest(candidate, k) for k in keys) > 0
+
+    def check(self, path: str, token: str) -> None:
+        if path in ADMIN_PATHS:
+            if not self.admin:
+                raise ProxyError("Admin endpoints are off: set server.admin_keys to enable them.",
+                                 status=403, type_="permission_error", code="admin_disabled")
+            self._require(token, self.admin)
+        elif path == "/metrics":
+            if self.metrics_auth:
+                self._require(token, self.client + self.admin)
+        elif self.client:
+            self._require(token, self.client)
+
+    def _require(self, token: str, keys: list[bytes]) -> None:
+        if not token:
+            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+        if not keys or not self._match(token, keys):
+            raise Unauthorized("Incorrect API key provided.")
+
+
+def bearer(request: web.Request) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        token = request.headers.get("x-api-key", "")
+    return token.strip()
+
+
+def auth_middleware(keys_of) -> web.middleware:
+    """``keys_of(app)`` returns the :class:`Keys` in force."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                token = request.headers.get("x-api-key", "")
-            if not token:
-                raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
-            if not known(token.strip()):
-                raise Unauthorized("Incorrect API key provided.")
+        if request.path not in OPEN_PATHS and request.method != "OPTIONS":
+            keys_of(request.app).check(request.path, bearer(request))
         return await handler(request)
 
     return middleware

@@ -1,0 +1,93 @@
+"""Overload protection: a cap on requests served at once, with a bounded FIFO queue in front.
+
+Beyond the cap a request waits for a slot, at most ``limits.queue_timeout`` seconds and behind at
+most ``limits.max_queue`` others; otherwise it gets 429 with ``Retry-After``. Memory stays
+bounded: the queue holds one future per waiting request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from .errors import ProxyError
+
+
+class Overloaded(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class Waiters:
+    """A bounded FIFO of requests waiting for a slot to free up."""
+
+    def __init__(self, max_queue: int, timeout: float) -> None:
+        self.max_queue = max_queue
+        self.timeout = timeout
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def wait(self, what: str) -> None:
+        """Wait until ``wake`` hands this request a turn; 429 when the queue is full or slow."""
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(f"Too many requests waiting for {what}; try again shortly.")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(fut)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                self.wake()  # woken just as time ran out: pass the turn on
+            raise Overloaded(f"No free slot on {what} within {self.timeout:g} s; try again shortly.",
+                             retry_after=max(1, int(self.timeout))) from None
+        finally:
+            if not fut.done():
+                fut.cancel()
+            try:
+                self._queue.remove(fut)
+            except ValueError:
+                pass
+
+    def wake(self) -> bool:
+        """Hand the turn to the longest-waiting request; False when nobody waits."""
+        while self._queue:
+            fut = self._queue.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return True
+        return False
+
+
+    def wake_all(self) -> None:
+        while self.wake():
+            pass
+
+
+class Gate:
+    """At most ``cap`` holders at once (0: no cap); the rest queue in ``Waiters``."""
+
+    def __init__(self, cap: int, max_queue: int, timeout: float) -> None:
+        self.cap = cap
+        self.in_use = 0
+        self.waiters = Waiters(max_queue, timeout)
+
+    async def acquire(self) -> None:
+        if self.cap == 0:
+            self.in_use += 1
+            return
+        while self.in_use >= self.cap:
+            await self.waiters.wait("the proxy")
+        self.in_use += 1
+
+    def release(self) -> None:
+        self.in_use -= 1
+        if self.cap and self.in_use < self.cap:
+            self.waiters.wake()

@@ -1,0 +1,46 @@
+"""CORS, off unless ``server.cors_origins`` lists origins (``*`` allows any).
+
+Headers are added in ``on_response_prepare``, so streamed responses get them too; preflight
+``OPTIONS`` requests are answered by a middleware, before any route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+ALLOW_HEADERS = "Authorization, Content-Type, x-api-key"
+EXPOSE_HEADERS = "x-mtproxy-backend, x-mtproxy-mtp"
+
+OriginsOf = Callable[[web.Application], list[str]]
+
+
+def _allowed(request: web.Request, origins_of: OriginsOf) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    origins = origins_of(request.app)
+    return origin if ("*" in origins or origin in origins) else None
+
+
+def add_cors(app: web.Application, origins_of: OriginsOf) -> None:
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = _allowed(request, origins_of)
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+            response.headers["Vary"] = "Origin"
+
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers \
+                and _allowed(request, origins_of) is not None:
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": ALLOW_HEADERS, "Access-Control-Max-Age": "600"})
+        return await handler(request)
+
+    app.on_response_prepare.append(on_prepare)
+    app.middlewares.insert(0, preflight)

@@ -1,0 +1,67 @@
+"""Config reload without a restart: on SIGHUP and ``POST /mtproxy/reload`` (admin key).
+
+A valid new config applies at once: unchanged backends keep their state, requests in flight keep
+the backend they started on, and backends that left are retired when their last request ends. An
+invalid config is rejected with its error logged, and the old one stays. Listening address and
+body-size limit need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from .backends import Backend
+from .config import Config, ConfigError, load_config
+from .state import CONFIG_PATH, KEYS, POOL, PROXY
+
+log = logging.getLogger("mtproxy.reload")
+
+_RESTART_ONLY = ("host", "port", "max_body_bytes")
+
+
+async def reload(app: web.Application) -> tuple[bool, str]:
+    path = app[CONFIG_PATH]
+    if path is None:
+        return False, "mtproxy was started without a config file; nothing to reload"
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        message = f"config {path} rejected, the old one stays: " + "; ".join(str(exc).splitlines())
+        log.error("%s", message)
+        return False, message
+    return True, await apply(app, config)
+
+
+async def apply(app: web.Application, config: Config) -> str:
+    pool, proxy = app[POOL], app[PROXY]
+    old = pool.config
+    retired = pool.update(config)
+    proxy.apply(config)
+    app[KEYS].update(config)
+    for backend in retired:
+        _retire(app, backend)
+    pool.start_managed(proxy.session)
+    await pool.probe_all(proxy.session)
+    stale = [k for k in _RESTART_ONLY if getattr(old.server, k) != getattr(config.server, k)]
+    message = f"config reloaded: {len(config.backends)} backends" + (
+        f"; {', '.join('server.' + k for k in stale)} change only on restart" if stale else "")
+    log.info("%s", message)
+    return message
+
+
+def _retire(app: web.Application, backend: Backend) -> None:
+    """Stop a managed backend that left the config, once its requests are done."""
+    if backend.process is None:
+        return
+
+    async def retire() -> None:
+        while backend.outstanding > 0:
+            await asyncio.sleep(0.1)
+        await backend.process.close()
+
+    task = asyncio.create_task(retire(), name=f"retire-{backend.name}")
+    app[POOL].retiring.add(task)
+    task.add_done_callback(app[POOL].retiring.discard)

@@ -1,0 +1,229 @@
+"""Faults and overload: reload, caps and queueing, outlier ejection, retry budget, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from mtproxy.state import POOL, PROXY
+
+from .conftest import make_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+async def until(predicate, seconds: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def yaml_for(backends: list[tuple[str, str, str]], extra: str = "") -> str:
+    lines = ["server: {admin_keys: [admin-key]}", "health: {interval: 0.2, timeout: 1}", "backends:"]
+    lines += [f"  - {{name: {n}, runtime: vllm, url: '{u}', models: [{m}]}}" for n, u, m in backends]
+    return "\n".join(lines) + "\n" + extra
+
+
+async def test_reload_applies_a_valid_config_without_dropping_in_flight(runtime_factory, tmp_path, http):
+    gate = asyncio.Event()
+    a = await runtime_factory("a", models=["m1"], gate=gate)
+    b = await runtime_factory("b", models=["m2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_for([("a", a.url, "m1")]))
+    from mtproxy.app import create_app
+    from mtproxy.config import load_config
+    from mtproxy.server import start
+
+    app = create_app(load_config(path), config_path=str(path))
+    runner, port = await start(app, "127.0.0.1", 0, shutdown_grace=2)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        stream = await http.post(url + "/v1/chat/completions", json={**CHAT, "stream": True})
+        await stream.content.readuntil(b"\n\n")  # in flight on backend a
+
+        path.write_text(yaml_for([("b", b.url, "m2")]))  # a leaves, b arrives
+        async with http.post(url + "/mtproxy/reload") as resp:
+            assert resp.status == 401  # admin key needed
+        async with http.post(url + "/mtproxy/reload", headers=ADMIN) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.post(url + "/v1/chat/completions", json={**CHAT, "model": "m2"}) as resp:
+            assert resp.status == 200 and resp.headers["x-mtproxy-backend"] == "b"
+        async with http.post(url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 404  # m1 left with a
+
+        gate.set()  # the stream that started before the reload finishes normally
+        assert (await stream.read()).endswith(b"data: [DONE]\n\n")
+
+        path.write_text("backends: [{name: x, runtime: nope, url: 'http://127.0.0.1:1'}]\n")
+        async with http.post(url + "/mtproxy/reload", headers=ADMIN) as resp:
+            assert resp.status == 400
+            message = (await resp.json())["error"]["message"]
+        assert "backends[0].runtime" in message and "the old one stays" in message
+        async with http.post(url + "/v1/chat/completions", json={**CHAT, "model": "m2"}) as resp:
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_sighup_reloads_the_config_file(runtime_factory, tmp_path, http):
+    a = await runtime_factory("a", models=["m1"])
+    b = await runtime_factory("b", models=["m2"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml_for([("a", a.url, "m1")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mtproxy", "serve", "--config", str(path), "--port", "0", cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        import re
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line
+            if m := re.search(r"listening on (http://\S+)", line):
+                url = m.group(1)
+                break
+        path.write_text(yaml_for([("a", a.url, "m1"), ("b", b.url, "m2")]))
+        proc.send_signal(signal.SIGHUP)
+        ids: list[str] = []
+        for _ in range(100):
+            async with http.get(url + "/v1/models") as resp:
+                ids = [m["id"] for m in (await resp.json())["data"]]
+            if "m2" in ids:
+                break
+            await asyncio.sleep(0.05)
+        assert ids == ["m1", "m2"]
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_total_cap_queues_then_answers_429(runtime_factory, proxy_factory, http):
+    gate = asyncio.Event()
+    rt = await runtime_factory("a", models=["m1"], gate=gate)
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}],
+                                            limits={"max_concurrent": 2, "max_queue": 1, "queue_timeout": 5}))
+    streams = [await http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}) for _ in range(2)]
+    for s in streams:
+        await s.content.readuntil(b"\n\n")
+    queued = asyncio.ensure_future(http.post(proxy.url + "/v1/chat/completions", json=CHAT))
+    await until(lambda: len(proxy.app[PROXY].gate.waiters) == 1)
+    async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:  # queue full
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"]["code"] == "overloaded"
+    assert len(rt.requests) == 2  # the queued request has not reached the runtime
+    gate.set()
+    for s in streams:
+        await s.read()
+    resp = await queued
+    assert resp.status == 200  # it got the freed slot
+    await resp.read()
+
+
+async def test_queue_timeout_is_429(runtime_factory, proxy_factory, http):
+    rt = await runtime_factory("a", models=["m1"], gate=asyncio.Event())
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url, "max_concurrent": 1}],
+                                            limits={"queue_timeout": 0.3}))
+    held = await http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    await held.content.readuntil(b"\n\n")
+    async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:  # the backend is full
+        assert resp.status == 429
+        assert "No free slot" in (await resp.json())["error"]["message"]
+    held.close()
+
+
+async def test_per_backend_cap_spills_to_the_other_backend(runtime_factory, proxy_factory, http):
+    gate = asyncio.Event()
+    a = await runtime_factory("a", models=["m1"], gate=gate)
+    b = await runtime_factory("b", models=["m1"], gate=gate)
+    proxy = await proxy_factory(make_config([
+        {"name": "a", "runtime": "vllm", "url": a.url, "max_concurrent": 1},
+        {"name": "b", "runtime": "vllm", "url": b.url, "max_concurrent": 1}]))
+    s1 = await http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    s2 = await http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True})
+    assert {s1.headers["x-mtproxy-backend"], s2.headers["x-mtproxy-backend"]} == {"a", "b"}
+    third = asyncio.ensure_future(http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}))
+    await until(lambda: len(proxy.app[PROXY].backend_waiters) == 1)
+    gate.set()
+    for s in (s1, s2):
+        await s.read()
+    resp = await third
+    assert resp.status == 200
+    await resp.read()
+
+
+async def test_outlier_ejection_and_return(runtime_factory, proxy_factory, http):
+    bad = await runtime_factory("bad", models=["m1"], status=500)
+    good = await runtime_factory("good", models=["m1"])
+    proxy = await proxy_factory(make_config(
+        [{"name": "bad", "runtime": "vllm", "url": bad.url}, {"name": "good", "runtime": "vllm", "url": good.url}],
+        outlier={"consecutive_failures": 3, "ejection_seconds": 0.5}, health={"interval": 0.1, "timeout": 1}))
+    pool = proxy.app[POOL]
+    statuses = []
+    for _ in range(10):
+        async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
+            statuses.append((resp.headers.get("x-mtproxy-backend"), resp.status))
+    assert statuses.count(("bad", 500)) == 3  # then it is ejected...
+    assert not pool.backends[0].up and "ejected for 0.5 s" in pool.backends[0].detail
+    assert statuses[-3:] == [("good", 200)] * 3  # ...and nothing is sent to it
+    bad.b.status = 200  # it recovers; after the ejection the health check brings it back
+    await until(lambda: pool.backends[0].up)
+
+
+async def test_retry_budget_can_forbid_retries(runtime_factory, proxy_factory, http):
+    a = await runtime_factory("a", models=["m1"])
+    b = await runtime_factory("b", models=["m1"])
+    proxy = await proxy_factory(make_config(
+        [{"name": "a", "runtime": "vllm", "url": a.url}, {"name": "b", "runtime": "vllm", "url": b.url}],
+        retries={"min_concurrent": 0, "budget_ratio": 0}, health={"interval": 3600}))
+    await a.stop()
+    statuses = set()
+    for _ in range(4):
+        async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
+            statuses.add(resp.status)
+    assert 502 in statuses  # the refused attempt was not retried
+
+
+@pytest.mark.parametrize("phase", ["before routing", "waiting for the first token", "mid-stream"])
+async def test_1000_disconnects_leak_nothing(runtime_factory, proxy_factory, phase):
+    behaviour = {"mid-stream": {"gate": asyncio.Event()},
+                 "waiting for the first token": {"first_token_delay": 30}}.get(phase, {})
+    rt = await runtime_factory("a", models=["m1"], **behaviour)
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}]))
+    pool, px = proxy.app[POOL], proxy.app[PROXY]
+    body = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    gc.collect()
+    tasks_before = len(asyncio.all_tasks())
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        if phase == "before routing":
+            writer.write(head + body[:20])  # the body never completes
+        else:
+            writer.write(head + body)
+            if phase == "mid-stream":
+                await reader.readuntil(b"data: ")
+            else:
+                await until(lambda: pool.backends[0].outstanding > 0, 5)
+        writer.close()
+
+    n = 1000 if phase != "waiting for the first token" else 300
+    for i in range(0, n, 50):
+        await asyncio.gather(*(one() for _ in range(50)))
+    await until(lambda: pool.backends[0].outstanding == 0 and px.in_flight == 0, 20)
+    connector = px.session.connector
+    await until(lambda: sum(len(v) for v in connector._conns.values()) + len(connector._acquired) <= 1, 20)
+    await until(lambda: len(asyncio.all_tasks()) <= tasks_before + 1, 20)
+    if phase == "mid-stream":
+        assert len(rt.requests) == n
