@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from .errors import InvalidRequest, ModelNotFound
+from .openapi import spec
 from .reload import reload
 from .state import DRAINING, POOL, PROXY
 from .status import pool_status
@@ -68,7 +69,12 @@ async def reload_config(request: web.Request) -> web.Response:
     raise InvalidRequest(message, code="config_rejected")
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(spec())
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/mtproxy/reload", reload_config)
     app.router.add_get("/mtproxy/backends", backends)
     app.router.add_post("/v1/chat/completions", _forward(CHAT))

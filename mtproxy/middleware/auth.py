@@ -16,7 +16,7 @@ from aiohttp.typedefs import Handler
 from ..config import Config
 from ..errors import ProxyError, Unauthorized
 
-OPEN_PATHS = frozenset({"/", "/health", "/ready"})  # and CORS preflights (OPTIONS)
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/openapi.json"})  # and CORS preflights (OPTIONS)
 ADMIN_PATHS = frozenset({"/mtproxy/reload"})
 
 

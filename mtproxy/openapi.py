@@ -1,0 +1,90 @@
+"""The proxy's own OpenAPI description (``GET /openapi.json``).
+
+Request schemas name what the proxy itself checks (``model``, ``stream``, ``stream_options``)
+and leave the rest open, as the proxy is lenient and passes unknown fields to the runtime. The
+hostile-input tests generate requests from this document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+_ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
+}
+_MESSAGE = {"type": "object", "required": ["role", "content"], "properties": {
+    "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
+    "content": {"type": ["string", "array", "null"]}}}
+_COMMON = {
+    "model": {"type": "string", "minLength": 1},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "max_tokens": {"type": "integer"},
+    "temperature": {"type": "number"},
+    "top_p": {"type": "number"},
+    "stop": {"type": ["string", "array"]},
+    "seed": {"type": "integer"},
+}
+CHAT = {"type": "object", "required": ["model", "messages"], "additionalProperties": True,
+        "properties": {**_COMMON, "messages": {"type": "array", "items": _MESSAGE}}}
+COMPLETION = {"type": "object", "required": ["model", "prompt"], "additionalProperties": True,
+              "properties": {**_COMMON, "prompt": {"type": ["string", "array"]}}}
+EMBEDDING = {"type": "object", "required": ["model", "input"], "additionalProperties": True,
+             "properties": {"model": _COMMON["model"], "input": {"type": ["string", "array"]},
+                            "dimensions": {"type": "integer"}}}
+OLLAMA_CHAT = {"type": "object", "required": ["model"], "additionalProperties": True, "properties": {
+    "model": {"type": "string", "minLength": 1}, "messages": {"type": "array", "items": _MESSAGE},
+    "stream": {"type": "boolean"}, "options": {"type": "object"}, "format": {"type": ["string", "object"]}}}
+OLLAMA_GENERATE = {"type": "object", "required": ["model"], "additionalProperties": True, "properties": {
+    "model": {"type": "string", "minLength": 1}, "prompt": {"type": "string"}, "system": {"type": "string"},
+    "raw": {"type": "boolean"}, "stream": {"type": "boolean"}, "options": {"type": "object"}}}
+
+REQUEST_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETION,
+    "/v1/embeddings": EMBEDDING,
+    "/api/chat": OLLAMA_CHAT,
+    "/api/generate": OLLAMA_GENERATE,
+}
+
+
+def _post(schema: dict[str, Any], summary: str) -> dict[str, Any]:
+    errors = {str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+              for s in (400, 401, 404, 413, 429, 502, 503, 504)}
+    return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema}}}, "responses": {"200": {"description": "the runtime's answer"},
+                                                              **errors}}}
+
+
+def _get(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "ok"}}}}
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mtproxy", "version": __version__,
+                 "description": "One OpenAI-compatible URL for local LLM runtimes"},
+        "paths": {
+            "/v1/chat/completions": _post(CHAT, "Chat completion, routed by model (SSE when stream)"),
+            "/v1/completions": _post(COMPLETION, "Text completion, routed by model"),
+            "/v1/embeddings": _post(EMBEDDING, "Embeddings, routed by model"),
+            "/v1/models": _get("Every served model and alias"),
+            "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [
+                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "ok"}, "404": {"description": "unknown model"}}}},
+            "/api/chat": _post(OLLAMA_CHAT, "Ollama API chat (NDJSON when stream)"),
+            "/api/generate": _post(OLLAMA_GENERATE, "Ollama API generate"),
+            "/api/tags": _get("Ollama API model list"),
+            "/api/version": _get("Ollama API version"),
+            "/health": _get("Liveness"),
+            "/ready": _get("Readiness: 200 when a backend is up"),
+            "/metrics": _get("Prometheus metrics"),
+            "/mtproxy/backends": _get("Backends' live state"),
+        },
+    }
