@@ -227,3 +227,18 @@ async def test_1000_disconnects_leak_nothing(runtime_factory, proxy_factory, pha
     await until(lambda: len(asyncio.all_tasks()) <= tasks_before + 1, 20)
     if phase == "mid-stream":
         assert len(rt.requests) == n
+
+
+async def test_runtime_restart_with_another_model_list_is_picked_up(runtime_factory, proxy_factory, http):
+    rt = await runtime_factory("a", models=["old-model"])
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}],
+                                            health={"interval": 0.1, "timeout": 1}))
+    async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "model": "old-model"}) as resp:
+        assert resp.status == 200
+    rt.b.models = ["new-model"]  # the runtime restarts serving another model
+    pool = proxy.app[POOL]
+    await until(lambda: "new-model" in pool.by_model)
+    async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "model": "new-model"}) as resp:
+        assert resp.status == 200
+    async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "model": "old-model"}) as resp:
+        assert resp.status == 404
