@@ -36,6 +36,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 # goes to the next candidate; after it the stream ends with an error event.
 UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
 
+# A keep-alive connection the server closed while it sat in the pool.
+STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # What a handler hands `serve`: the request to forward, or an answer needing no backend.
@@ -209,6 +212,18 @@ class Proxy:
             "x-mtproxy-mtp": "on" if self.router.mtp_on(route, backend) else "off",
         }
 
+    async def _post(self, backend: Backend, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """Send upstream. A pooled keep-alive connection the runtime closed meanwhile fails on
+        write (llama-server closes after a chunked stream although it offered keep-alive): that
+        is retried once at once on a fresh connection, and the backend is not blamed for it."""
+        try:
+            return await self.session.post(backend.url(path), data=body, headers=backend.headers)
+        except STALE as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                raise
+            log.debug("stale connection to %s (%s); sending again", backend.name, describe(exc))
+            return await self.session.post(backend.url(path), data=body, headers=backend.headers)
+
     def _unreachable(self, backend: Backend, exc: BaseException) -> _Retry:
         reason = describe(exc)
         backend.mark_down(reason)
@@ -227,8 +242,7 @@ class Proxy:
         meter.t_sent = loop.time()
         try:
             async with asyncio.timeout(self._request):
-                async with self.session.post(backend.url(upstream.path), data=upstream.body,
-                                             headers=backend.headers) as resp:
+                async with await self._post(backend, upstream.path, upstream.body) as resp:
                     data = await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
@@ -253,8 +267,7 @@ class Proxy:
             meter.t_sent = loop.time()
             try:
                 async with asyncio.timeout(self._first_token):
-                    resp = await self.session.post(backend.url(upstream.path), data=upstream.body,
-                                                   headers=backend.headers)
+                    resp = await self._post(backend, upstream.path, upstream.body)
                     if resp.status >= 400:
                         raise self._error_status(route, backend, resp.status, await resp.read())
                     first = await resp.content.readany()

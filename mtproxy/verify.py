@@ -182,7 +182,10 @@ async def verify(config: Config, *, model: str, backend: str | None, against: st
                  max_tokens: int, threshold: float) -> Outcome:
     pool = BackendPool(config)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # a fresh connection per request: llama-server closes after a chunked stream although it
+    # offers keep-alive, and a measurement must not trip over that
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await pool.probe_all(session)
         model = pool.aliases.get(model, model)
         subject_backend = _pick(pool, model, backend)

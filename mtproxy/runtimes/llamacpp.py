@@ -59,19 +59,39 @@ def observe_timings(timings: dict[str, Any], report: Report) -> None:
         report.accepted_tokens = as_int(timings.get("draft_n_accepted"))
 
 
-def speculative_evidence(props: Any) -> Evidence:
-    """/props default_generation_settings.params["speculative.types"]: "none", or e.g.
-    "none,ngram-simple" / "none,draft-mtp" (seen in build b1-0c1e570's /props)."""
-    params = ((props or {}).get("default_generation_settings") or {}).get("params") or {}
-    types = params.get("speculative.types")
-    if not isinstance(types, str):
-        return NO_EVIDENCE
+def _types_evidence(types: str, where: str) -> Evidence:
     kinds = [t.strip() for t in types.split(",") if t.strip() and t.strip() != "none"]
     if any("mtp" in k for k in kinds):
-        return Evidence(mtp=True, speculating=True, why=f"/props speculative.types = {types}")
+        return Evidence(mtp=True, speculating=True, why=f"{where} speculative.types = {types}")
     if kinds:
-        return Evidence(mtp=False, speculating=True, why=f"/props speculative.types = {types}: not MTP")
-    return Evidence(mtp=False, speculating=False, why="/props speculative.types = none")
+        return Evidence(mtp=False, speculating=True, why=f"{where} speculative.types = {types}: not MTP")
+    return NO_EVIDENCE
+
+
+def speculative_evidence(props: Any, slots: Any = None) -> Evidence:
+    """What llama-server says about speculation.
+
+    /slots is the reliable source: each slot has "speculative": true|false from the start, and
+    once it has run a task its params["speculative.types"] reads e.g. "none,draft-mtp". /props
+    default_generation_settings.params["speculative.types"] reads "none" whatever the flags in
+    build b1-0c1e570 (get_res_props in tools/server/server-context.cpp copies only the sampling
+    settings), so there "none" is no evidence; anything else is.
+    """
+    if isinstance(slots, list) and slots:
+        for slot in slots:
+            types = ((slot or {}).get("params") or {}).get("speculative.types") if isinstance(slot, dict) else None
+            if isinstance(types, str):
+                found = _types_evidence(types, "/slots")
+                if found is not NO_EVIDENCE:
+                    return found
+        flags = [s.get("speculative") for s in slots if isinstance(s, dict)]
+        if flags and all(f is False for f in flags):
+            return Evidence(mtp=False, speculating=False, why="/slots: speculative decoding is off")
+        if any(f is True for f in flags):
+            return Evidence(speculating=True, why="/slots: speculative decoding is on (type not shown yet)")
+    params = ((props or {}).get("default_generation_settings") or {}).get("params") or {}
+    types = params.get("speculative.types")
+    return _types_evidence(types, "/props") if isinstance(types, str) else NO_EVIDENCE
 
 
 async def _props_probe(http: BackendHTTP) -> tuple[Trained | None, Evidence]:
@@ -87,4 +107,8 @@ async def _props_probe(http: BackendHTTP) -> tuple[Trained | None, Evidence]:
         trained = detect.from_path(path)
         if trained is not None:
             trained = Trained(trained.mtp, "runtime", f"/props model_path: {trained.why}")
-    return trained, speculative_evidence(props)
+    try:
+        status, slots = await http.get("/slots")  # off with --no-slots
+    except PROBE_ERRORS:
+        slots = None
+    return trained, speculative_evidence(props, slots if status == 200 else None)
