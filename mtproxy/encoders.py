@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from .runtimes.base import DONE, Event, Report
+from .runtimes.base import DONE, Batch, Report
 from .sse import DONE as DONE_BYTES
 from .sse import error_event
 from .wire import ApiRequest
@@ -21,7 +21,7 @@ class StreamEncoder(Protocol):
     content_type: str
     finished: bool  # the stream's proper end was seen
 
-    def encode(self, events: list[Event]) -> bytes: ...
+    def encode(self, batch: Batch) -> bytes: ...
 
     def error(self, body: dict[str, Any]) -> bytes:
         """The client-format error that ends a stream after its first byte."""
@@ -29,6 +29,8 @@ class StreamEncoder(Protocol):
 
 
 class ClientFormat(Protocol):
+    parse_all: bool  # the encoder needs every event parsed
+
     def stream_encoder(self, req: ApiRequest, report: Report) -> StreamEncoder: ...
 
     def body(self, req: ApiRequest, body: bytes, report: Report) -> tuple[bytes, str]:
@@ -48,24 +50,30 @@ class OpenAIStream:
         self.strip_usage = strip_usage
         self.finished = False
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, batch: Batch) -> bytes:
+        if batch.events is None:  # plain content chunks: relayed as they came
+            return batch.raw  # type: ignore[return-value]
         out = []
-        for raw, obj in events:
+        changed = batch.raw is None
+        for raw, obj in batch.events:
             if obj is DONE:
                 self.finished = True
             elif self.strip_usage and obj.__class__ is dict and obj.get("usage") is not None:
+                changed = True
                 if not obj.get("choices"):
                     continue  # the usage chunk the proxy asked for, not the client
                 obj = {k: v for k, v in obj.items() if k != "usage"}
                 raw = None
             out.append(raw if raw is not None else sse_bytes(obj))
-        return b"".join(out)
+        return b"".join(out) if changed else batch.raw  # type: ignore[return-value]
 
     def error(self, body: dict[str, Any]) -> bytes:
         return error_event(body)
 
 
 class OpenAIFormat:
+    parse_all = False
+
     def stream_encoder(self, req: ApiRequest, report: Report) -> OpenAIStream:
         return OpenAIStream(strip_usage=not req.client_usage)
 

@@ -22,7 +22,7 @@ from .config import Config
 from .encoders import OPENAI, ClientFormat, StreamEncoder
 from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable, error_body
 from .metrics.instruments import Metrics
-from .metrics.meter import RequestMeter, content_events
+from .metrics.meter import RequestMeter
 from .limits import Gate, Waiters
 from .router import Busy, Route, Router
 from .runtimes.base import BackendHTTP, StreamDecoder, StreamFailure, describe
@@ -282,7 +282,7 @@ class Proxy:
             meter.window_key = (backend.name, route.model)
             meter.window = self.metrics.window
 
-            decoder = backend.runtime.stream_decoder(req, meter.report)
+            decoder = backend.runtime.stream_decoder(req, meter.report, parse_all=fmt.parse_all)
             encoder = fmt.stream_encoder(req, meter.report)
             out = web.StreamResponse(headers={"Content-Type": encoder.content_type, **STREAM_HEADERS,
                                               **self._headers(route, backend)})
@@ -307,17 +307,16 @@ class Proxy:
         try:
             async with asyncio.timeout(self._idle) as idle:
                 while data:
-                    events = decoder.feed(data)
-                    if events:
-                        chunk = encoder.encode(events)
+                    batch = decoder.feed(data)
+                    if batch is not None:
+                        chunk = encoder.encode(batch)
                         if chunk:
                             await out.write(chunk)
                         now = loop.time()
                         if meter.t_out is None:
                             meter.t_out = now
-                        n = content_events(events)
-                        if n:
-                            meter.content(now, n)
+                        if batch.content:
+                            meter.content(now, batch.content)
                         idle.reschedule(now + self._idle)
                     else:
                         idle.reschedule(loop.time() + self._idle)
@@ -327,12 +326,11 @@ class Proxy:
                         failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
                         break
             if failure is None:
-                events = decoder.flush()
-                if events:
-                    await out.write(encoder.encode(events))
-                    n = content_events(events)
-                    if n:
-                        meter.content(loop.time(), n)
+                batch = decoder.flush()
+                if batch is not None:
+                    await out.write(encoder.encode(batch))
+                    if batch.content:
+                        meter.content(loop.time(), batch.content)
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:

@@ -23,7 +23,7 @@ import aiohttp
 
 from .backends import Backend, BackendPool
 from .config import Config
-from .metrics.meter import RequestMeter, content_events
+from .metrics.meter import RequestMeter
 from .router import Router
 from .runtimes.base import describe
 from .wire import CHAT, from_payload
@@ -101,12 +101,12 @@ async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[s
                     raise VerifyError(f"{backend.name} answered HTTP {resp.status}: {err.message}")
                 decoder = backend.runtime.stream_decoder(req, meter.report)
                 async for data in resp.content.iter_any():
-                    n = content_events(decoder.feed(data))
-                    if n:
-                        meter.content(loop.time(), n)
-                n = content_events(decoder.flush())
-                if n:
-                    meter.content(loop.time(), n)
+                    batch = decoder.feed(data)
+                    if batch is not None and batch.content:
+                        meter.content(loop.time(), batch.content)
+                batch = decoder.flush()
+                if batch is not None and batch.content:
+                    meter.content(loop.time(), batch.content)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise VerifyError(f"{backend.name}: {describe(exc)}") from None
     meter.t_end = loop.time()

@@ -13,18 +13,41 @@ from mtproxy.wire import CHAT, COMPLETIONS, from_payload
 from .replay import DATA, RUNTIMES, ReplayRuntime, events_of, meta
 
 
-def decode_stream(runtime: str, name: str, kind=CHAT, read_size: int = 7) -> tuple[Report, list]:
+def decode_batches(runtime: str, name: str, kind=CHAT, read_size: int = 7, parse_all: bool = True):
     """Feed a transcript to the adapter in small, arbitrary reads, as TCP may deliver it."""
     adapter = runtime_for(runtime)
     req = from_payload({"model": "m", "stream": True}, kind)
     report = Report()
-    decoder = adapter.stream_decoder(req, report)
+    decoder = adapter.stream_decoder(req, report, parse_all=parse_all)
     raw = (DATA / runtime / name).read_bytes()
-    events = []
-    for i in range(0, len(raw), read_size):
-        events += decoder.feed(raw[i:i + read_size])
-    events += decoder.flush()
-    return report, events
+    batches = [decoder.feed(raw[i:i + read_size]) for i in range(0, len(raw), read_size)]
+    batches.append(decoder.flush())
+    return report, [b for b in batches if b is not None]
+
+
+def decode_stream(runtime: str, name: str, kind=CHAT, read_size: int = 7) -> tuple[Report, list]:
+    report, batches = decode_batches(runtime, name, kind, read_size)
+    return report, [event for b in batches for event in b.events]
+
+
+SSE_TRANSCRIPTS = sorted((p.parent.name, p.name) for p in DATA.glob("*/*.sse"))
+
+
+@pytest.mark.parametrize("runtime, name", SSE_TRANSCRIPTS)
+@pytest.mark.parametrize("read_size", [7, 200, 1 << 20])
+def test_fast_path_relays_the_same_bytes_and_counts_the_same_content(runtime, name, read_size):
+    """Without parsing plain content chunks, the relay sends the same bytes, reads the same
+    report and counts the same content chunks as parsing every event does."""
+    kind = COMPLETIONS if name.startswith("completions") else CHAT
+    full_report, full = decode_batches(runtime, name, kind, read_size, parse_all=True)
+    fast_report, fast = decode_batches(runtime, name, kind, read_size, parse_all=False)
+    raw = (DATA / runtime / name).read_bytes().replace(b"\r\n", b"\n")
+    assert b"".join(b.raw for b in fast) == raw
+    assert sum(b.content for b in fast) == sum(b.content for b in full) > 0
+    assert fast_report == full_report
+    m = meta(runtime)
+    if name.startswith("chat_stream") and "_spec" not in name and "_mtp" not in name and "content_chunks" in m:
+        assert sum(b.content for b in fast) == m["content_chunks"]
 
 
 def test_every_configurable_runtime_has_an_adapter():

@@ -40,26 +40,6 @@ def count_bursts(times: list[float]) -> int:
     return 1 + sum(1 for g in gaps if g > threshold)
 
 
-def content_events(events: list[tuple[bytes | None, Any]]) -> int:
-    """How many OpenAI events carry generated content (text, reasoning or tool calls)."""
-    n = 0
-    for _, obj in events:
-        if obj.__class__ is not dict:
-            continue
-        choices = obj.get("choices")
-        if not choices:
-            continue
-        choice = choices[0]
-        delta = choice.get("delta")
-        if delta is not None:
-            if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") \
-                    or delta.get("tool_calls"):
-                n += 1
-        elif choice.get("text"):
-            n += 1
-    return n
-
-
 @dataclass(slots=True)
 class Measurement:
     duration: float

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..errors import InvalidRequest
-from ..runtimes.base import DONE, Event, Report
+from ..runtimes.base import DONE, Batch, Report
 from ..state import POOL, PROXY
 from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, from_payload
 from . import wire
@@ -49,9 +49,9 @@ class OllamaStream:
         out.update(extra)
         return out
 
-    def encode(self, events: list[Event]) -> bytes:
+    def encode(self, batch: Batch) -> bytes:
         lines: list[bytes] = []
-        for _raw, obj in events:
+        for _raw, obj in batch.events or ():
             if obj is DONE:
                 self.finished = True
                 lines.append(orjson.dumps(self._final()))
@@ -104,6 +104,8 @@ def _json_or_empty(text: str) -> Any:
 
 
 class OllamaFormat:
+    parse_all = True  # every event is rewritten as an NDJSON line
+
     def __init__(self, generate: bool) -> None:
         self.generate = generate
 
@@ -188,6 +190,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 class OllamaEmbedFormat:
+    parse_all = True
     """OpenAI embeddings → /api/embed ({"embeddings": [...]}) or legacy /api/embeddings
     ({"embedding": [...]})."""
 

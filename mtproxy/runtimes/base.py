@@ -59,16 +59,44 @@ DONE: Any = _Done()  # the parsed form of `data: [DONE]`
 Event = tuple[bytes | None, Any]
 
 
+class _Plain:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PLAIN"
+
+
+# The parsed form of an event the decoder did not need to parse: a plain content chunk.
+PLAIN: Any = _Plain()
+
+
+class Batch:
+    """The complete events one upstream read finished.
+
+    ``raw``: the runtime's bytes for them (None when the adapter made the events up);
+    ``events``: the events one by one, or None when every one is a plain content chunk (the
+    fast path: nothing in them needs the proxy's attention, and ``raw`` is relayed as it is);
+    ``content``: how many carry generated content.
+    """
+
+    __slots__ = ("raw", "events", "content")
+
+    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int) -> None:
+        self.raw = raw
+        self.events = events
+        self.content = content
+
+
 class StreamFailure(Exception):
     """The runtime reported an error inside a stream that had already started."""
 
 
 class StreamDecoder(Protocol):
-    def feed(self, data: bytes) -> list[Event]:
-        """Upstream bytes in, the complete OpenAI events they finish out."""
+    def feed(self, data: bytes) -> Batch | None:
+        """Upstream bytes in, the complete OpenAI events they finish out (None: none yet)."""
         ...
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> Batch | None:
         """At upstream EOF: whatever a trailing partial event still completes."""
         ...
 
@@ -137,8 +165,9 @@ class Runtime(Protocol):
         rejects removed, another API translated to."""
         ...
 
-    def stream_decoder(self, req: ApiRequest, report: Report) -> StreamDecoder:
-        """Turns the runtime's stream into OpenAI events, filling ``report`` on the way."""
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+        """Turns the runtime's stream into OpenAI events, filling ``report`` on the way;
+        ``parse_all``: every event parsed (a client format that rewrites every event needs it)."""
         ...
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:

@@ -21,7 +21,8 @@ from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..ollama import wire
 from ..wire import ApiRequest
-from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, StreamFailure, Upstream, describe
+from .base import DONE, PROBE_ERRORS, BackendHTTP, Batch, Event, Probe, Report, StreamFailure, Upstream, describe
+from .openai_compat import has_content
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
 
@@ -75,15 +76,19 @@ class NDJSONDecoder:
         self._tools = False
         self._report = report
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> Batch | None:
         data = self._tail + data
         cut = data.rfind(b"\n") + 1
         self._tail = data[cut:]
-        return self._lines(data[:cut]) if cut else []
+        return self._batch(self._lines(data[:cut])) if cut else None
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> Batch | None:
         tail, self._tail = self._tail, b""
-        return self._lines(tail) if tail.strip() else []
+        return self._batch(self._lines(tail)) if tail.strip() else None
+
+    @staticmethod
+    def _batch(events: list[Event]) -> Batch | None:
+        return Batch(None, events, sum(has_content(obj) for _, obj in events)) if events else None
 
     def _lines(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -171,7 +176,7 @@ class Ollama:
             body = wire.embed_request(req.payload)
         return Upstream(_PATHS[kind], orjson.dumps(body))
 
-    def stream_decoder(self, req: ApiRequest, report: Report) -> NDJSONDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> NDJSONDecoder:
         return NDJSONDecoder(req, report)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:

@@ -16,7 +16,7 @@ from ..mtp import detect
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..sse import EventFramer
 from ..wire import ApiRequest
-from .base import DONE, PROBE_ERRORS, BackendHTTP, Event, Probe, Report, Upstream, as_int, describe
+from .base import DONE, PLAIN, PROBE_ERRORS, BackendHTTP, Batch, Event, Probe, Report, Upstream, as_int, describe
 
 
 def model_ids(data: Any) -> tuple[str, ...] | None:
@@ -44,37 +44,96 @@ def parse_event(raw: bytes) -> Any:
     return obj if isinstance(obj, dict) else None
 
 
+# Events carrying any of these need the proxy's attention (usage and timings to read, the end of
+# the stream, errors, tool calls); a block of events without them is relayed as it is, and its
+# content chunks are counted without parsing a byte of JSON.
+_ATTENTION = (b'"usage"', b'"timings"', b'"metrics"', b"[DONE]", b'"error"', b'"tool_calls"',
+              b"avg_decoded_tokens_per_iter", b"event:")
+# Generated text, compact (pydantic, llama.cpp) and spaced (json.dumps) encodings.
+_TEXT = (b'"content":"', b'"content": "', b'"text":"', b'"text": "', b'"reasoning_content":"',
+         b'"reasoning_content": "', b'"reasoning":"', b'"reasoning": "')
+_EMPTY_TEXT = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""', b'"reasoning_content":""',
+               b'"reasoning_content": ""', b'"reasoning":""', b'"reasoning": ""')
+
+
+def _needs_attention(data: bytes) -> bool:
+    for marker in _ATTENTION:
+        if marker in data:
+            return True
+    return False
+
+
+def _texts(data: bytes) -> int:
+    """How many text fields with something in them: one per content chunk."""
+    n = 0
+    for marker in _TEXT:
+        n += data.count(marker)
+    for marker in _EMPTY_TEXT:
+        n -= data.count(marker)
+    return n
+
+
+def has_content(obj: Any) -> bool:
+    """Whether one parsed OpenAI event carries generated content (text, reasoning, tool calls)."""
+    if obj.__class__ is not dict:
+        return False
+    choices = obj.get("choices")
+    if not choices:
+        return False
+    choice = choices[0]
+    delta = choice.get("delta")
+    if delta is not None:
+        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+                    or delta.get("tool_calls"))
+    return bool(choice.get("text"))
+
+
 class SSEDecoder:
-    """OpenAI SSE in, OpenAI events out: each event keeps the runtime's own bytes."""
+    """OpenAI SSE in, OpenAI events out, each keeping the runtime's own bytes.
 
-    __slots__ = ("_framer", "_observe", "_report")
+    Fast path: a block of whole events none of which needs attention comes out as one raw block
+    with a content count; otherwise events that need attention are parsed (all of them with
+    ``parse_all``), the others pass as PLAIN.
+    """
 
-    def __init__(self, observe: Any, report: Report) -> None:
+    __slots__ = ("_framer", "_observe", "_report", "_parse_all")
+
+    def __init__(self, observe: Any, report: Report, parse_all: bool = False) -> None:
         self._framer = EventFramer()
         self._observe = observe
         self._report = report
+        self._parse_all = parse_all
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes) -> Batch | None:
         complete = self._framer.feed(data)
-        return self._events(complete) if complete else []
+        return self._batch(complete) if complete else None
 
-    def flush(self) -> list[Event]:
+    def flush(self) -> Batch | None:
         tail = self._framer.flush()
-        return self._events(tail) if tail else []
+        return self._batch(tail) if tail else None
 
-    def _events(self, complete: bytes) -> list[Event]:
+    def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
+        parse_all = self._parse_all
+        if not parse_all and not _needs_attention(complete):
+            return Batch(complete, None, _texts(complete))
         events: list[Event] = []
+        content = 0
         observe, report = self._observe, self._report
         for part in complete.split(b"\n\n"):
             if not part:
                 continue
-            obj = parse_event(part)
-            if obj.__class__ is dict:
-                observe(obj, report)
+            if parse_all or _needs_attention(part):
+                obj = parse_event(part)
+                if obj.__class__ is dict:
+                    observe(obj, report)
+                    content += has_content(obj)
+            else:
+                obj = PLAIN
+                content += _texts(part) > 0
             events.append((part + b"\n\n", obj))
-        return events
+        return Batch(complete, events, content)
 
 
 def observe_usage(obj: dict[str, Any], report: Report) -> None:
@@ -160,8 +219,8 @@ class OpenAICompatible:
         """Fill ``report`` from one response object or stream chunk."""
         observe_usage(obj, report)
 
-    def stream_decoder(self, req: ApiRequest, report: Report) -> SSEDecoder:
-        return SSEDecoder(self.observe, report)
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> SSEDecoder:
+        return SSEDecoder(self.observe, report, parse_all)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
         try:
