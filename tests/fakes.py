@@ -101,6 +101,7 @@ class FakeRuntime:
         self.headers.append(dict(request.headers))
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        self.received_at = asyncio.get_running_loop().time()
         body = await request.json()
         self._record(request, body)
         if self.b.status != 200:
@@ -174,11 +175,13 @@ class FakeRuntime:
         steps = [chunks[i:i + b.burst] for i in range(0, len(chunks), b.burst)]
         loop = asyncio.get_running_loop()
         start, interval = loop.time(), b.burst * k / b.rate
+        self.write_times = []
         for j, step in enumerate(steps):
             delay = start + j * interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             await resp.write(b"".join(self._chunk(body, chat, text, None) for text in step))
+            self.write_times.append(loop.time())  # when each step really left, on a busy machine too
         await resp.write(self._chunk(body, chat, None, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],

@@ -56,6 +56,21 @@ def test_bursts_plain_versus_speculative():
     assert 72 / bursts > 1.8
 
 
+def test_chunks_queued_by_a_late_read_are_not_a_burst():
+    # one token every 25 ms; now and then a busy proxy reads late and two chunks arrive together
+    times = []
+    for i in range(41):
+        t = 0.025 * i
+        if i % 5 == 3:
+            continue  # this chunk is read together with the next one
+        times += [t] * (2 if i % 5 == 4 else 1)
+    assert len(times) == 41
+    assert count_bursts(times) == 41
+    # and a real burst of 3 after one step gap stays one step
+    burst = [0.0] + [0.025 * k for k in range(1, 20) for _ in range(3)]
+    assert count_bursts(burst) == 20
+
+
 def test_meter_formulas():
     m = RequestMeter(t0=10.0, endpoint="chat")
     m.stream = True
@@ -126,13 +141,17 @@ async def test_exported_figures_match_the_truth_and_the_client(runtime_factory, 
     per_chunk_seen = value(s, "mtproxy_tokens_per_chunk_sum", **labels)
     per_step = value(s, "mtproxy_tokens_per_step_sum", **labels)
     steps = -(-len(TOKENS) // (per_chunk * burst))
-    true_rate = (n - 1) / ((steps - 1) * per_chunk * burst / 40.0)  # the definition, on the schedule
-    assert ttft == pytest.approx(0.3, rel=0.05)
+    # the truth: when the runtime really sent its chunks (a busy machine delays its schedule too)
+    true_ttft = rt.write_times[0] - rt.received_at
+    true_rate = (n - 1) / (rt.write_times[-1] - rt.write_times[0])  # the definition
+    assert true_ttft == pytest.approx(0.3, abs=0.1) and true_rate == pytest.approx(40, rel=0.2)
+    assert ttft == pytest.approx(true_ttft, rel=0.05, abs=0.01)  # + forwarding inside one busy loop
     assert rate == pytest.approx(true_rate, rel=0.05)
     assert per_chunk_seen == pytest.approx(n / -(-len(TOKENS) // per_chunk), rel=0.05)
     assert per_step == pytest.approx(n / steps, rel=0.05)
-    # and with what the openai client saw
-    assert ttft == pytest.approx(client_ttft, rel=0.05)
+    # and with what the openai client saw (which adds its own scheduling delay, on a machine busy
+    # enough to run the client, the proxy and the runtime on one event loop: up to 30 ms)
+    assert ttft == pytest.approx(client_ttft, rel=0.05, abs=0.03)
     assert rate == pytest.approx(client_rate, rel=0.05)
     assert value(s, "mtproxy_completion_tokens_total", **labels) == n
     assert value(s, "mtproxy_prompt_tokens_total", **labels) == 5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -88,53 +89,96 @@ class Metrics:
         self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
                                     (*OTEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_USAGE, registry=r)
         r.register(StateCollector(pool, window))
+        # label children bound once per label set: bounded, as the label values are
+        self._bound: dict[tuple[str, ...], _Children] = {}
+        self._requests: dict[tuple[tuple[str, ...], str], Any] = {}
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
+
+    def _children(self, labels: tuple[str, ...]) -> _Children:
+        """The label children of one label set, bound once and reused (``labels()`` is a dict
+        lookup plus validation on every call)."""
+        children = self._bound.get(labels)
+        if children is None:
+            otel = (OTEL_OPERATION[labels[4]], labels[1], labels[2])
+            children = self._bound[labels] = _Children(
+                self.duration.labels(*labels), self.otel_duration.labels(*otel), self.overhead.labels(*labels),
+                self.prompt_tokens.labels(*labels), self.otel_usage.labels(*otel, "input"),
+                self.completion_tokens.labels(*labels), self.otel_usage.labels(*otel, "output"),
+                self.draft_tokens.labels(*labels), self.accepted_tokens.labels(*labels),
+                self.ttft.labels(*labels), self.otel_ttft.labels(*otel), self.itl.labels(*labels),
+                self.tpot.labels(*labels), self.otel_tpot.labels(*otel), self.decode.labels(*labels),
+                self.per_chunk.labels(*labels), self.per_step.labels(*labels))
+        return children
 
     def finish(self, meter: RequestMeter) -> Measurement:
         """Observe one finished request (called after the client got its last byte)."""
         labels = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
                   "true" if meter.stream else "false")
         m = meter.measure()
-        self.requests.labels(*labels, meter.status).inc()
+        key = (labels, meter.status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(*labels, meter.status)
+        counter.inc()
         if meter.backend == "none":  # never routed: nothing else to say
             return m
         if meter.window_key is not None:
             self.window.settle(meter.window_key, meter.times, m.output_tokens)
-        otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
-        self.duration.labels(*labels).observe(m.duration)
-        self.otel_duration.labels(*otel).observe(m.duration)
+        c = self._children(labels)
+        c.duration.observe(m.duration)
+        c.otel_duration.observe(m.duration)
         if m.overhead is not None:
-            self.overhead.labels(*labels).observe(m.overhead)
+            c.overhead.observe(m.overhead)
         report = meter.report
         if report.prompt_tokens is not None:
-            self.prompt_tokens.labels(*labels).inc(report.prompt_tokens)
-            self.otel_usage.labels(*otel, "input").observe(report.prompt_tokens)
+            c.prompt_tokens.inc(report.prompt_tokens)
+            c.otel_input.observe(report.prompt_tokens)
         if m.output_tokens is not None:
-            self.completion_tokens.labels(*labels).inc(m.output_tokens)
-            self.otel_usage.labels(*otel, "output").observe(m.output_tokens)
+            c.completion_tokens.inc(m.output_tokens)
+            c.otel_output.observe(m.output_tokens)
         if report.draft_tokens is not None:
-            self.draft_tokens.labels(*labels).inc(report.draft_tokens)
+            c.draft_tokens.inc(report.draft_tokens)
         if report.accepted_tokens is not None:
-            self.accepted_tokens.labels(*labels).inc(report.accepted_tokens)
+            c.accepted_tokens.inc(report.accepted_tokens)
         if m.ttft is not None:
-            self.ttft.labels(*labels).observe(m.ttft)
-            self.otel_ttft.labels(*otel).observe(m.ttft)
+            c.ttft.observe(m.ttft)
+            c.otel_ttft.observe(m.ttft)
         if m.gaps:
-            itl = self.itl.labels(*labels)
+            observe = c.itl.observe
             for gap in m.gaps:
-                itl.observe(gap)
+                observe(gap)
         if m.time_per_output_token is not None:
-            self.tpot.labels(*labels).observe(m.time_per_output_token)
-            self.otel_tpot.labels(*otel).observe(m.time_per_output_token)
+            c.tpot.observe(m.time_per_output_token)
+            c.otel_tpot.observe(m.time_per_output_token)
         if m.decode_rate is not None:
-            self.decode.labels(*labels).observe(m.decode_rate)
+            c.decode.observe(m.decode_rate)
         if m.tokens_per_chunk is not None:
-            self.per_chunk.labels(*labels).observe(m.tokens_per_chunk)
+            c.per_chunk.observe(m.tokens_per_chunk)
         if m.tokens_per_step is not None:
-            self.per_step.labels(*labels).observe(m.tokens_per_step)
+            c.per_step.observe(m.tokens_per_step)
         return m
+
+
+class _Children(NamedTuple):
+    duration: Any
+    otel_duration: Any
+    overhead: Any
+    prompt_tokens: Any
+    otel_input: Any
+    completion_tokens: Any
+    otel_output: Any
+    draft_tokens: Any
+    accepted_tokens: Any
+    ttft: Any
+    otel_ttft: Any
+    itl: Any
+    tpot: Any
+    otel_tpot: Any
+    decode: Any
+    per_chunk: Any
+    per_step: Any
 
 
 class StateCollector(Collector):

@@ -29,15 +29,34 @@ MIN_BURST_GAP = 0.0005
 
 
 def count_bursts(times: list[float]) -> int:
+    """Decode steps seen in the content chunks' arrival times (one entry per chunk; chunks of
+    one upstream read share a time).
+
+    Chunks closer together than the threshold belong to one step. Chunks that arrive together
+    after a gap of several typical steps are several steps that queued up (a busy proxy read
+    late), not one burst: such a group counts round(gap / typical step) steps, at most one per
+    chunk.
+    """
     if not times:
         return 0
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    groups: list[tuple[float, int]] = []  # (time, chunks) per read
+    for t in times:
+        if groups and groups[-1][0] == t:
+            groups[-1] = (t, groups[-1][1] + 1)
+        else:
+            groups.append((t, 1))
+    gaps = [b[0] - a[0] for a, b in zip(groups, groups[1:])]
     if not gaps:
         return 1
     ordered = sorted(gaps)
-    typical = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    threshold = max(BURST_FRACTION * typical, MIN_BURST_GAP)
-    return 1 + sum(1 for g in gaps if g > threshold)
+    threshold = max(BURST_FRACTION * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], MIN_BURST_GAP)
+    steps = [g for g in ordered if g > threshold]
+    typical = steps[len(steps) // 2] if steps else 0.0
+    bursts = 1
+    for gap, (_, size) in zip(gaps, groups[1:]):
+        if gap > threshold:
+            bursts += min(size, max(1, round(gap / typical)))
+    return bursts
 
 
 @dataclass(slots=True)

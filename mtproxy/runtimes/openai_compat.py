@@ -212,8 +212,8 @@ class OpenAICompatible:
     def _dropped_fields(self, req: ApiRequest, payload: dict[str, Any]) -> Iterable[str]:
         if self.accepted_fields is not None:
             accepted = self.accepted_fields[req.endpoint.kind]
-            return {k for k in payload if k not in accepted}
-        return {k for k in self.extension_fields if k in payload}
+            return [k for k in payload if k not in accepted]
+        return [k for k in self.extension_fields if k in payload]
 
     def observe(self, obj: dict[str, Any], report: Report) -> None:
         """Fill ``report`` from one response object or stream chunk."""
