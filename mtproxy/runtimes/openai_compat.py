@@ -63,6 +63,16 @@ def _needs_attention(data: bytes) -> bool:
     return False
 
 
+def _first_attention(data: bytes) -> int:
+    """Where the first marker needing attention starts; -1 when there is none."""
+    first = -1
+    for marker in _ATTENTION:
+        at = data.find(marker)
+        if at >= 0 and (first < 0 or at < first):
+            first = at
+    return first
+
+
 def _texts(data: bytes) -> int:
     """How many text fields with something in them: one per content chunk."""
     n = 0
@@ -116,12 +126,22 @@ class SSEDecoder:
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
         parse_all = self._parse_all
-        if not parse_all and not _needs_attention(complete):
-            return Batch(complete, None, _texts(complete))
         events: list[Event] = []
         content = 0
+        rest = complete
+        if not parse_all:
+            first = _first_attention(complete)
+            if first < 0:
+                return Batch(complete, None, _texts(complete))
+            # the plain events before the first one needing attention pass as one block
+            boundary = complete.rfind(b"\n\n", 0, first)
+            if boundary >= 0:
+                cut = boundary + 2
+                events.append((complete[:cut], PLAIN))
+                content = _texts(complete[:cut])
+                rest = complete[cut:]
         observe, report = self._observe, self._report
-        for part in complete.split(b"\n\n"):
+        for part in rest.split(b"\n\n"):
             if not part:
                 continue
             if parse_all or _needs_attention(part):
