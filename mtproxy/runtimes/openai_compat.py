@@ -49,11 +49,16 @@ def parse_event(raw: bytes) -> Any:
 # content chunks are counted without parsing a byte of JSON.
 _ATTENTION = (b'"usage"', b'"timings"', b'"metrics"', b"[DONE]", b'"error"', b'"tool_calls"',
               b"avg_decoded_tokens_per_iter", b"event:")
-# Generated text, compact (pydantic, llama.cpp) and spaced (json.dumps) encodings.
-_TEXT = (b'"content":"', b'"content": "', b'"text":"', b'"text": "', b'"reasoning_content":"',
-         b'"reasoning_content": "', b'"reasoning":"', b'"reasoning": "')
-_EMPTY_TEXT = (b'"content":""', b'"content": ""', b'"text":""', b'"text": ""', b'"reasoning_content":""',
-               b'"reasoning_content": ""', b'"reasoning":""', b'"reasoning": ""')
+# Fields carrying generated text, per endpoint kind.
+_TEXT_FIELDS = {"chat": (b"content", b"reasoning_content", b"reasoning"), "completions": (b"text",)}
+
+
+def _text_markers(kind: str, spaced: bool) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """(field with text, field with empty text) markers, compact (pydantic, llama.cpp) or spaced
+    (json.dumps) JSON."""
+    sep = b'": "' if spaced else b'":"'
+    fields = _TEXT_FIELDS.get(kind, ())
+    return tuple(b'"' + f + sep for f in fields), tuple(b'"' + f + sep + b'"' for f in fields)
 
 
 def _needs_attention(data: bytes) -> bool:
@@ -73,12 +78,12 @@ def _first_attention(data: bytes) -> int:
     return first
 
 
-def _texts(data: bytes) -> int:
+def _texts(data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]]) -> int:
     """How many text fields with something in them: one per content chunk."""
     n = 0
-    for marker in _TEXT:
+    for marker in markers[0]:
         n += data.count(marker)
-    for marker in _EMPTY_TEXT:
+    for marker in markers[1]:
         n -= data.count(marker)
     return n
 
@@ -106,13 +111,15 @@ class SSEDecoder:
     ``parse_all``), the others pass as PLAIN.
     """
 
-    __slots__ = ("_framer", "_observe", "_report", "_parse_all")
+    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers")
 
-    def __init__(self, observe: Any, report: Report, parse_all: bool = False) -> None:
+    def __init__(self, observe: Any, report: Report, parse_all: bool = False, kind: str = "chat") -> None:
         self._framer = EventFramer()
         self._observe = observe
         self._report = report
         self._parse_all = parse_all
+        self._kind = kind
+        self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
 
     def feed(self, data: bytes) -> Batch | None:
         complete = self._framer.feed(data)
@@ -125,6 +132,9 @@ class SSEDecoder:
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
+        markers = self._markers
+        if markers is None:  # a runtime writes all its JSON one way: compact or spaced
+            markers = self._markers = _text_markers(self._kind, b'": ' in complete[:complete.find(b"\n\n")])
         parse_all = self._parse_all
         events: list[Event] = []
         content = 0
@@ -132,13 +142,13 @@ class SSEDecoder:
         if not parse_all:
             first = _first_attention(complete)
             if first < 0:
-                return Batch(complete, None, _texts(complete))
+                return Batch(complete, None, _texts(complete, markers))
             # the plain events before the first one needing attention pass as one block
             boundary = complete.rfind(b"\n\n", 0, first)
             if boundary >= 0:
                 cut = boundary + 2
                 events.append((complete[:cut], PLAIN))
-                content = _texts(complete[:cut])
+                content = _texts(complete[:cut], markers)
                 rest = complete[cut:]
         observe, report = self._observe, self._report
         for part in rest.split(b"\n\n"):
@@ -151,7 +161,7 @@ class SSEDecoder:
                     content += has_content(obj)
             else:
                 obj = PLAIN
-                content += _texts(part) > 0
+                content += _texts(part, markers) > 0
             events.append((part + b"\n\n", obj))
         return Batch(complete, events, content)
 
@@ -240,7 +250,7 @@ class OpenAICompatible:
         observe_usage(obj, report)
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> SSEDecoder:
-        return SSEDecoder(self.observe, report, parse_all)
+        return SSEDecoder(self.observe, report, parse_all, req.endpoint.kind)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
         try:
