@@ -158,9 +158,7 @@ class BackendPool:
         for backend in backends:
             path = backend.config.model_path
             if path:
-                if path not in self._files:
-                    self._files[path] = detect.from_path(path)
-                found = self._files[path]
+                found = self._files.get(path)  # read in the probe round, off the event loop
                 if found is not None and found.mtp is not None:
                     return found
         return detect.from_family(model) or UNKNOWN
@@ -241,6 +239,8 @@ class BackendPool:
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(self._probe(session, b) for b in self.backends))
+        for path in {b.config.model_path for b in self.backends if b.config.model_path} - set(self._files):
+            self._files[path] = await detect.from_path_async(path)
         self._reindex()
 
     async def _probe(self, session: aiohttp.ClientSession, backend: Backend) -> None:
@@ -254,7 +254,9 @@ class BackendPool:
                 backend.detail = "not running; starts on the first request"
             return
         http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
-        discover = backend.config.models is None
+        # discovery: every round, unless the runtime asks for it only when it (re)appears
+        discover = backend.config.models is None and (
+            getattr(backend.runtime, "rediscover", True) or not backend.models or not backend.up)
         try:
             probe = await backend.runtime.probe(http, discover=discover)
             changed = self._apply(backend, probe)

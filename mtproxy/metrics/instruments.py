@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -90,27 +90,20 @@ class Metrics:
                                     (*OTEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_USAGE, registry=r)
         r.register(StateCollector(pool, window))
         # label children bound once per label set: bounded, as the label values are
-        self._bound: dict[tuple[str, ...], _Children] = {}
+        self._bound: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._requests: dict[tuple[tuple[str, ...], str], Any] = {}
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
 
-    def _children(self, labels: tuple[str, ...]) -> _Children:
-        """The label children of one label set, bound once and reused (``labels()`` is a dict
-        lookup plus validation on every call)."""
-        children = self._bound.get(labels)
-        if children is None:
-            otel = (OTEL_OPERATION[labels[4]], labels[1], labels[2])
-            children = self._bound[labels] = _Children(
-                self.duration.labels(*labels), self.otel_duration.labels(*otel), self.overhead.labels(*labels),
-                self.prompt_tokens.labels(*labels), self.otel_usage.labels(*otel, "input"),
-                self.completion_tokens.labels(*labels), self.otel_usage.labels(*otel, "output"),
-                self.draft_tokens.labels(*labels), self.accepted_tokens.labels(*labels),
-                self.ttft.labels(*labels), self.otel_ttft.labels(*otel), self.itl.labels(*labels),
-                self.tpot.labels(*labels), self.otel_tpot.labels(*otel), self.decode.labels(*labels),
-                self.per_chunk.labels(*labels), self.per_step.labels(*labels))
-        return children
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """A label child, bound once and reused (``labels()`` validates on every call). Bound
+        when first observed, so a figure a runtime never reports has no series at all."""
+        key = (id(metric), labels)
+        child = self._bound.get(key)
+        if child is None:
+            child = self._bound[key] = metric.labels(*labels)
+        return child
 
     def finish(self, meter: RequestMeter) -> Measurement:
         """Observe one finished request (called after the client got its last byte)."""
@@ -126,59 +119,40 @@ class Metrics:
             return m
         if meter.window_key is not None:
             self.window.settle(meter.window_key, meter.times, m.output_tokens)
-        c = self._children(labels)
-        c.duration.observe(m.duration)
-        c.otel_duration.observe(m.duration)
+        otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
+        child = self._child
+        child(self.duration, labels).observe(m.duration)
+        child(self.otel_duration, otel).observe(m.duration)
         if m.overhead is not None:
-            c.overhead.observe(m.overhead)
+            child(self.overhead, labels).observe(m.overhead)
         report = meter.report
         if report.prompt_tokens is not None:
-            c.prompt_tokens.inc(report.prompt_tokens)
-            c.otel_input.observe(report.prompt_tokens)
+            child(self.prompt_tokens, labels).inc(report.prompt_tokens)
+            child(self.otel_usage, (*otel, "input")).observe(report.prompt_tokens)
         if m.output_tokens is not None:
-            c.completion_tokens.inc(m.output_tokens)
-            c.otel_output.observe(m.output_tokens)
+            child(self.completion_tokens, labels).inc(m.output_tokens)
+            child(self.otel_usage, (*otel, "output")).observe(m.output_tokens)
         if report.draft_tokens is not None:
-            c.draft_tokens.inc(report.draft_tokens)
+            child(self.draft_tokens, labels).inc(report.draft_tokens)
         if report.accepted_tokens is not None:
-            c.accepted_tokens.inc(report.accepted_tokens)
+            child(self.accepted_tokens, labels).inc(report.accepted_tokens)
         if m.ttft is not None:
-            c.ttft.observe(m.ttft)
-            c.otel_ttft.observe(m.ttft)
+            child(self.ttft, labels).observe(m.ttft)
+            child(self.otel_ttft, otel).observe(m.ttft)
         if m.gaps:
-            observe = c.itl.observe
+            observe = child(self.itl, labels).observe
             for gap in m.gaps:
                 observe(gap)
         if m.time_per_output_token is not None:
-            c.tpot.observe(m.time_per_output_token)
-            c.otel_tpot.observe(m.time_per_output_token)
+            child(self.tpot, labels).observe(m.time_per_output_token)
+            child(self.otel_tpot, otel).observe(m.time_per_output_token)
         if m.decode_rate is not None:
-            c.decode.observe(m.decode_rate)
+            child(self.decode, labels).observe(m.decode_rate)
         if m.tokens_per_chunk is not None:
-            c.per_chunk.observe(m.tokens_per_chunk)
+            child(self.per_chunk, labels).observe(m.tokens_per_chunk)
         if m.tokens_per_step is not None:
-            c.per_step.observe(m.tokens_per_step)
+            child(self.per_step, labels).observe(m.tokens_per_step)
         return m
-
-
-class _Children(NamedTuple):
-    duration: Any
-    otel_duration: Any
-    overhead: Any
-    prompt_tokens: Any
-    otel_input: Any
-    completion_tokens: Any
-    otel_output: Any
-    draft_tokens: Any
-    accepted_tokens: Any
-    ttft: Any
-    otel_ttft: Any
-    itl: Any
-    tpot: Any
-    otel_tpot: Any
-    decode: Any
-    per_chunk: Any
-    per_step: Any
 
 
 class StateCollector(Collector):

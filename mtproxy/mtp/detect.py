@@ -71,8 +71,29 @@ def from_gguf(path: Path) -> Trained | None:
     return Trained(False, "file", f"GGUF ({arch or 'unknown architecture'}) has no NextN/MTP layers")
 
 
+_CACHE: dict[tuple[str, int, int], Trained | None] = {}
+
+
+async def from_path_async(path: str | Path) -> Trained | None:
+    """``from_path`` in a worker thread, cached by (path, mtime, size): reading a large GGUF's
+    header with gguf takes seconds, which must never stall the event loop, and files do not change
+    between probes."""
+    import asyncio
+
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    key = (str(p), st.st_mtime_ns, st.st_size)
+    if key not in _CACHE:
+        _CACHE[key] = await asyncio.to_thread(from_path, p)
+    return _CACHE[key]
+
+
 def from_path(path: str | Path) -> Trained | None:
-    """A GGUF file, an HF ``config.json``, or a model directory holding either."""
+    """A GGUF file, an HF ``config.json``, or a model directory holding either (blocking: use
+    ``from_path_async`` on the event loop)."""
     p = Path(path).expanduser()
     try:
         if p.is_dir():

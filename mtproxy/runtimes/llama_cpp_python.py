@@ -1,7 +1,10 @@
 """llama-cpp-python's server (``python -m llama_cpp.server``).
 
 Source: abetlen/llama-cpp-python llama_cpp/server/app.py, llama_cpp/server/errors.py.
-- no /health: /v1/models answers for liveness;
+- no /health; /v1/models takes the model lock (Depends(get_llama_proxy)), and with the server's
+  default interrupt_requests=True a request arriving there cuts a running stream short, and waits
+  behind a running request: liveness is probed at /openapi.json (lock-free), and models are
+  discovered only when the backend first appears or comes back;
 - version: GET /openapi.json → info.version;
 - streams never carry usage (stream_options is ignored): token counts stay unknown;
 - accepts any `model` name.
@@ -17,8 +20,9 @@ from .openai_compat import OpenAICompatible
 
 class LlamaCppPython(OpenAICompatible):
     name = "llama-cpp-python"
-    health_path = None
+    health_path = "/openapi.json"
     version_path = "/openapi.json"
+    rediscover = False
 
     def version_from(self, data: Any) -> str | None:
         info = data.get("info") if isinstance(data, dict) else None
@@ -29,6 +33,8 @@ class LlamaCppPython(OpenAICompatible):
         """Its server answers a request that fails validation with 500 and pydantic's error list
         (llama_cpp/server/errors.py); that is the client's mistake, so it becomes a 400."""
         err = normalise_upstream_error(status, body)
-        if status == 500 and err.message.startswith("[{'type':") and "'loc': ('body'" in err.message:
+        # "[{'type': …, 'loc': ('body', …" (older FastAPI) or "1 validation error:\n  {'type': …"
+        if status == 500 and "'loc': ('body'" in err.message and (
+                err.message.startswith("[{'type':") or "validation error" in err.message):
             return UpstreamError(f"Invalid request: {err.message}", status=400, type_="invalid_request_error")
         return err

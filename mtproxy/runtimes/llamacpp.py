@@ -104,7 +104,7 @@ async def _props_probe(http: BackendHTTP) -> tuple[Trained | None, Evidence]:
     trained = None
     path = props.get("model_path")
     if isinstance(path, str) and path:  # readable when the runtime runs on this machine
-        trained = detect.from_path(path)
+        trained = await detect.from_path_async(path)
         if trained is not None:
             trained = Trained(trained.mtp, "runtime", f"/props model_path: {trained.why}")
     try:

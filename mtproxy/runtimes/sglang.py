@@ -52,7 +52,7 @@ class SGLang(OpenAICompatible):
             return None, NO_EVIDENCE
         trained = None
         if isinstance(info.get("model_path"), str):
-            found = detect.from_path(info["model_path"])  # a local checkpoint directory
+            found = await detect.from_path_async(info["model_path"])  # a local checkpoint directory
             if found is not None:
                 trained = Trained(found.mtp, "runtime", f"/server_info model_path: {found.why}")
         return trained, speculative_evidence(info)

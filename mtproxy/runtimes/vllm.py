@@ -50,7 +50,7 @@ class VLLM(OpenAICompatible):
             root = next((m.get("root") for m in (models or {}).get("data") or ()
                          if isinstance(m, dict) and m.get("id") == model), None)
             if status == 200 and isinstance(root, str):
-                found = detect.from_path(root)  # a local checkpoint directory
+                found = await detect.from_path_async(root)  # a local checkpoint directory
                 if found is not None:
                     trained = Trained(found.mtp, "runtime", f"/v1/models root {root}: {found.why}")
             status, text = await http.text("/metrics")

@@ -2,8 +2,7 @@
 installs), and what the proxy must absorb. The plain requests are in test_end_to_end.py; here:
 errors, and the server's single model lock, which its own /v1/models takes too.
 
-Tests marked xfail(strict=True) show proxy bugs found against the real server (see the reason of
-each); they turn into failures (XPASS) once the proxy is fixed, so the mark is then removed.
+Each of these was a proxy bug found against the real server, and is fixed.
 """
 
 from __future__ import annotations
@@ -34,11 +33,6 @@ async def test_malformed_body_is_answered_by_the_proxy(llama_cpp_python, proxy_f
             assert err["type"] == "invalid_request_error" and "JSON" in err["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: mtproxy/runtimes/llama_cpp_python.py upstream_error recognises a validation 500 "
-    "only by a message starting \"[{'type':\" (older FastAPI); with llama-cpp-python 0.3.36 and the "
-    "FastAPI it installs now the message is \"1 validation error:\\n  {'type': 'list_type', 'loc': "
-    "('body', 'messages'), ...\", so the 500 reaches the client instead of a 400"))
 async def test_validation_error_becomes_400(llama_cpp_python, proxy_factory):
     proxy = await start_proxy(proxy_factory, backend("lcp", "llama-cpp-python", llama_cpp_python.url))
     body = {"model": MODEL, "messages": "not a list"}
@@ -52,13 +46,6 @@ async def test_validation_error_becomes_400(llama_cpp_python, proxy_factory):
             assert err["type"] == "invalid_request_error"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: the llama-cpp-python adapter has no health path, so every health probe is GET "
-    "/v1/models, which in llama-cpp-python takes the model lock (Depends(get_llama_proxy)); with "
-    "the server's default interrupt_requests=True a stream running while a probe arrives is cut "
-    "short ([DONE], then an unterminated chunked body): any stream longer than health.interval "
-    "(5 s by default) breaks. A lock-free liveness probe (e.g. GET /openapi.json, which the "
-    "adapter reads anyway) and model discovery only when idle would avoid it"))
 async def test_stream_survives_health_probes(llama_cpp_python, proxy_factory):
     proxy = await start_proxy(proxy_factory, backend("lcp", "llama-cpp-python", llama_cpp_python.url),
                               health={"interval": 0.2, "timeout": 30})
@@ -73,10 +60,6 @@ async def test_stream_survives_health_probes(llama_cpp_python, proxy_factory):
     assert finish == "length"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: a health probe (GET /v1/models) of llama-cpp-python waits for the model lock held by "
-    "a running non-streaming request, times out after health.timeout (2 s by default) and marks the "
-    "backend down although it is busy serving; the next requests are refused or moved elsewhere"))
 async def test_backend_stays_up_during_a_long_request(llama_cpp_python, proxy_factory):
     proxy = await start_proxy(proxy_factory, backend("lcp", "llama-cpp-python", llama_cpp_python.url),
                               health={"interval": 0.2, "timeout": 0.5})
