@@ -14,22 +14,9 @@ from mtproxy.metrics.meter import RequestMeter, count_bursts
 from mtproxy.metrics.window import TokenWindow
 
 from .conftest import make_config
+from .promtext import scrape, value
 
 TOKENS = [f"t{i} " for i in range(81)]
-
-
-def scrape(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict, name: str, **labels) -> float | None:
-    """The sum of the samples called `name` whose labels include `labels`."""
-    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
-    return sum(found) if found else None
 
 
 async def get_metrics(http, proxy) -> dict:

@@ -6,9 +6,9 @@ from typing import Any
 
 import aiohttp
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import Proxy, make_config
+from ..promtext import scrape, value  # noqa: F401  (re-exported for the real-runtime tests)
 
 # A prompt the model does not finish before max_tokens: every answer ends with finish_reason
 # "length", so completion_tokens is known exactly in advance.
@@ -34,20 +34,6 @@ async def start_proxy(proxy_factory, *backends: dict[str, Any], **extra: Any) ->
 
 def client(proxy: Proxy) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="unused", max_retries=0, timeout=300)
-
-
-def scrape(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    """The sum of the samples called `name` whose labels include `labels`; None when none."""
-    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
-    return sum(found) if found else None
 
 
 def labels_of(samples: dict, name: str) -> list[dict[str, str]]:

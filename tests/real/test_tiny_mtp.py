@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from mtproxy.mtp.detect import from_path
 
 from ..conftest import make_config
+from ..promtext import scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make-tiny-mtp-gguf.py"
@@ -198,16 +198,8 @@ def _config(tiny: Tiny, **extra: Any):
     ], health={"interval": 1.0, "timeout": 10, "mtp_interval": 3600}, routing={"mtp": "prefer"}, **extra)
 
 
-def _scrape(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
 def _value(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+    return value(samples, name, **labels) or 0.0
 
 
 # --- the model file -------------------------------------------------------------------------
@@ -291,7 +283,7 @@ async def test_metrics_show_drafts_and_several_tokens_per_step(tiny: Tiny, proxy
     for stream in (True, False, True, True):
         assert await _send(http, proxy, stream) == "mtp"
     async with http.get(proxy.url + "/metrics") as resp:
-        samples = _scrape(await resp.text())
+        samples = scrape(await resp.text())
     drafted = _value(samples, "mtproxy_spec_decode_draft_tokens_total", backend="mtp")
     accepted = _value(samples, "mtproxy_spec_decode_accepted_tokens_total", backend="mtp")
     assert drafted > 0 and accepted > 0, (drafted, accepted)
