@@ -225,7 +225,10 @@ class BackendPool:
                 except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
                     return False
                 return status == 200
-            return (await backend.runtime.probe(http, discover=False)).up
+            probe = await backend.runtime.probe(http, discover=False)
+            if probe.up and self._apply(backend, probe):  # its version now, not a probe round later
+                self._reindex()
+            return probe.up
 
         return ready
 

@@ -173,6 +173,11 @@ def judge(subject: Side, reference: Side | None, threshold: float) -> Outcome:
     if ratio is not None and ratio >= threshold:
         return Outcome(True, f"MTP active (×{ratio:.2f} tokens/s, {per_step}{acceptance})", sides, ratio)
     shown = f"×{ratio:.2f} tokens/s" if ratio is not None else "no reference rate"
+    if subject.accepted or (tps is not None and tps >= threshold):
+        # drafting works, but it does not pay here: drafts cost as much as they save (a small
+        # model on a CPU, a draft model too large, a batch already filling the hardware)
+        return Outcome(False, f"no material speed-up ({shown}, {per_step}{acceptance}): drafts are "
+                              "accepted but do not pay on this hardware", sides, ratio)
     return Outcome(False, f"no material speed-up ({shown}, {per_step}{acceptance}): "
                           "the runtime is not using MTP", sides, ratio)
 

@@ -1,5 +1,5 @@
 """A fake runtime as a process of its own, for managed-backend tests:
-``python tests/fake_server.py --port P --models m1,m2``; stops on SIGTERM."""
+``python tests/fake_server.py --port P --models m1,m2 --version 0.11.0``; stops on SIGTERM."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--models", default="m1")
+    parser.add_argument("--version", default="0.11.0", help="what GET /version reports (vLLM's shape)")
     args = parser.parse_args()
-    rt = FakeRuntime("managed", Behaviour(models=args.models.split(",")))
+    rt = FakeRuntime("managed", Behaviour(models=args.models.split(","), routes={"/version": {"version": args.version}}))
     rt.port = args.port
     await rt.start()
     print(f"fake runtime listening on {rt.url}", flush=True)

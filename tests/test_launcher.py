@@ -49,7 +49,8 @@ async def until(predicate, seconds: float = 20.0) -> None:
 
 async def test_started_on_first_request_restarted_when_it_dies_stopped_on_exit(proxy_factory, http):
     port = free_port()
-    proxy = await proxy_factory(make_config([managed(port)]))
+    # probes far apart: what is known right after the start comes from the start itself
+    proxy = await proxy_factory(make_config([managed(port)], health={"interval": 3600, "timeout": 1}))
     backend = proxy.app[POOL].backends[0]
     assert backend.process.pid is None and backend.up  # nothing runs until a request needs it
     async with http.get(proxy.url + "/mtproxy/backends") as resp:
@@ -59,6 +60,8 @@ async def test_started_on_first_request_restarted_when_it_dies_stopped_on_exit(p
         assert (await resp.json())["choices"][0]["message"]["content"] == "Hello world"
     pid = backend.process.pid
     assert pid is not None and alive(pid)
+    async with http.get(proxy.url + "/mtproxy/backends") as resp:
+        assert (await resp.json())["backends"][0]["version"] == "0.11.0"  # read when it became ready
 
     os.kill(pid, signal.SIGKILL)  # the runtime crashes
     await until(lambda: backend.process.pid not in (None, pid) and backend.process.running)

@@ -75,3 +75,18 @@ def test_judge_threshold():
     b = Side("reference", "b", "llamacpp", None, "m", rounds=[100.0], tokens=100, steps=100)
     assert not judge(a, b, 1.15).verified
     assert judge(a, b, 1.05).verified
+
+
+async def test_drafting_that_does_not_pay_is_told_apart(runtime_factory, tmp_path):
+    """Accepted drafts at the plain rate: speculation is on but gains nothing (a small model on a
+    CPU); the verdict says so instead of claiming the runtime does not use MTP."""
+    slow = await runtime_factory("slow", models=["glm-4.5-air"], tokens=TOKENS, rate=80.0, burst=2,
+                                 extra={"timings": {"draft_n": 20, "draft_n_accepted": 16}})
+    plain = await runtime_factory("plain", models=["glm-4.5-air"], tokens=TOKENS, rate=80.0)
+    code, out, err = await run_verify(tmp_path, [("slow", slow.url), ("plain", plain.url)],
+                                      "--backend", "slow", "--against", "plain", "--json")
+    assert code == 1, err
+    result = json.loads(out)
+    assert not result["verified"] and 0.8 < result["ratio"] < 1.15
+    assert "drafts are accepted but do not pay on this hardware" in result["message"], result["message"]
+    assert result["sides"][0]["acceptance"] == 0.8

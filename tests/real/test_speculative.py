@@ -4,8 +4,8 @@ model to repeat a paragraph, so the drafts (n-grams looked up in the context) hi
 
 What the proxy must show: the runtime's drafted and accepted tokens, more than one token per
 decode step on the speculative backend and about one on the plain one, a decode rate; and
-``mtproxy verify`` must tell the two apart by measurement alone. Speeds are compared only through
-``verify``, never asserted as timings.
+``mtproxy verify`` must see the drafts and judge by its own measurement. Speeds are compared only
+through ``verify``, never asserted as timings.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ REQUESTS = 3
 # 425 drafted / 290 accepted); plain against the same plain server 0.97, 1.03. With two threads each
 # the spread was wider (1.06-1.27 and 0.89-1.15). A single run can land on the wrong side of any
 # threshold on such a machine, so a verdict gets up to VERIFY_ATTEMPTS runs; what never varies
-# (tokens per step, the runtime's drafted/accepted counts) is asserted on every run.
+# (tokens per step, the runtime's drafted/accepted counts) is asserted on every run. A CI machine
+# measured x0.96-0.98 spec/plain: there the drafts do not pay, and verify must say so.
 VERIFY_SECONDS = "2"
 VERIFY_ROUNDS = "5"
 VERIFY_THRESHOLD = "1.06"
@@ -143,19 +144,26 @@ async def test_verify_alone_sees_the_drafts(llama_server, llama_server_spec, tmp
     assert side["drafted"] is None and side["tokens_per_step"] < 1.5
 
 
-async def test_verify_tells_speculation_from_plain_by_speed(llama_server, llama_server_spec, tmp_path):
+async def test_verify_compares_speculation_with_plain(llama_server, llama_server_spec, tmp_path):
+    """With a reference, verify measures both sides interleaved and judges by the tokens/s ratio.
+    Whether n-gram drafts pay for SmolLM2-135M on two CPU cores depends on the machine (x0.96-0.98
+    in one CI run, x1.07-1.12 on a busy development machine), so the test holds verify to its own
+    figures: the verdict follows the ratio and the threshold, and a miss is reported as drafting
+    that does not pay, never as "not using MTP". The speed-up itself is asserted on the tiny MTP
+    model (tests/real/test_tiny_mtp.py), where it is x1.8-3.1."""
     servers = {"spec": llama_server_spec, "plain": llama_server}
-    runs = []
-    for _ in range(VERIFY_ATTEMPTS):
-        code, result = await run_verify(tmp_path, servers, "spec", "plain")
-        subject, reference = result["sides"]
-        assert subject["tokens_per_step"] > 2 and reference["tokens_per_step"] < 1.5
-        assert subject["drafted"] > 0 and 0 < subject["acceptance"] <= 1 and reference["drafted"] is None
-        runs.append(f"exit {code}: {result['message']}")
-        if code == 0:
-            break
-    assert code == 0, "speculation not verified in any run: " + " | ".join(runs)
-    assert result["verified"] and result["message"].startswith("MTP active (×")
+    code, result = await run_verify(tmp_path, servers, "spec", "plain")
+    subject, reference = result["sides"]
+    assert subject["tokens_per_step"] > 2 and reference["tokens_per_step"] < 1.5
+    assert subject["drafted"] > 0 and 0 < subject["acceptance"] <= 1 and reference["drafted"] is None
+    assert subject["tokens_per_second"] > 0 and reference["tokens_per_second"] > 0
+    ratio = subject["tokens_per_second"] / reference["tokens_per_second"]
+    assert abs(result["ratio"] - ratio) < 1e-6
+    assert (code == 0) == result["verified"] == (ratio >= float(VERIFY_THRESHOLD)), result
+    if code == 0:
+        assert result["message"].startswith(f"MTP active (×{ratio:.2f}"), result["message"]
+    else:
+        assert "drafts are accepted but do not pay on this hardware" in result["message"], result["message"]
 
 
 async def test_verify_finds_no_speed_up_between_two_plain_backends(llama_server, tmp_path):
