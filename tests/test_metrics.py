@@ -84,13 +84,13 @@ def test_window_replaces_the_live_estimate_with_exact_counts():
     for t in times:
         w.add(key, t, 1)
     assert dict(w.rates(102.0))[key] == pytest.approx(20 / 5)
-    w.settle(key, times, 60)  # three tokens per chunk, reported at the end
+    w.settle(key, times, [1] * len(times), 60)  # three tokens per chunk, reported at the end
     assert dict(w.rates(102.0))[key] == pytest.approx(60 / 5)
     assert dict(w.rates(108.0))[key] == 0  # out of the window
     w2 = TokenWindow(5.0)
     for t in times:
         w2.add(key, t, 1)
-    w2.settle(key, times, None)  # never reported: withdrawn
+    w2.settle(key, times, [1] * len(times), None)  # never reported: withdrawn
     assert dict(w2.rates(102.0))[key] == 0
 
 
@@ -247,3 +247,35 @@ async def test_live_signal_flags_mtp_that_does_nothing(runtime_factory, proxy_fa
     assert value(s, "mtproxy_backend_mtp_active", backend="a") == 0
     assert value(s, "mtproxy_backend_mtp_mismatch", backend="a") == 1
     assert any("tokens per step and no accepted drafts" in r.getMessage() for r in caplog.records)
+
+
+def test_bulk_histogram_exports_what_a_histogram_would():
+    """BulkHistogram (one lock per request) against prometheus_client's Histogram fed the same
+    values one by one: the same _bucket, _count and _sum samples, bucket edges included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from mtproxy.metrics.bulk import BulkHistogram
+    from mtproxy.metrics.instruments import INTER_TOKEN
+
+    rnd = random.Random(7)
+    requests = [[rnd.choice([0.0, *INTER_TOKEN, 9.0, rnd.uniform(0, 6)]) for _ in range(rnd.randint(1, 60))]
+                for _ in range(40)]
+    reference, bulk = CollectorRegistry(), CollectorRegistry()
+    h = Histogram("gaps_seconds", "d", ("backend",), buckets=INTER_TOKEN, registry=reference)
+    b = BulkHistogram("gaps_seconds", "d", ("backend",), INTER_TOKEN, bulk)
+    for i, values in enumerate(requests):
+        name = f"b{i % 3}"
+        for v in values:
+            h.labels(name).observe(v)
+        zeros = [v for v in values if v == 0.0]
+        b.observe_many((name,), [v for v in values if v != 0.0], zeros=len(zeros))
+
+    def samples(registry):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in family.samples if not s.name.endswith("_created")}
+
+    expected, got = samples(reference), samples(bulk)
+    assert set(got) == set(expected)
+    for key, v in expected.items():
+        assert got[key] == pytest.approx(v), key

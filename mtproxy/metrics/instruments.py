@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..backends import BackendPool
+from .bulk import BulkHistogram
 from .meter import Measurement, RequestMeter
 from .window import TokenWindow
 
@@ -54,8 +55,8 @@ class Metrics:
         self.duration = hist("mtproxy_request_duration_seconds", "Request received to response finished.", DURATION)
         self.ttft = hist("mtproxy_time_to_first_token_seconds",
                          "Request received to first content chunk relayed (streams).", TTFT)
-        self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
-                        INTER_TOKEN)
+        self.itl = BulkHistogram("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
+                                 LABELS, INTER_TOKEN, r)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
                          "(duration - TTFT) / (output tokens - 1) (streams).", TPOT)
         self.decode = hist("mtproxy_decode_tokens_per_second",
@@ -118,7 +119,7 @@ class Metrics:
         if meter.backend == "none":  # never routed: nothing else to say
             return m
         if meter.window_key is not None:
-            self.window.settle(meter.window_key, meter.times, m.output_tokens)
+            self.window.settle(meter.window_key, meter.times, meter.counts, m.output_tokens)
         otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
         child = self._child
         child(self.duration, labels).observe(m.duration)
@@ -139,10 +140,8 @@ class Metrics:
         if m.ttft is not None:
             child(self.ttft, labels).observe(m.ttft)
             child(self.otel_ttft, otel).observe(m.ttft)
-        if m.gaps:
-            observe = child(self.itl, labels).observe
-            for gap in m.gaps:
-                observe(gap)
+        if m.content_chunks > 1:
+            self.itl.observe_many(labels, m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
             child(self.tpot, labels).observe(m.time_per_output_token)
             child(self.otel_tpot, otel).observe(m.time_per_output_token)

@@ -28,9 +28,12 @@ BURST_FRACTION = 0.25
 MIN_BURST_GAP = 0.0005
 
 
-def count_bursts(times: list[float]) -> int:
-    """Decode steps seen in the content chunks' arrival times (one entry per chunk; chunks of
-    one upstream read share a time).
+def count_bursts(times: list[float], counts: list[int] | None = None) -> int:
+    """Decode steps seen in the content chunks' arrival times.
+
+    ``times`` has one entry per upstream read that carried content and ``counts`` the content
+    chunks of each read; without ``counts``, one entry per chunk (chunks of one read sharing a
+    time).
 
     Chunks closer together than the threshold belong to one step. Chunks that arrive together
     after a gap of several typical steps are several steps that queued up (a busy proxy read
@@ -39,13 +42,9 @@ def count_bursts(times: list[float]) -> int:
     """
     if not times:
         return 0
-    groups: list[tuple[float, int]] = []  # (time, chunks) per read
-    for t in times:
-        if groups and groups[-1][0] == t:
-            groups[-1] = (t, groups[-1][1] + 1)
-        else:
-            groups.append((t, 1))
-    gaps = [b[0] - a[0] for a, b in zip(groups, groups[1:])]
+    if counts is None:
+        times, counts = group(times)
+    gaps = [b - a for a, b in zip(times, times[1:])]
     if not gaps:
         return 1
     ordered = sorted(gaps)
@@ -53,17 +52,31 @@ def count_bursts(times: list[float]) -> int:
     steps = [g for g in ordered if g > threshold]
     typical = steps[len(steps) // 2] if steps else 0.0
     bursts = 1
-    for gap, (_, size) in zip(gaps, groups[1:]):
+    for gap, size in zip(gaps, counts[1:]):
         if gap > threshold:
             bursts += min(size, max(1, round(gap / typical)))
     return bursts
+
+
+def group(times: list[float]) -> tuple[list[float], list[int]]:
+    """One time per chunk → (distinct consecutive times, chunks at each)."""
+    out: list[float] = []
+    counts: list[int] = []
+    for t in times:
+        if out and out[-1] == t:
+            counts[-1] += 1
+        else:
+            out.append(t)
+            counts.append(1)
+    return out, counts
 
 
 @dataclass(slots=True)
 class Measurement:
     duration: float
     ttft: float | None = None
-    gaps: list[float] | None = None
+    gaps: list[float] | None = None  # between reads that carried content
+    zero_gaps: int = 0  # between chunks that came in one read
     output_tokens: int | None = None
     content_chunks: int = 0
     bursts: int = 0
@@ -77,7 +90,7 @@ class Measurement:
 class RequestMeter:
     """Timestamps of one request (event-loop clock, seconds) and its labels."""
 
-    __slots__ = ("t0", "t_sent", "t_in", "t_out", "t_end", "times", "report", "status", "endpoint",
+    __slots__ = ("t0", "t_sent", "t_in", "t_out", "t_end", "times", "counts", "report", "status", "endpoint",
                  "stream", "backend", "runtime", "model", "mtp", "window_key", "window", "target")
 
     def __init__(self, t0: float, endpoint: str) -> None:
@@ -86,7 +99,10 @@ class RequestMeter:
         self.t_in: float | None = None  # first upstream byte received
         self.t_out: float | None = None  # first byte written to the client
         self.t_end: float | None = None
-        self.times: list[float] = []  # one entry per content chunk relayed
+        # one entry per upstream read that carried content: its time and its content chunks
+        # (a runtime that sends all at once fills one read with hundreds of chunks)
+        self.times: list[float] = []
+        self.counts: list[int] = []
         self.report = Report()
         self.status = "200"
         self.endpoint = endpoint
@@ -99,9 +115,11 @@ class RequestMeter:
 
     def content(self, t: float, n: int) -> None:
         times = self.times
-        times.append(t)
-        if n > 1:
-            times.extend([t] * (n - 1))
+        if times and times[-1] == t:
+            self.counts[-1] += n
+        else:
+            times.append(t)
+            self.counts.append(n)
         if self.window is not None:
             self.window.add(self.window_key, t, n)
 
@@ -117,8 +135,9 @@ class RequestMeter:
             return m
         m.ttft = times[0] - self.t0
         m.gaps = [b - a for a, b in zip(times, times[1:])]
-        m.content_chunks = len(times)
-        m.bursts = count_bursts(times)
+        m.content_chunks = sum(self.counts)
+        m.zero_gaps = m.content_chunks - len(times)
+        m.bursts = count_bursts(times, self.counts)
         if n is None or n <= 0:
             return m
         m.tokens_per_chunk = n / m.content_chunks

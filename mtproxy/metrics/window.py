@@ -41,15 +41,16 @@ class TokenWindow:
         if i >= 0:
             bins[i] += tokens
 
-    def settle(self, key: tuple[str, str], times: list[float], tokens: int | None) -> None:
-        """Replace the live one-token-per-chunk estimate with the exact count."""
+    def settle(self, key: tuple[str, str], times: list[float], counts: list[int], tokens: int | None) -> None:
+        """Replace the live one-token-per-chunk estimate with the exact count (``times``: the
+        reads that carried content, ``counts``: their chunks)."""
         if not times:
             return
-        per_chunk = (tokens / len(times) - 1.0) if tokens is not None else -1.0
+        per_chunk = (tokens / sum(counts) - 1.0) if tokens is not None else -1.0
         if per_chunk == 0.0:
             return
-        for t in times:
-            self.add(key, t, per_chunk)
+        for t, n in zip(times, counts):
+            self.add(key, t, per_chunk * n)
 
     def rates(self, now: float) -> Iterator[tuple[tuple[str, str], float]]:
         first = int((now - self.seconds) / self.width) + 1

@@ -18,11 +18,12 @@ from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
 from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
-from .openai_compat import OpenAICompatible, observe_usage
+from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
 
 
 class LlamaCpp(OpenAICompatible):
     name = "llamacpp"
+    attention = (*ATTENTION, b'"timings"')  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
 

@@ -44,13 +44,14 @@ def parse_event(raw: bytes) -> Any:
     return obj if isinstance(obj, dict) else None
 
 
-# Events carrying any of these need the proxy's attention (usage and timings to read, the end of
-# the stream, errors, tool calls); a block of events without them is relayed as it is, and its
-# content chunks are counted without parsing a byte of JSON.
-_ATTENTION = (b'"usage"', b'"timings"', b'"metrics"', b"[DONE]", b'"error"', b'"tool_calls"',
-              b"avg_decoded_tokens_per_iter", b"event:")
-# Fields carrying generated text, per endpoint kind.
-_TEXT_FIELDS = {"chat": (b"content", b"reasoning_content", b"reasoning"), "completions": (b"text",)}
+# Events carrying any of these need the proxy's attention (usage to read, the end of the stream,
+# errors, tool calls); a block of events without them is relayed as it is, and its content chunks
+# are counted without parsing a byte of JSON. A runtime adds the fields it reports figures in
+# (llama.cpp "timings", vLLM "metrics"): every marker is one more scan of every byte relayed.
+ATTENTION = (b'"usage"', b"[DONE]", b'"error"', b'"tool_calls"', b"event:")
+# Fields carrying generated text, per endpoint kind, as key suffixes: `content":"` counts both
+# "content" and "reasoning_content" in one scan.
+_TEXT_FIELDS = {"chat": (b"content", b'"reasoning'), "completions": (b'"text',)}
 
 
 def _text_markers(kind: str, spaced: bool) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
@@ -58,20 +59,20 @@ def _text_markers(kind: str, spaced: bool) -> tuple[tuple[bytes, ...], tuple[byt
     (json.dumps) JSON."""
     sep = b'": "' if spaced else b'":"'
     fields = _TEXT_FIELDS.get(kind, ())
-    return tuple(b'"' + f + sep for f in fields), tuple(b'"' + f + sep + b'"' for f in fields)
+    return tuple(f + sep for f in fields), tuple(f + sep + b'"' for f in fields)
 
 
-def _needs_attention(data: bytes) -> bool:
-    for marker in _ATTENTION:
+def _needs_attention(data: bytes, markers: tuple[bytes, ...]) -> bool:
+    for marker in markers:
         if marker in data:
             return True
     return False
 
 
-def _first_attention(data: bytes) -> int:
+def _first_attention(data: bytes, markers: tuple[bytes, ...]) -> int:
     """Where the first marker needing attention starts; -1 when there is none."""
     first = -1
-    for marker in _ATTENTION:
+    for marker in markers:
         at = data.find(marker)
         if at >= 0 and (first < 0 or at < first):
             first = at
@@ -111,10 +112,12 @@ class SSEDecoder:
     ``parse_all``), the others pass as PLAIN.
     """
 
-    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers")
+    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention")
 
-    def __init__(self, observe: Any, report: Report, parse_all: bool = False, kind: str = "chat") -> None:
+    def __init__(self, observe: Any, report: Report, parse_all: bool = False, kind: str = "chat",
+                 attention: tuple[bytes, ...] = ATTENTION) -> None:
         self._framer = EventFramer()
+        self._attention = attention
         self._observe = observe
         self._report = report
         self._parse_all = parse_all
@@ -140,7 +143,7 @@ class SSEDecoder:
         content = 0
         rest = complete
         if not parse_all:
-            first = _first_attention(complete)
+            first = _first_attention(complete, self._attention)
             if first < 0:
                 return Batch(complete, None, _texts(complete, markers))
             # the plain events before the first one needing attention pass as one block
@@ -154,7 +157,7 @@ class SSEDecoder:
         for part in rest.split(b"\n\n"):
             if not part:
                 continue
-            if parse_all or _needs_attention(part):
+            if parse_all or _needs_attention(part, self._attention):
                 obj = parse_event(part)
                 if obj.__class__ is dict:
                     observe(obj, report)
@@ -193,6 +196,8 @@ class OpenAICompatible:
     # Fields mtproxy itself understands as extensions (Ollama `options`); never sent to
     # runtimes that do not know them.
     extension_fields: ClassVar[tuple[str, ...]] = ("options",)
+    # Stream events with any of these are parsed (``observe``); the others are relayed unread.
+    attention: ClassVar[tuple[bytes, ...]] = ATTENTION
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:
@@ -250,7 +255,7 @@ class OpenAICompatible:
         observe_usage(obj, report)
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> SSEDecoder:
-        return SSEDecoder(self.observe, report, parse_all, req.endpoint.kind)
+        return SSEDecoder(self.observe, report, parse_all, req.endpoint.kind, self.attention)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
         try:

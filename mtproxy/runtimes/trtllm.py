@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Any
 
 from .base import Report, as_float
-from .openai_compat import OpenAICompatible, observe_usage
+from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
 
 
 def _accepted_fields() -> dict[str, frozenset[str]]:
@@ -25,6 +25,7 @@ def _accepted_fields() -> dict[str, frozenset[str]]:
 
 class TensorRTLLM(OpenAICompatible):
     name = "trtllm"
+    attention = (*ATTENTION, b"avg_decoded_tokens_per_iter")  # tokens per decode iteration
     health_path = "/health"
     version_path = "/version"
 

@@ -18,7 +18,7 @@ from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
 from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
-from .openai_compat import OpenAICompatible, observe_usage
+from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
 
 _DRAFTS = re.compile(r"^vllm:spec_decode_num_draft_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
 _ACCEPTED = re.compile(r"^vllm:spec_decode_num_accepted_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
@@ -40,6 +40,7 @@ def spec_decode_evidence(metrics_text: str) -> Evidence:
 
 class VLLM(OpenAICompatible):
     name = "vllm"
+    attention = (*ATTENTION, b'"metrics"')  # per-request metrics, with speculative_decoding
     health_path = "/health"
     version_path = "/version"
 
