@@ -182,9 +182,10 @@ async def test_every_contract_name_is_exported(runtime_factory, proxy_factory, h
     for name in ("mtproxy_requests_total", "mtproxy_prompt_tokens_total", "mtproxy_completion_tokens_total",
                  "mtproxy_spec_decode_draft_tokens_total", "mtproxy_spec_decode_accepted_tokens_total",
                  "mtproxy_window_tokens_per_second", "mtproxy_requests_in_flight", "mtproxy_backend_up",
-                 "mtproxy_backend_mtp_active", "mtproxy_backend_info"):
+                 "mtproxy_backend_mtp_active", "mtproxy_backend_info", "mtproxy_event_loop_tasks"):
         assert name in names, name
     s = scrape(text)
+    assert value(s, "mtproxy_event_loop_tasks") >= 1  # at least the task rendering /metrics
     assert value(s, "mtproxy_spec_decode_accepted_tokens_total", backend="a") == 4
     assert value(s, "mtproxy_spec_decode_draft_tokens_total", backend="a") == 6
     assert ('le="60.0"' in text) and ('le="5000.0"' in text)  # CPU-wide buckets

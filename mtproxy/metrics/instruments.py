@@ -193,6 +193,9 @@ class StateCollector(Collector):
             for (backend, model), rate in self.window.rates(now):
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
         yield from (up, in_flight, info, active, mismatch, window)
+        if now is not None:  # leak watch: back to its idle figure when no request is in flight
+            yield GaugeMetricFamily("mtproxy_event_loop_tasks", "asyncio tasks alive in the proxy's event loop.",
+                                    value=len(asyncio.all_tasks()))
 
 
 def _loop_running() -> bool:
