@@ -250,33 +250,42 @@ async def test_live_signal_flags_mtp_that_does_nothing(runtime_factory, proxy_fa
     assert any("tokens per step and no accepted drafts" in r.getMessage() for r in caplog.records)
 
 
-def test_bulk_histogram_exports_what_a_histogram_would():
-    """BulkHistogram (one lock per request) against prometheus_client's Histogram fed the same
-    values one by one: the same _bucket, _count and _sum samples, bucket edges included."""
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+def test_lean_instruments_export_what_prometheus_client_would():
+    """mtproxy.metrics.lean against prometheus_client's Histogram and Counter fed the same
+    values one by one: the same samples, bucket edges, zeros and values above the top included."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-    from mtproxy.metrics.bulk import BulkHistogram
+    from mtproxy.metrics import lean
     from mtproxy.metrics.instruments import INTER_TOKEN
 
     rnd = random.Random(7)
     requests = [[rnd.choice([0.0, *INTER_TOKEN, 9.0, rnd.uniform(0, 6)]) for _ in range(rnd.randint(1, 60))]
                 for _ in range(40)]
-    reference, bulk = CollectorRegistry(), CollectorRegistry()
+    reference, ours = CollectorRegistry(), CollectorRegistry()
     h = Histogram("gaps_seconds", "d", ("backend",), buckets=INTER_TOKEN, registry=reference)
-    b = BulkHistogram("gaps_seconds", "d", ("backend",), INTER_TOKEN, bulk)
+    c = Counter("tokens", "d", ("backend",), registry=reference)
+    lh = lean.Histogram("gaps_seconds", "d", ("backend",), INTER_TOKEN, ours)
+    lc = lean.Counter("tokens", "d", ("backend",), ours)
     for i, values in enumerate(requests):
         name = f"b{i % 3}"
         for v in values:
             h.labels(name).observe(v)
-        zeros = [v for v in values if v == 0.0]
-        b.observe_many((name,), [v for v in values if v != 0.0], zeros=len(zeros))
+        c.labels(name).inc(len(values))
+        lc.labels(name).inc(len(values))
+        if i % 2:
+            lh.labels(name).observe_many([v for v in values if v != 0.0], zeros=values.count(0.0))
+        else:
+            for v in values:
+                lh.labels(name).observe(v)
 
     def samples(registry):
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
                 for family in text_string_to_metric_families(generate_latest(registry).decode())
                 for s in family.samples if not s.name.endswith("_created")}
 
-    expected, got = samples(reference), samples(bulk)
+    expected, got = samples(reference), samples(ours)
     assert set(got) == set(expected)
     for key, v in expected.items():
         assert got[key] == pytest.approx(v), key
+    with pytest.raises(ValueError):
+        lh.labels("a", "b")

@@ -12,12 +12,13 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as ClientCounter
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..backends import BackendPool
-from .bulk import BulkHistogram
+from .lean import Counter, Histogram
 from .meter import Measurement, RequestMeter
 from .window import TokenWindow
 
@@ -50,13 +51,13 @@ class Metrics:
         r = registry
 
         def hist(name: str, doc: str, buckets, labels=LABELS) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+            return Histogram(name, doc, labels, buckets, r)
 
         self.duration = hist("mtproxy_request_duration_seconds", "Request received to response finished.", DURATION)
         self.ttft = hist("mtproxy_time_to_first_token_seconds",
                          "Request received to first content chunk relayed (streams).", TTFT)
-        self.itl = BulkHistogram("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
-                                 LABELS, INTER_TOKEN, r)
+        self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
+                        INTER_TOKEN)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
                          "(duration - TTFT) / (output tokens - 1) (streams).", TPOT)
         self.decode = hist("mtproxy_decode_tokens_per_second",
@@ -70,16 +71,16 @@ class Metrics:
         self.overhead = hist("mtproxy_overhead_seconds",
                              "The proxy's own added time: before sending upstream and relaying the first byte.",
                              OVERHEAD)
-        self.requests = Counter("mtproxy_requests", "Requests by outcome.", (*LABELS, "status"), registry=r)
-        self.prompt_tokens = Counter("mtproxy_prompt_tokens", "Prompt tokens (runtime usage).", LABELS, registry=r)
-        self.completion_tokens = Counter("mtproxy_completion_tokens", "Output tokens (runtime usage).",
-                                         LABELS, registry=r)
+        self.requests = Counter("mtproxy_requests", "Requests by outcome.", (*LABELS, "status"), r)
+        self.prompt_tokens = Counter("mtproxy_prompt_tokens", "Prompt tokens (runtime usage).", LABELS, r)
+        self.completion_tokens = Counter("mtproxy_completion_tokens", "Output tokens (runtime usage).", LABELS, r)
         self.draft_tokens = Counter("mtproxy_spec_decode_draft_tokens",
-                                    "Speculative tokens drafted, as the runtime reports them.", LABELS, registry=r)
+                                    "Speculative tokens drafted, as the runtime reports them.", LABELS, r)
         self.accepted_tokens = Counter("mtproxy_spec_decode_accepted_tokens",
-                                       "Drafted tokens accepted, as the runtime reports them.", LABELS, registry=r)
-        self.retries = Counter("mtproxy_upstream_retries", "Requests moved to another backend before their first byte.",
-                               ("backend", "runtime"), registry=r)
+                                       "Drafted tokens accepted, as the runtime reports them.", LABELS, r)
+        self.retries = ClientCounter("mtproxy_upstream_retries",
+                                     "Requests moved to another backend before their first byte.",
+                                     ("backend", "runtime"), registry=r)
         # OpenTelemetry GenAI semantic conventions (metrics, status: Development)
         self.otel_ttft = hist("gen_ai_server_time_to_first_token_seconds", "OTel: time to first token.",
                               TTFT, OTEL_LABELS)
@@ -88,69 +89,53 @@ class Metrics:
         self.otel_duration = hist("gen_ai_server_request_duration_seconds", "OTel: request duration.",
                                   DURATION, OTEL_LABELS)
         self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
-                                    (*OTEL_LABELS, "gen_ai_token_type"), buckets=TOKEN_USAGE, registry=r)
+                                    (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE, r)
         r.register(StateCollector(pool, window))
-        # label children bound once per label set: bounded, as the label values are
-        self._bound: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._requests: dict[tuple[tuple[str, ...], str], Any] = {}
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
 
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
-        """A label child, bound once and reused (``labels()`` validates on every call). Bound
-        when first observed, so a figure a runtime never reports has no series at all."""
-        key = (id(metric), labels)
-        child = self._bound.get(key)
-        if child is None:
-            child = self._bound[key] = metric.labels(*labels)
-        return child
-
     def finish(self, meter: RequestMeter) -> Measurement:
-        """Observe one finished request (called after the client got its last byte)."""
+        """Observe one finished request (called after the client got its last byte). A series
+        appears when first observed, so a figure a runtime never reports has none at all."""
         labels = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
                   "true" if meter.stream else "false")
         m = meter.measure()
-        key = (labels, meter.status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.requests.labels(*labels, meter.status)
-        counter.inc()
+        self.requests.labels(*labels, meter.status).inc()
         if meter.backend == "none":  # never routed: nothing else to say
             return m
         if meter.window_key is not None:
             self.window.settle(meter.window_key, meter.times, meter.counts, m.output_tokens)
         otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
-        child = self._child
-        child(self.duration, labels).observe(m.duration)
-        child(self.otel_duration, otel).observe(m.duration)
+        self.duration.labels(*labels).observe(m.duration)
+        self.otel_duration.labels(*otel).observe(m.duration)
         if m.overhead is not None:
-            child(self.overhead, labels).observe(m.overhead)
+            self.overhead.labels(*labels).observe(m.overhead)
         report = meter.report
         if report.prompt_tokens is not None:
-            child(self.prompt_tokens, labels).inc(report.prompt_tokens)
-            child(self.otel_usage, (*otel, "input")).observe(report.prompt_tokens)
+            self.prompt_tokens.labels(*labels).inc(report.prompt_tokens)
+            self.otel_usage.labels(*otel, "input").observe(report.prompt_tokens)
         if m.output_tokens is not None:
-            child(self.completion_tokens, labels).inc(m.output_tokens)
-            child(self.otel_usage, (*otel, "output")).observe(m.output_tokens)
+            self.completion_tokens.labels(*labels).inc(m.output_tokens)
+            self.otel_usage.labels(*otel, "output").observe(m.output_tokens)
         if report.draft_tokens is not None:
-            child(self.draft_tokens, labels).inc(report.draft_tokens)
+            self.draft_tokens.labels(*labels).inc(report.draft_tokens)
         if report.accepted_tokens is not None:
-            child(self.accepted_tokens, labels).inc(report.accepted_tokens)
+            self.accepted_tokens.labels(*labels).inc(report.accepted_tokens)
         if m.ttft is not None:
-            child(self.ttft, labels).observe(m.ttft)
-            child(self.otel_ttft, otel).observe(m.ttft)
+            self.ttft.labels(*labels).observe(m.ttft)
+            self.otel_ttft.labels(*otel).observe(m.ttft)
         if m.content_chunks > 1:
-            self.itl.observe_many(labels, m.gaps, m.zero_gaps)
+            self.itl.labels(*labels).observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
-            child(self.tpot, labels).observe(m.time_per_output_token)
-            child(self.otel_tpot, otel).observe(m.time_per_output_token)
+            self.tpot.labels(*labels).observe(m.time_per_output_token)
+            self.otel_tpot.labels(*otel).observe(m.time_per_output_token)
         if m.decode_rate is not None:
-            child(self.decode, labels).observe(m.decode_rate)
+            self.decode.labels(*labels).observe(m.decode_rate)
         if m.tokens_per_chunk is not None:
-            child(self.per_chunk, labels).observe(m.tokens_per_chunk)
+            self.per_chunk.labels(*labels).observe(m.tokens_per_chunk)
         if m.tokens_per_step is not None:
-            child(self.per_step, labels).observe(m.tokens_per_step)
+            self.per_step.labels(*labels).observe(m.tokens_per_step)
         return m
 
 
