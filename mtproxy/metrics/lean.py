@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -60,35 +61,44 @@ class Total:
         self.value += amount
 
 
-class _Family(Collector):
+S = TypeVar("S", "Bins", "Total")
+
+
+class _Family(Collector, Generic[S]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._series: dict[tuple[str, ...], S] = {}
         registry.register(self)
+
+    def labels(self, *values: str) -> S:
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
+            series = self._series[values] = self._new()
+        return series
 
     def describe(self) -> Iterator[Metric]:
         yield self._family()
+
+    def _new(self) -> S:
+        raise NotImplementedError
 
     def _family(self) -> Metric:
         raise NotImplementedError
 
 
-class Histogram(_Family):
+class Histogram(_Family[Bins]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
                  registry: CollectorRegistry) -> None:
         self.bounds = tuple(float(b) for b in buckets)
         self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        self._series: dict[tuple[str, ...], Bins] = {}
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> Bins:
-        series = self._series.get(values)
-        if series is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
-            series = self._series[values] = Bins(self.bounds)
-        return series
+    def _new(self) -> Bins:
+        return Bins(self.bounds)
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -104,18 +114,9 @@ class Histogram(_Family):
         yield family
 
 
-class Counter(_Family):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
-        self._series: dict[tuple[str, ...], Total] = {}
-        super().__init__(name, documentation, labelnames, registry)
-
-    def labels(self, *values: str) -> Total:
-        series = self._series.get(values)
-        if series is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
-            series = self._series[values] = Total()
-        return series
+class Counter(_Family[Total]):
+    def _new(self) -> Total:
+        return Total()
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
