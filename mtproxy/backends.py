@@ -33,6 +33,7 @@ class Backend:
         if url.path.rstrip("/").endswith("/v1"):  # a common slip: the root is wanted
             url = url.with_path(url.path.rstrip("/")[: -len("/v1")] or "/")
         self.base_url = url
+        self._urls: dict[str, URL] = {}
         self.headers: dict[str, str] = {"Content-Type": "application/json"}
         if config.api_key is not None:
             self.headers["Authorization"] = f"Bearer {config.api_key.get_secret_value()}"
@@ -56,7 +57,10 @@ class Backend:
         self.ejected_until = 0.0
 
     def url(self, path: str) -> URL:
-        return self.base_url.join(URL(path))
+        url = self._urls.get(path)
+        if url is None:  # a handful of endpoint paths: joined once each
+            url = self._urls[path] = self.base_url.join(URL(path))
+        return url
 
     def mark_down(self, reason: str) -> None:
         if self.up:
