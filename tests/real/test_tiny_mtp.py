@@ -9,22 +9,18 @@ MTP-trained from its GGUF metadata, the backend's MTP state is ``active`` from t
 evidence, requests route there under ``routing.mtp: prefer``, ``/metrics`` shows drafted and
 accepted tokens and more than one token per step, and ``mtproxy verify`` compares the two.
 
-Self-contained (its own server helpers; only the fixtures of tests/conftest.py). llama-server
-from ``MTPROXY_LLAMA_SERVER``, else the build cache (``scripts/build-llama-server.sh``); skipped
-when missing, unless ``MTPROXY_REQUIRE_REAL_RUNTIMES=1`` (then it fails).
+Servers started with tests/real/conftest.py's RealServer. llama-server from
+``MTPROXY_LLAMA_SERVER``, else the build cache (``make real-runtimes``); skipped when missing,
+unless ``MTPROXY_REQUIRE_REAL_RUNTIMES=1`` (then it fails).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +32,7 @@ from mtproxy.mtp.detect import from_path
 
 from ..conftest import make_config
 from ..promtext import scrape, value
+from .conftest import RealServer, get_json, llama_server_path, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make-tiny-mtp-gguf.py"
@@ -47,39 +44,8 @@ DRAFT_N_MAX = 8
 # One thread each: the two servers take turns, and on a busy 2-core machine two spinning
 # threads per server slow every step down far more than they help.
 THREADS = "1"
-START_TIMEOUT = 120.0
-REQUIRE = os.environ.get("MTPROXY_REQUIRE_REAL_RUNTIMES") == "1"
 PROMPT = "Hello world"
 MAX_TOKENS = 120
-
-
-def _missing(why: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"real runtime missing: {why} (MTPROXY_REQUIRE_REAL_RUNTIMES=1; "
-                    "build it with scripts/build-llama-server.sh)", pytrace=False)
-    pytest.skip(f"real runtime missing: {why} (build it with scripts/build-llama-server.sh)")
-
-
-def llama_server() -> Path:
-    env = os.environ.get("MTPROXY_LLAMA_SERVER")
-    if env:
-        return Path(env)
-    cache = Path(os.environ.get("MTPROXY_CACHE") or Path.home() / ".cache" / "mtproxy")
-    return cache / "llama.cpp-0.3.36" / "src" / "vendor" / "llama.cpp" / "build" / "bin" / "llama-server"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 10.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
 
 
 def _post(url: str, body: dict[str, Any], timeout: float = 120.0) -> str:
@@ -88,57 +54,12 @@ def _post(url: str, body: dict[str, Any], timeout: float = 120.0) -> str:
         return resp.read().decode()
 
 
-class Server:
-    """One llama-server on 127.0.0.1:<free port>, its output in a log file."""
+class Server(RealServer):
+    """One llama-server serving the tiny model under ALIAS."""
 
     def __init__(self, name: str, model: Path, extra: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.argv = [str(llama_server()), "-m", str(model), "--host", "127.0.0.1", "--alias", ALIAS,
-                     "-c", "1024", "-np", "1", "-t", THREADS, "--metrics", *extra]
-        self.log = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-    def start(self) -> Server:
-        for _ in range(3):  # a port taken between picking and binding: pick another
-            self.port = _free_port()
-            with open(self.log, "ab") as log:
-                self.proc = subprocess.Popen([*self.argv, "--port", str(self.port)], stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if _get(self.url + "/health", 2)[0] == 200:
-                        return self
-                except OSError:
-                    pass
-                time.sleep(0.2)
-            if self.proc.poll() is not None and "bind" in self.tail(5).lower():
-                continue
-            break
-        tail = self.tail()
-        self.stop()
-        pytest.fail(f"{self.name} did not become ready on {self.url}; its log ({self.log}) ends:\n{tail}",
-                    pytrace=False)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(name, [str(llama_server_path()), "-m", str(model), "--host", "127.0.0.1", "--alias", ALIAS,
+                                "-c", "1024", "-np", "1", "-t", THREADS, "--metrics", *extra], "/health", log_dir)
 
     def complete(self, stream: bool = False, max_tokens: int = MAX_TOKENS) -> tuple[str, dict[str, Any]]:
         """(text, timings) of one greedy /v1/completions request straight to the server."""
@@ -171,8 +92,8 @@ def _make(out: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Iterator[Tiny]:
-    if not llama_server().is_file():
-        _missing(f"no llama-server at {llama_server()} (set MTPROXY_LLAMA_SERVER)")
+    if not llama_server_path().is_file():
+        missing(f"no llama-server at {llama_server_path()} (set MTPROXY_LLAMA_SERVER)")
     d = tmp_path_factory.mktemp("tiny-mtp")
     mtp_gguf = _make(d / "tiny-mtp.gguf")
     trunk_gguf = _make(d / "tiny-trunk.gguf", "--no-mtp")
@@ -228,10 +149,10 @@ def test_llama_server_drafts_with_the_mtp_head(tiny: Tiny, stream: bool) -> None
     assert timings["draft_n_accepted"] / timings["draft_n"] >= 0.9, timings  # the head agrees
     assert "draft_n" not in plain_timings, plain_timings
     # the runtime's own statement of what it runs: /slots (this build's /props always says "none")
-    status, slots = _get(tiny.mtp.url + "/slots")
+    status, slots = get_json(tiny.mtp.url + "/slots")
     assert status == 200 and slots[0]["speculative"] is True
     assert "draft-mtp" in slots[0]["params"]["speculative.types"]
-    status, slots = _get(tiny.plain.url + "/slots")
+    status, slots = get_json(tiny.plain.url + "/slots")
     assert status == 200 and slots[0]["speculative"] is False
 
 
