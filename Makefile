@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 
-.PHONY: serve test check clean real-runtimes prometheus bench
+.PHONY: serve test check clean real-runtimes prometheus bench soak
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ test: real-runtimes prometheus
 # BENCH_ARGS=--quick for a ~1-minute smoke run, --memory-only for the 100,000-request RSS check.
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The soak (bench/README.md, not in CI): 10 minutes of mixed traffic with faults and disconnects,
+# then the leak checks; report in bench/results/. SOAK_ARGS=--minutes 1 for a short run.
+soak: $(VENV)/.installed
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import socket
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +27,29 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+class LoopLag:
+    """Watches this process's event loop: a timer every ``every`` s; each time it fires more than
+    ``over`` s late, (when it was due, how late) is kept. Run :meth:`watch` as a task; ``late``
+    takes what another process watched."""
+
+    def __init__(self, every: float = 0.01, over: float = 0.02,
+                 late: list[tuple[float, float]] | None = None) -> None:
+        self.every, self.over = every, over
+        self.late: list[tuple[float, float]] = list(late or [])
+
+    async def watch(self) -> None:
+        while True:
+            due = time.monotonic() + self.every
+            await asyncio.sleep(self.every)
+            lag = time.monotonic() - due
+            if lag > self.over:
+                self.late.append((due, lag))
+
+    def worst(self, start: float, end: float) -> float:
+        """The longest lag that overlapped [start, end]; 0 when none."""
+        return max((lag for due, lag in self.late if due <= end and due + lag >= start), default=0.0)
 
 
 def loop_name() -> str:

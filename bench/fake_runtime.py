@@ -138,33 +138,44 @@ def unary_body(shape: Shape) -> bytes:
     return orjson.dumps({**base, "object": "text_completion", "choices": [choice]})
 
 
-class FakeRuntime:
-    def __init__(self, tokens: int, rate: float, tpc: int, model: str) -> None:
-        self.tokens, self.rate, self.tpc, self.model = tokens, rate, tpc, model
+class RuntimeInfo:
+    """The GET endpoints every fake runtime answers: health, version, metrics, model list."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.version_body = orjson.dumps({"version": version})
         self.models_body = orjson.dumps({"object": "list", "data": [
             {"id": model, "object": "model", "created": CREATED, "owned_by": "bench", "root": model}]})
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/v1/completions", self.completions)
-        return app
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response()
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.Response(body=b'{"version":"0.0.0-bench"}', content_type="application/json")
+        return web.Response(body=self.version_body, content_type="application/json")
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text="# no spec_decode counters: this fake does not speculate\n")
 
     async def models(self, request: web.Request) -> web.Response:
         return web.Response(body=self.models_body, content_type="application/json")
+
+
+class FakeRuntime:
+    def __init__(self, tokens: int, rate: float, tpc: int, model: str) -> None:
+        self.tokens, self.rate, self.tpc, self.model = tokens, rate, tpc, model
+        self.info = RuntimeInfo(model, "0.0.0-bench")
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        self.info.add_routes(app)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        return app
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self.answer(request, "chat")

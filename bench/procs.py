@@ -145,8 +145,13 @@ def mtproxy_config(upstreams: list[str], runtime: str, model: str) -> str:
 
 
 def start_mtproxy(name: str, upstreams: list[str], workdir: Path, *, runtime: str, model: str) -> Service:
+    return start_mtproxy_with(name, mtproxy_config(upstreams, runtime, model), workdir)
+
+
+def start_mtproxy_with(name: str, config_text: str, workdir: Path) -> Service:
+    """``python -m mtproxy serve`` with this config (its server port replaced by a free one)."""
     config = workdir / f"{name}.yaml"
-    config.write_text(mtproxy_config(upstreams, runtime, model))
+    config.write_text(config_text)
     port = free_port()
     argv = [sys.executable, "-m", "mtproxy", "serve", "--config", str(config), "--host", LOCALHOST,
             "--port", str(port)]
