@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from . import handlers
 from .backends import BackendPool
@@ -18,6 +17,7 @@ from .config import Config
 from .ollama import api as ollama_api
 from .middleware import Keys, add_cors, auth_middleware, error_middleware
 from .proxy import Proxy
+from .metrics.export import metrics_handler
 from .metrics.instruments import Metrics
 from .metrics.window import TokenWindow
 from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY
@@ -44,7 +44,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.cleanup_ctx.append(_health_checks)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", metrics_handler(registry, app[METRICS].state))
     ollama_api.add_routes(app)
     add_cors(app, lambda a: a[POOL].config.server.cors_origins)
     return app

@@ -192,6 +192,43 @@ async def test_every_contract_name_is_exported(runtime_factory, proxy_factory, h
     assert "mtproxy_upstream_retries" in text
 
 
+async def test_metrics_render_off_the_event_loop(runtime_factory, proxy_factory, http):
+    """A scrape renders in a worker thread (the page costs tens of ms of CPU), with what belongs
+    to the event loop (token window, tasks) read on the loop; Prometheus' content negotiation
+    (OpenMetrics) and gzip still work."""
+    import threading
+
+    from prometheus_client.registry import Collector
+
+    from mtproxy.state import METRICS
+
+    rt = await runtime_factory("a", models=["m"])
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}]))
+    threads: list[int] = []
+
+    class Witness(Collector):
+        def collect(self):
+            threads.append(threading.get_ident())
+            return iter(())
+
+    proxy.app[METRICS].registry.register(Witness())
+    async with http.post(proxy.url + "/v1/chat/completions", json={
+            "model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as resp:
+        await resp.read()
+    async with http.get(proxy.url + "/metrics") as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        s = scrape(await resp.text())
+    assert threads and threading.get_ident() not in threads
+    assert value(s, "mtproxy_window_tokens_per_second", backend="a", model="m") > 0
+    assert value(s, "mtproxy_event_loop_tasks") >= 1
+    async with http.get(proxy.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as resp:
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert (await resp.text()).endswith("# EOF\n")
+    async with http.get(proxy.url + "/metrics", headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.headers.get("Content-Encoding") == "gzip"
+        assert "mtproxy_requests_total" in await resp.text()
+
+
 async def test_random_model_names_create_no_series(runtime_factory, proxy_factory, http):
     rt = await runtime_factory("a", models=["m"])
     proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}]))

@@ -48,7 +48,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, pool: BackendPool, window: TokenWindow) -> None:
         self.window = window
-        r = registry
+        self.registry = r = registry
 
         def hist(name: str, doc: str, buckets, labels=LABELS) -> Histogram:
             return Histogram(name, doc, labels, buckets, r)
@@ -90,7 +90,8 @@ class Metrics:
                                   DURATION, OTEL_LABELS)
         self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
                                     (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE, r)
-        r.register(StateCollector(pool, window))
+        self.state = StateCollector(pool, window)
+        r.register(self.state)
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
@@ -140,14 +141,29 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    """State read at scrape time: backend health, version, MTP state, in-flight requests and the
-    token window. Nothing on the request path updates these."""
+    """State read at scrape time: backend health, version, MTP state, in-flight requests, the
+    token window and the event loop's tasks. Nothing on the request path updates these.
+
+    ``/metrics`` renders in a worker thread; what belongs to the event loop is read on it first
+    (:meth:`snapshot`), and the thread renders that snapshot. Without one (a registry read
+    outside the handler) it is read at collect time."""
 
     def __init__(self, pool: BackendPool, window: TokenWindow) -> None:
         self.pool = pool
         self.window = window
+        self._snapshot: list[Metric] | None = None
+
+    def snapshot(self) -> None:
+        """On the event loop, right before a render in another thread."""
+        self._snapshot = self._read(asyncio.get_running_loop())
 
     def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._read(_running_loop())
+        yield from snapshot
+
+    def _read(self, loop: asyncio.AbstractEventLoop | None) -> list[Metric]:
         up = GaugeMetricFamily("mtproxy_backend_up", "1 when the backend passes its health check.",
                                labels=("backend", "runtime"))
         in_flight = GaugeMetricFamily("mtproxy_requests_in_flight", "Requests being served, per backend.",
@@ -173,19 +189,19 @@ class StateCollector(Collector):
             for model, status in b.mtp.items():
                 active.add_metric((b.name, runtime, model), 1.0 if status.on else 0.0)
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
-        now = asyncio.get_running_loop().time() if _loop_running() else None
-        if now is not None:
-            for (backend, model), rate in self.window.rates(now):
+        families: list[Metric] = [up, in_flight, info, active, mismatch, window]
+        if loop is not None:
+            for (backend, model), rate in self.window.rates(loop.time()):
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
-        yield from (up, in_flight, info, active, mismatch, window)
-        if now is not None:  # leak watch: back to its idle figure when no request is in flight
-            yield GaugeMetricFamily("mtproxy_event_loop_tasks", "asyncio tasks alive in the proxy's event loop.",
-                                    value=len(asyncio.all_tasks()))
+            # leak watch: back to its idle figure when no request is in flight
+            families.append(GaugeMetricFamily("mtproxy_event_loop_tasks",
+                                              "asyncio tasks alive in the proxy's event loop.",
+                                              value=len(asyncio.all_tasks(loop))))
+        return families
 
 
-def _loop_running() -> bool:
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None

@@ -55,7 +55,7 @@ class TokenWindow:
     def rates(self, now: float) -> Iterator[tuple[tuple[str, str], float]]:
         first = int((now - self.seconds) / self.width) + 1
         last = int(now / self.width)
-        for key, bins in self._bins.items():
+        for key, bins in list(self._bins.items()):
             stamp = self._stamp[key]
             total = sum(bins[i] for i in range(RING) if first <= stamp[i] <= last)
             yield key, max(0.0, total) / self.seconds
