@@ -300,8 +300,8 @@ class Soak:
                 f"{CLOSE_LIMIT * 1000:g} ms. /health does no work: its round trip is how long mtproxy's event loop "
                 "took to get to it, plus the soak's own lateness (next lines).",
                 f"- `GET /metrics` (the soak's samples; {len(scrapes)} scrapes): p50 {_ms(s50)}, max {_ms(s_max)} ms; "
-                "mtproxy renders it on its event loop (prometheus_client's aiohttp handler), which meanwhile serves "
-                "nothing else.",
+                "mtproxy renders it in a worker thread (mtproxy/metrics/export.py), sharing the GIL with its "
+                "event loop.",
                 f"- event loops running over 20 ms late: the soak's client {len(cl)} times, at most "
                 f"{max((x for _, x in cl), default=0) * 1000:.0f} ms; the fake {len(fk)} times, at most "
                 f"{max((x for _, x in fk), default=0) * 1000:.0f} ms.",
