@@ -52,6 +52,36 @@ class _Retry(Exception):
         self.error = error
 
 
+class IdleWatch:
+    """The idle timeout of a relayed stream without a timer per chunk.
+
+    A read only stamps ``last``; one timer at ``last + idle`` checks, re-arms itself for the
+    newest stamp, and expires ``timeout`` (an ``asyncio.timeout``, which turns its cancellation
+    into ``TimeoutError``) after ``idle`` seconds of silence. Rescheduling the timeout on every
+    read cost ~11 % of the proxy's CPU for 256 paced streams (bench.profile).
+    """
+
+    __slots__ = ("loop", "timeout", "idle", "last", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout, idle: float) -> None:
+        self.loop, self.timeout, self.idle = loop, timeout, idle
+        self.last = loop.time()
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self.last + idle, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        if now - self.last >= self.idle:
+            self._handle = None
+            self.timeout.reschedule(now)  # expires on the loop's next turn
+        else:
+            self._handle = self.loop.call_at(self.last + self.idle, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class Proxy:
     def __init__(self, config: Config, pool: BackendPool, session: aiohttp.ClientSession,
                  metrics: Metrics) -> None:
@@ -305,26 +335,30 @@ class Proxy:
         failure: str | None = None
         code = "upstream_stream_error"
         try:
-            async with asyncio.timeout(self._idle) as idle:
-                while data:
-                    batch = decoder.feed(data)
-                    if batch is not None:
-                        chunk = encoder.encode(batch)
-                        if chunk:
-                            await out.write(chunk)
-                        now = loop.time()
-                        if meter.t_out is None:
-                            meter.t_out = now
-                        if batch.content:
-                            meter.content(now, batch.content)
-                        idle.reschedule(now + self._idle)
-                    else:
-                        idle.reschedule(loop.time() + self._idle)
-                    try:
-                        data = await resp.content.readany()
-                    except UNREACHABLE as exc:
-                        failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
-                        break
+            async with asyncio.timeout(None) as timeout:
+                idle = IdleWatch(loop, timeout, self._idle)
+                try:
+                    while data:
+                        batch = decoder.feed(data)
+                        if batch is not None:
+                            chunk = encoder.encode(batch)
+                            if chunk:
+                                await out.write(chunk)
+                            now = loop.time()
+                            if meter.t_out is None:
+                                meter.t_out = now
+                            if batch.content:
+                                meter.content(now, batch.content)
+                            idle.last = now
+                        else:
+                            idle.last = loop.time()
+                        try:
+                            data = await resp.content.readany()
+                        except UNREACHABLE as exc:
+                            failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
+                            break
+                finally:
+                    idle.stop()
             if failure is None:
                 batch = decoder.flush()
                 if batch is not None:

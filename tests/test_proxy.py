@@ -320,3 +320,17 @@ async def test_api_keys(runtime_factory, proxy_factory, http):
         assert resp.status == 200
     async with http.get(proxy.url + "/v1/models") as resp:
         assert resp.status == 401
+
+
+async def test_a_stream_slower_than_the_idle_timeout_in_total_but_not_between_chunks_completes(
+        runtime_factory, proxy_factory, http):
+    # 12 chunks 0.1 s apart: 1.2 s in all, 0.5 s idle timeout; the idle watch re-arms on every chunk
+    rt = await runtime_factory("a", tokens=[f"t{i} " for i in range(12)], rate=10.0)
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}],
+                                            timeouts={"idle": 0.5}))
+    async with http.post(proxy.url + CHAT, json=chat_body(stream=True)) as resp:
+        raw = await resp.read()
+    events = sse_events(raw)
+    assert events[-1] == b"data: [DONE]"
+    assert not any(b"upstream_timeout" in e for e in events)
+    assert sum(b'"t' in e for e in events) == 12
