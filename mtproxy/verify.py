@@ -162,10 +162,10 @@ def judge(subject: Side, reference: Side | None, threshold: float) -> Outcome:
     per_step = f"{tps:.1f} tokens per step" if tps is not None else "tokens per step unknown"
     acc = subject.acceptance
     acceptance = f", {acc:.0%} of drafts accepted" if acc is not None else ""
+    drafting = bool(subject.accepted) or (tps is not None and tps >= threshold)
     if reference is None:
-        ok = bool(subject.accepted) or (tps is not None and tps >= threshold)
         sides = [subject]
-        if ok:
+        if drafting:
             return Outcome(True, f"MTP active ({per_step}{acceptance})", sides)
         return Outcome(False, f"no sign of MTP: {per_step}{acceptance or ', no accepted drafts reported'}", sides)
     ratio = subject.tokens_per_second / reference.tokens_per_second if reference.tokens_per_second else None
@@ -173,7 +173,7 @@ def judge(subject: Side, reference: Side | None, threshold: float) -> Outcome:
     if ratio is not None and ratio >= threshold:
         return Outcome(True, f"MTP active (×{ratio:.2f} tokens/s, {per_step}{acceptance})", sides, ratio)
     shown = f"×{ratio:.2f} tokens/s" if ratio is not None else "no reference rate"
-    if subject.accepted or (tps is not None and tps >= threshold):
+    if drafting:
         # drafting works, but it does not pay here: drafts cost as much as they save (a small
         # model on a CPU, a draft model too large, a batch already filling the hardware)
         return Outcome(False, f"no material speed-up ({shown}, {per_step}{acceptance}): drafts are "

@@ -145,8 +145,8 @@ class StateCollector(Collector):
     token window and the event loop's tasks. Nothing on the request path updates these.
 
     ``/metrics`` renders in a worker thread; what belongs to the event loop is read on it first
-    (:meth:`snapshot`), and the thread renders that snapshot. Without one (a registry read
-    outside the handler) it is read at collect time."""
+    (:meth:`snapshot`), and that thread renders the snapshot. Collected on the loop's thread
+    itself, it is read afresh."""
 
     def __init__(self, pool: BackendPool, window: TokenWindow) -> None:
         self.pool = pool
@@ -158,10 +158,9 @@ class StateCollector(Collector):
         self._snapshot = self._read(asyncio.get_running_loop())
 
     def collect(self) -> Iterator[Metric]:
+        loop = _running_loop()
         snapshot = self._snapshot
-        if snapshot is None:
-            snapshot = self._read(_running_loop())
-        yield from snapshot
+        yield from self._read(loop) if loop is not None or snapshot is None else snapshot
 
     def _read(self, loop: asyncio.AbstractEventLoop | None) -> list[Metric]:
         up = GaugeMetricFamily("mtproxy_backend_up", "1 when the backend passes its health check.",

@@ -8,7 +8,10 @@ binned in one call, and prometheus_client only renders them (custom collectors, 
 extension point). Same exposition as its ``Histogram`` and ``Counter`` (``_bucket`` with
 ``le``, ``_count``, ``_sum``; ``_total``) without the ``_created`` samples.
 
-Updated and read on the event loop's thread only (``/metrics`` renders there): no locks.
+Updated on the event loop's thread only; ``/metrics`` renders them in a worker thread
+(metrics/export.py) without locks: the series dict is copied before iterating (one C call under
+the GIL), and a render may see a request's observation in some buckets and not yet in the sum,
+as prometheus_client's own Histogram (a lock per value, none per histogram) may too.
 """
 
 from __future__ import annotations

@@ -44,18 +44,22 @@ def count_bursts(times: list[float], counts: list[int] | None = None) -> int:
         return 0
     if counts is None:
         times, counts = group(times)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    return bursts_from_gaps([b - a for a, b in zip(times, times[1:])], counts)
+
+
+def bursts_from_gaps(gaps: list[float], counts: list[int]) -> int:
+    """:func:`count_bursts` from the gaps between reads and the chunks of each read."""
     if not gaps:
         return 1
     ordered = sorted(gaps)
     threshold = max(BURST_FRACTION * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], MIN_BURST_GAP)
     steps = [g for g in ordered if g > threshold]
     typical = steps[len(steps) // 2] if steps else 0.0
-    bursts = 1
+    n = 1
     for gap, size in zip(gaps, counts[1:]):
         if gap > threshold:
-            bursts += min(size, max(1, round(gap / typical)))
-    return bursts
+            n += min(size, max(1, round(gap / typical)))
+    return n
 
 
 def group(times: list[float]) -> tuple[list[float], list[int]]:
@@ -137,7 +141,7 @@ class RequestMeter:
         m.gaps = [b - a for a, b in zip(times, times[1:])]
         m.content_chunks = sum(self.counts)
         m.zero_gaps = m.content_chunks - len(times)
-        m.bursts = count_bursts(times, self.counts)
+        m.bursts = bursts_from_gaps(m.gaps, self.counts)
         if n is None or n <= 0:
             return m
         m.tokens_per_chunk = n / m.content_chunks
