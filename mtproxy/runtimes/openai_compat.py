@@ -62,6 +62,14 @@ def _text_markers(kind: str, spaced: bool) -> tuple[tuple[bytes, ...], tuple[byt
     return tuple(f + sep for f in fields), tuple(f + sep + b'"' for f in fields)
 
 
+def _spaced(data: bytes) -> bool | None:
+    """Whether the first JSON object in ``data`` is written with a space after its colons (None:
+    there is none)."""
+    at = data.find(b'{"')
+    end = data.find(b'"', at + 2) if at >= 0 else -1
+    return None if end < 0 else data.startswith(b'": ', end)
+
+
 def _needs_attention(data: bytes, markers: tuple[bytes, ...]) -> bool:
     for marker in markers:
         if marker in data:
@@ -104,15 +112,95 @@ def has_content(obj: Any) -> bool:
     return bool(choice.get("text"))
 
 
+# translate() deletes all but these: what is left of a run of events is its quotes and newlines.
+_NOT_QUOTE_OR_NEWLINE = bytes(c for c in range(256) if c not in b'"\n')
+
+
+class Template:
+    """The bytes around the text of a plain content event, learnt from one such event.
+
+    A runtime writes every content chunk of a stream alike but for the text (same id, model,
+    created, keys in the same order), so a run of such events is checked and counted with three
+    passes over the whole run instead of ten marker scans: every line has the template's quotes
+    and ends with ``suffix`` + blank line (so no text holds a quote and no event holds another
+    field), and the empty texts are counted by their own needle. An event that differs in
+    anything but its text falls back to the marker scans.
+    """
+
+    __slots__ = ("prefix", "end", "shape", "empty")
+
+    def __init__(self, prefix: bytes, suffix: bytes, separator: bytes) -> None:
+        self.prefix = prefix
+        self.end = suffix + b"\n\n"
+        # one event's quotes and newlines, in order
+        self.shape = b'"' * (prefix.count(b'"') + suffix.count(b'"')) + b"\n\n"
+        # a text field with nothing in it, whichever its name (content, reasoning_content, ...)
+        self.empty = separator + self.end
+
+    @classmethod
+    def learn(cls, event: bytes, text_markers: tuple[bytes, ...]) -> Template | None:
+        """From one plain event (one ``data:`` line, no attention marker) with one text field,
+        not empty."""
+        if b"\n" in event:
+            return None
+        found = [(event.find(m), m) for m in text_markers if m in event]
+        if len(found) != 1:
+            return None
+        at, marker = found[0]
+        start = at + len(marker)
+        end = event.find(b'"', start)
+        if end <= start or event.find(marker, start) >= 0 or event.find(b"\\", start, end) >= 0:
+            return None  # no text (a role chunk is no model for content chunks), or an escape in it
+        separator = marker[marker.rindex(b'"', 0, len(marker) - 1):]  # `":"` or `": "`
+        template = cls(event[:start], event[end:], separator)
+        if template.empty in template.prefix + b"x" + template.end:
+            return None  # an empty text could not be told from a full one
+        return template
+
+    def run(self, data: bytes) -> tuple[int, int, int] | None:
+        """(start, end, content chunks) of the run of template events in ``data``: all of it
+        but a first event (a role chunk) and the events after the run (finish, usage, [DONE])."""
+        prefix, end_marker, shape = self.prefix, self.end, self.shape
+        start = 0
+        if not data.startswith(prefix):
+            start = data.find(b"\n\n") + 2
+            if not data.startswith(prefix, start):
+                return None
+        marks = data.translate(None, _NOT_QUOTE_OR_NEWLINE)
+        if start == 0 and data.endswith(end_marker):
+            end = len(data)
+            if marks == shape:  # one event: a paced stream's read
+                return 0, end, int(end > len(prefix) + len(end_marker))
+        else:
+            if start:
+                marks = marks[len(data[:start].translate(None, _NOT_QUOTE_OR_NEWLINE)):]
+            end = data.rfind(end_marker)
+            if end < start:
+                return None
+            end += len(end_marker)
+            if end < len(data):
+                marks = marks[:len(marks) - len(data[end:].translate(None, _NOT_QUOTE_OR_NEWLINE))]
+        lines = len(marks) // len(shape)
+        if marks != shape * lines or data.count(end_marker, start, end) != lines:
+            return None
+        return start, end, lines - data.count(self.empty, start, end)
+
+
 class SSEDecoder:
     """OpenAI SSE in, OpenAI events out, each keeping the runtime's own bytes.
 
-    Fast path: a block of whole events none of which needs attention comes out as one raw block
-    with a content count; otherwise events that need attention are parsed (all of them with
-    ``parse_all``), the others pass as PLAIN.
+    Fast paths: a run of events shaped like the stream's learnt content :class:`Template` is
+    checked with a few scans; a block of whole events none of which holds an attention marker
+    comes out as one raw block with a content count. Events that need attention are parsed (all
+    of them with ``parse_all``), the others pass as PLAIN.
     """
 
-    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention")
+    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
+                 "_template", "_misses")
+
+    # Reads in a row that no template carried before the decoder stops trying (a runtime that
+    # writes something new into every chunk, e.g. per-token timings).
+    MAX_MISSES = 8
 
     def __init__(self, observe: Any, report: Report, parse_all: bool = False, kind: str = "chat",
                  attention: tuple[bytes, ...] = ATTENTION) -> None:
@@ -123,6 +211,8 @@ class SSEDecoder:
         self._parse_all = parse_all
         self._kind = kind
         self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
+        self._template: Template | None = None
+        self._misses = 0
 
     def feed(self, data: bytes) -> Batch | None:
         complete = self._framer.feed(data)
@@ -135,24 +225,64 @@ class SSEDecoder:
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
-        markers = self._markers
-        if markers is None:  # a runtime writes all its JSON one way: compact or spaced
-            markers = self._markers = _text_markers(self._kind, b'": ' in complete[:complete.find(b"\n\n")])
+        if self._markers is None:  # a runtime writes all its JSON one way: compact or spaced
+            spaced = _spaced(complete)
+            if spaced is None:  # no JSON yet (a comment, a keep-alive): nothing to count
+                events, content = self._scan(complete, _text_markers(self._kind, False))
+                return Batch(complete, events, content)
+            self._markers = _text_markers(self._kind, spaced)
+        run = None
+        if not self._parse_all and self._misses < self.MAX_MISSES:
+            template = self._template or self._learn(complete)
+            run = None if template is None else template.run(complete)
+            if run is None:
+                self._template = None
+                self._misses += 1
+        if run is None:
+            events, content = self._scan(complete)
+            return Batch(complete, events, content)
+        self._misses = 0
+        start, end, content = run
+        if start == 0 and end == len(complete):
+            return Batch(complete, None, content)
+        parts: list[Event] = []
+        plain = True
+        for a, b in ((0, start), (start, end), (end, len(complete))):
+            if a == b:
+                continue
+            piece = complete[a:b]
+            if a == start:
+                parts.append((piece, PLAIN))
+                continue
+            events, n = self._scan(piece)
+            content += n
+            if events is None:
+                parts.append((piece, PLAIN))
+            else:
+                plain = False
+                parts.extend(events)
+        return Batch(complete, None if plain else parts, content)
+
+    def _scan(self, data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
+              ) -> tuple[list[Event] | None, int]:
+        """Marker scans: the events of ``data`` (None: all plain) and its content chunks."""
+        markers = markers or self._markers
+        assert markers is not None
         parse_all = self._parse_all
         events: list[Event] = []
         content = 0
-        rest = complete
+        rest = data
         if not parse_all:
-            first = _first_attention(complete, self._attention)
+            first = _first_attention(data, self._attention)
             if first < 0:
-                return Batch(complete, None, _texts(complete, markers))
+                return None, _texts(data, markers)
             # the plain events before the first one needing attention pass as one block
-            boundary = complete.rfind(b"\n\n", 0, first)
+            boundary = data.rfind(b"\n\n", 0, first)
             if boundary >= 0:
                 cut = boundary + 2
-                events.append((complete[:cut], PLAIN))
-                content = _texts(complete[:cut], markers)
-                rest = complete[cut:]
+                events.append((data[:cut], PLAIN))
+                content = _texts(data[:cut], markers)
+                rest = data[cut:]
         observe, report = self._observe, self._report
         for part in rest.split(b"\n\n"):
             if not part:
@@ -166,7 +296,24 @@ class SSEDecoder:
                 obj = PLAIN
                 content += _texts(part, markers) > 0
             events.append((part + b"\n\n", obj))
-        return Batch(complete, events, content)
+        return events, content
+
+    def _learn(self, data: bytes) -> Template | None:
+        """A template from the first or second event of ``data`` (the first may be a role chunk)."""
+        assert self._markers is not None
+        start = 0
+        for _ in range(2):
+            end = data.find(b"\n\n", start)
+            if end < 0:
+                return None
+            event = data[start:end]
+            if not _needs_attention(event, self._attention):
+                template = Template.learn(event, self._markers[0])
+                if template is not None:
+                    self._template = template
+                    return template
+            start = end + 2
+        return None
 
 
 def observe_usage(obj: dict[str, Any], report: Report) -> None:

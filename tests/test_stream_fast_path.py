@@ -1,0 +1,134 @@
+"""The stream decoder's fast paths (content template, marker scans) against parsing every event:
+same bytes to the client, same content count, same report, for streams of every shape cut into
+reads of every size."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mtproxy.encoders import OpenAIStream
+from mtproxy.runtimes import Report, runtime_for
+from mtproxy.runtimes.openai_compat import Template
+from mtproxy.wire import CHAT, COMPLETIONS, from_payload
+
+TEXT = st.one_of(
+    st.sampled_from(["", "Hello", " world", 'say "hi"', "back\\slash", "line\nbreak", "usage", '"usage"',
+                     "[DONE]", "event: error", "content", '"content":"', "\u00e9t\u00e9", "\U0001f600", "}]}"]),
+    st.text(max_size=12),
+)
+
+
+def chunk(created: int, delta: dict | None = None, finish: str | None = None, kind=CHAT, **extra) -> dict:
+    if kind is COMPLETIONS:
+        choice = {"index": 0, "text": (delta or {}).get("content", ""), "logprobs": None, "finish_reason": finish}
+        obj = "text_completion"
+    else:
+        choice = {"index": 0, "delta": delta if delta is not None else {}, "logprobs": None, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    return {"id": "cmpl-1", "object": obj, "created": created, "model": "m", "choices": [choice], **extra}
+
+
+@st.composite
+def streams(draw, kind=CHAT):
+    created = 1_700_000_000
+    events: list = [": keep-alive"] if draw(st.booleans()) else []
+    if kind is CHAT:
+        events.append(chunk(created, {"role": "assistant", "content": ""}))
+    for _ in range(draw(st.integers(0, 40))):
+        what = draw(st.sampled_from(["content"] * 6 + ["reasoning", "tool", "tick", "keepalive", "empty",
+                                                        "error", "null_usage"]))
+        if what == "content":
+            events.append(chunk(created, {"content": draw(TEXT)}, kind=kind))
+        elif what == "reasoning" and kind is CHAT:
+            events.append(chunk(created, {"reasoning_content": draw(TEXT)}))
+        elif what == "tool" and kind is CHAT:
+            events.append(chunk(created, {"tool_calls": [{"index": 0, "function": {"arguments": draw(TEXT)}}]}))
+        elif what == "tick":
+            created += 1
+        elif what == "keepalive":
+            events.append(": keep-alive")
+        elif what == "empty":
+            events.append(chunk(created, {"content": ""}, kind=kind))
+        elif what == "error":
+            events.append({"error": {"message": draw(TEXT), "type": "internal"}})
+        elif what == "null_usage":
+            events.append(chunk(created, {"content": draw(TEXT)}, kind=kind, usage=None))
+    events.append(chunk(created, {}, "stop", kind=kind))
+    events.append({"id": "cmpl-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}})
+    spaced = draw(st.booleans())
+    out = []
+    for e in events:
+        if isinstance(e, str):
+            out.append(e.encode())
+        else:
+            out.append(b"data: " + (json.dumps(e).encode() if spaced else orjson.dumps(e)))
+    out.append(b"data: [DONE]")
+    return b"\n\n".join(out) + b"\n\n"
+
+
+def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT):
+    req = from_payload({"model": "m", "stream": True}, kind)
+    report = Report()
+    decoder = runtime_for("vllm").stream_decoder(req, report, parse_all=parse_all)
+    encoder = OpenAIStream(strip_usage=True)
+    batches, bounds = [], sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
+    for a, b in zip(bounds, bounds[1:]):
+        batches.append(decoder.feed(raw[a:b]))
+    batches.append(decoder.flush())
+    batches = [b for b in batches if b is not None]
+    sent = b"".join(encoder.encode(b) for b in batches)
+    return report, batches, sent, encoder.finished
+
+
+def check(raw: bytes, cuts: list[int], kind=CHAT) -> None:
+    full_report, full, full_sent, full_done = decode(raw, cuts, True, kind)
+    fast_report, fast, fast_sent, fast_done = decode(raw, cuts, False, kind)
+    assert b"".join(b.raw for b in fast) == raw
+    assert fast_sent == full_sent
+    assert fast_done == full_done
+    assert fast_report == full_report
+    assert [b.content for b in fast] == [b.content for b in full]
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.lists(st.integers(0, 1 << 16), max_size=6))
+def test_chat_fast_paths_agree_with_parsing_everything(raw, cuts):
+    check(raw, cuts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(COMPLETIONS), st.lists(st.integers(0, 1 << 16), max_size=6))
+def test_completions_fast_paths_agree_with_parsing_everything(raw, cuts):
+    check(raw, cuts, COMPLETIONS)
+
+
+def test_a_run_of_content_chunks_is_counted_by_the_template():
+    """The template is learnt from the first read and then carries whole reads."""
+    events = [b"data: " + orjson.dumps(chunk(1, {"content": t})) + b"\n\n" for t in ["a", "", "b c", "d"] * 50]
+    req = from_payload({"model": "m", "stream": True}, CHAT)
+    decoder = runtime_for("vllm").stream_decoder(req, Report())
+    first = decoder.feed(b"".join(events[:4]))
+    assert first.events is None and first.content == 3
+    assert decoder._template is not None
+    batch = decoder.feed(b"".join(events[4:]))
+    assert batch.events is None and batch.content == 147
+    assert decoder._template.run(b"".join(events[4:])) == (0, len(b"".join(events[4:])), 147)
+
+
+def test_the_template_refuses_what_it_cannot_vouch_for():
+    event = b"data: " + orjson.dumps(chunk(1, {"content": "x"}))
+    template = Template.learn(event, (b'content":"',))
+    assert template is not None
+    line = event + b"\n\n"
+    assert template.run(line * 3) == (0, 3 * len(line), 3)
+    quoted = b"data: " + orjson.dumps(chunk(1, {"content": 'a"b'})) + b"\n\n"
+    assert template.run(line + quoted + line) is None  # a quote in a text: the marker scans decide
+    tool = b"data: " + orjson.dumps(chunk(1, {"content": "a", "tool_calls": []})) + b"\n\n"
+    assert template.run(line + tool + line) is None
+    assert Template.learn(b"data: " + orjson.dumps(chunk(1, {"content": 'a\\"b'})), (b'content":"',)) is None
+    assert Template.learn(b"data: " + orjson.dumps({"a": {"content": "x"}, "b": {"content": "y"}}),
+                          (b'content":"',)) is None
