@@ -334,6 +334,8 @@ class Proxy:
         loop = asyncio.get_running_loop()
         failure: str | None = None
         code = "upstream_stream_error"
+        content = resp.content
+        last = b""  # the stream's last events, sent with the end of the response in one write
         try:
             async with asyncio.timeout(None) as timeout:
                 idle = IdleWatch(loop, timeout, self._idle)
@@ -342,7 +344,9 @@ class Proxy:
                         batch = decoder.feed(data)
                         if batch is not None:
                             chunk = encoder.encode(batch)
-                            if chunk:
+                            if encoder.finished and content.at_eof():
+                                last = chunk
+                            elif chunk:
                                 await out.write(chunk)
                             now = loop.time()
                             if meter.t_out is None:
@@ -353,7 +357,7 @@ class Proxy:
                         else:
                             idle.last = loop.time()
                         try:
-                            data = await resp.content.readany()
+                            data = await content.readany()
                         except UNREACHABLE as exc:
                             failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
                             break
@@ -362,7 +366,7 @@ class Proxy:
             if failure is None:
                 batch = decoder.flush()
                 if batch is not None:
-                    await out.write(encoder.encode(batch))
+                    last += encoder.encode(batch)
                     if batch.content:
                         meter.content(loop.time(), batch.content)
                 if not encoder.finished:
@@ -376,6 +380,6 @@ class Proxy:
         if failure is not None:
             meter.status = "stream_error"
             log.warning("%s", failure)
-            await out.write(encoder.error(error_body(failure, "upstream_error", code=code)))
-        await out.write_eof()
+            last += encoder.error(error_body(failure, "upstream_error", code=code))
+        await out.write_eof(last)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mtproxy.encoders import OpenAIStream
 from mtproxy.runtimes import Report, runtime_for
-from mtproxy.runtimes.openai_compat import Template
+from mtproxy.runtimes.openai_compat import SSEDecoder, Template
 from mtproxy.wire import CHAT, COMPLETIONS, from_payload
 
 TEXT = st.one_of(
@@ -70,10 +70,18 @@ def streams(draw, kind=CHAT):
     return b"\n\n".join(out) + b"\n\n"
 
 
-def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT):
+def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT, template_min: int = 0):
     req = from_payload({"model": "m", "stream": True}, kind)
     report = Report()
     decoder = runtime_for("vllm").stream_decoder(req, report, parse_all=parse_all)
+    type(decoder).TEMPLATE_MIN, saved = template_min, type(decoder).TEMPLATE_MIN
+    try:
+        return _decode(decoder, report, raw, cuts)
+    finally:
+        type(decoder).TEMPLATE_MIN = saved
+
+
+def _decode(decoder, report, raw, cuts):
     encoder = OpenAIStream(strip_usage=True)
     batches, bounds = [], sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
     for a, b in zip(bounds, bounds[1:]):
@@ -86,12 +94,13 @@ def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT):
 
 def check(raw: bytes, cuts: list[int], kind=CHAT) -> None:
     full_report, full, full_sent, full_done = decode(raw, cuts, True, kind)
-    fast_report, fast, fast_sent, fast_done = decode(raw, cuts, False, kind)
-    assert b"".join(b.raw for b in fast) == raw
-    assert fast_sent == full_sent
-    assert fast_done == full_done
-    assert fast_report == full_report
-    assert [b.content for b in fast] == [b.content for b in full]
+    for template_min in (0, SSEDecoder.TEMPLATE_MIN):  # every read a template's, or only long ones
+        fast_report, fast, fast_sent, fast_done = decode(raw, cuts, False, kind, template_min)
+        assert b"".join(b.raw for b in fast) == raw
+        assert fast_sent == full_sent
+        assert fast_done == full_done
+        assert fast_report == full_report
+        assert [b.content for b in fast] == [b.content for b in full]
 
 
 @settings(max_examples=300, deadline=None)
@@ -108,15 +117,18 @@ def test_completions_fast_paths_agree_with_parsing_everything(raw, cuts):
 
 def test_a_run_of_content_chunks_is_counted_by_the_template():
     """The template is learnt from the first read and then carries whole reads."""
-    events = [b"data: " + orjson.dumps(chunk(1, {"content": t})) + b"\n\n" for t in ["a", "", "b c", "d"] * 50]
+    events = [b"data: " + orjson.dumps(chunk(1, {"content": t})) + b"\n\n" for t in ["a", "", "b c", "d"] * 200]
     req = from_payload({"model": "m", "stream": True}, CHAT)
     decoder = runtime_for("vllm").stream_decoder(req, Report())
-    first = decoder.feed(b"".join(events[:4]))
-    assert first.events is None and first.content == 3
+    small = decoder.feed(b"".join(events[:4]))  # a short read: the marker scans
+    assert small.events is None and small.content == 3 and decoder._template is None
+    first = decoder.feed(b"".join(events[4:100]))
+    assert first.events is None and first.content == 72
     assert decoder._template is not None
-    batch = decoder.feed(b"".join(events[4:]))
-    assert batch.events is None and batch.content == 147
-    assert decoder._template.run(b"".join(events[4:])) == (0, len(b"".join(events[4:])), 147)
+    rest = b"".join(events[100:])
+    batch = decoder.feed(rest)
+    assert batch.events is None and batch.content == 525
+    assert decoder._template.run(rest) == (0, len(rest), 525)
 
 
 def test_the_template_refuses_what_it_cannot_vouch_for():

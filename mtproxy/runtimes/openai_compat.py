@@ -6,6 +6,7 @@ Runtime modules subclass :class:`OpenAICompatible` and override only what differ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ ATTENTION = (b'"usage"', b"[DONE]", b'"error"', b'"tool_calls"', b"event:")
 _TEXT_FIELDS = {"chat": (b"content", b'"reasoning'), "completions": (b'"text',)}
 
 
+@functools.cache
 def _text_markers(kind: str, spaced: bool) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """(field with text, field with empty text) markers, compact (pydantic, llama.cpp) or spaced
     (json.dumps) JSON."""
@@ -201,6 +203,10 @@ class SSEDecoder:
     # Reads in a row that no template carried before the decoder stops trying (a runtime that
     # writes something new into every chunk, e.g. per-token timings).
     MAX_MISSES = 8
+    # Reads shorter than this take the marker scans: learning a template and splitting off the
+    # events around its run cost more than scanning a few kilobytes (bench: the crossover of a
+    # whole 16-64-token stream in one read is near 10 kB; a paced stream's reads are one event).
+    TEMPLATE_MIN = 8192
 
     def __init__(self, observe: Any, report: Report, parse_all: bool = False, kind: str = "chat",
                  attention: tuple[bytes, ...] = ATTENTION) -> None:
@@ -232,7 +238,7 @@ class SSEDecoder:
                 return Batch(complete, events, content)
             self._markers = _text_markers(self._kind, spaced)
         run = None
-        if not self._parse_all and self._misses < self.MAX_MISSES:
+        if len(complete) >= self.TEMPLATE_MIN and not self._parse_all and self._misses < self.MAX_MISSES:
             template = self._template or self._learn(complete)
             run = None if template is None else template.run(complete)
             if run is None:
