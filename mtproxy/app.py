@@ -44,7 +44,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.cleanup_ctx.append(_health_checks)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
-    app.router.add_get("/metrics", metrics_handler(registry, app[METRICS].state))
+    app.router.add_get("/metrics", metrics_handler(app[METRICS]))
     ollama_api.add_routes(app)
     add_cors(app, lambda a: a[POOL].config.server.cors_origins)
     return app

@@ -326,3 +326,48 @@ def test_lean_instruments_export_what_prometheus_client_would():
         assert got[key] == pytest.approx(v), key
     with pytest.raises(ValueError):
         lh.labels("a", "b")
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+def test_metrics_page_is_prometheus_clients_own_exposition(openmetrics):
+    """/metrics renders the request families from cached per-series prefixes
+    (metrics/export.py): line for line what prometheus_client's exposition writes for the same
+    registry, label values needing escapes, big counts and an empty family included."""
+    from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from mtproxy.backends import BackendPool
+    from mtproxy.config import Config
+    from mtproxy.metrics.export import render
+    from mtproxy.metrics.instruments import Metrics
+
+    config = Config.model_validate({"backends": [
+        {"name": name, "runtime": "vllm", "url": f"http://127.0.0.1:{9000 + i}", "models": ['m"1', "m\\2"]}
+        for i, name in enumerate(["a", "b\nc"])]})
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    metrics = Metrics(registry, BackendPool(config), TokenWindow())
+    rnd = random.Random(3)
+    for i in range(60):
+        meter = RequestMeter(0.0, rnd.choice(["chat", "completions"]))
+        meter.stream = rnd.random() < 0.6
+        meter.backend, meter.runtime, meter.model = rnd.choice(["a", "b\nc"]), "vllm", rnd.choice(['m"1', "m\\2"])
+        meter.status = rnd.choice(["200", "502", "client_closed"])
+        meter.t_sent, meter.t_in, meter.t_out, meter.t_end = 0.001, 0.01, 0.011, rnd.uniform(0.05, 900)
+        meter.report.prompt_tokens = rnd.choice([1, 3, 2_000_000])
+        meter.report.completion_tokens = rnd.randint(2, 40)
+        if meter.stream:
+            meter.times = sorted(rnd.uniform(0.02, 0.04) for _ in range(rnd.randint(1, 30)))
+            meter.counts = [1] * len(meter.times)
+        metrics.finish(meter)
+    metrics.retry("a", "vllm")
+    reference = (generate_openmetrics if openmetrics else generate_latest)(registry).decode()
+    page = render(registry, metrics.lean, openmetrics).decode()
+    assert "process_cpu_seconds_total" in page and "mtproxy_request_duration_seconds_bucket" in page
+    assert "mtproxy_spec_decode_draft_tokens" in page  # no series yet: HELP and TYPE only
+
+    def lines(text: str) -> list[str]:  # the process' own figures move between the two renders
+        return sorted(line for line in text.splitlines() if not line.startswith("process_"))
+
+    assert lines(page) == lines(reference)
+    assert page.endswith("# EOF\n") == openmetrics and page.count("# EOF") == openmetrics

@@ -1,31 +1,63 @@
-"""``GET /metrics``: the registry rendered in a worker thread, so a scrape never stalls the proxy.
+"""``GET /metrics``: rendered in a worker thread, so a scrape never stalls the proxy.
 
-Rendering the text format is pure Python over every series: 40-50 ms of CPU for a ~200 KB page,
-60-170 ms under load (measured by bench/soak.py), during which an event loop rendering it would
-relay nothing and close nothing. In a thread the loop keeps the GIL's switch interval (5 ms).
-The collectors read plain Python values; what belongs to the event loop (the token window, its
-tasks) is snapshot on the loop first.
+prometheus_client's exposition formats every sample anew in pure Python: ~90 ms of CPU for the
+~3,000 samples a few backends and models make (a 400 kB page), and a thread rendering that holds
+the GIL against the event loop in 5 ms turns (the soak saw upstream closes wait behind scrapes).
+So the request families (metrics/lean.py) render their own text from cached per-series prefixes,
+prometheus_client renders the rest (process, backend state, retries), and gzip, when the scraper
+accepts it, is done in the same thread. The collectors read plain Python values; what belongs to
+the event loop (the token window, its tasks) is snapshot on the loop first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+from collections.abc import Sequence
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from .instruments import StateCollector
+from .instruments import Metrics
+from .lean import RENDERED_APART, Family
+
+OPENMETRICS_EOF = b"# EOF\n"
 
 
-def metrics_handler(registry: CollectorRegistry, state: StateCollector):
+def render(registry: CollectorRegistry, families: Sequence[Family], openmetrics: bool) -> bytes:
+    """The whole registry in the text format (or OpenMetrics); ``families`` render themselves."""
+    token = RENDERED_APART.set(True)
+    try:
+        rest = (generate_openmetrics if openmetrics else generate_latest)(registry)
+    finally:
+        RENDERED_APART.reset(token)
+    parts = [rest.removesuffix(OPENMETRICS_EOF) if openmetrics else rest]
+    parts.extend(f.text(openmetrics).encode() for f in families)
+    if openmetrics:
+        parts.append(OPENMETRICS_EOF)
+    return b"".join(parts)
+
+
+def _page(registry: CollectorRegistry, families: Sequence[Family], openmetrics: bool, compress: bool) -> bytes:
+    body = render(registry, families, openmetrics)
+    return gzip.compress(body, compresslevel=6, mtime=0) if compress else body
+
+
+def metrics_handler(metrics: Metrics):
+    registry, state, families = metrics.registry, metrics.state, metrics.lean
+
     async def handle(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        _, content_type = choose_encoder(request.headers.get("Accept"))
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")
         state.snapshot()
-        body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
-        response = web.Response(body=body, headers={"Content-Type": content_type})
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            response.enable_compression()
-        return response
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, _page, registry, families, openmetrics, compress)
+        headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
     return handle

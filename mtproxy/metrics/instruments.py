@@ -92,6 +92,8 @@ class Metrics:
                                     (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE, r)
         self.state = StateCollector(pool, window)
         r.register(self.state)
+        # the families /metrics renders apart from prometheus_client's exposition (metrics/export.py)
+        self.lean: list[Histogram | Counter] = [v for v in vars(self).values() if isinstance(v, (Histogram, Counter))]
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()

@@ -12,18 +12,50 @@ Updated on the event loop's thread only; ``/metrics`` renders them in a worker t
 (metrics/export.py) without locks: the series dict is copied before iterating (one C call under
 the GIL), and a render may see a request's observation in some buckets and not yet in the sum,
 as prometheus_client's own Histogram (a lock per value, none per histogram) may too.
+
+``/metrics`` does not render these through prometheus_client's exposition, which formats every
+sample's labels anew (~90 ms of CPU for the ~3,000 samples of a few backends and models, holding
+the GIL against the event loop's thread): :meth:`Family.text` keeps each series' text up to its
+value and formats only the values. Its output is the exposition's own, line for line (a test
+compares them in both formats); prometheus_client renders everything else, and these families
+when anything else collects the registry.
 """
 
 from __future__ import annotations
 
+import contextvars
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+# Set while /metrics renders the rest of the registry with prometheus_client: these families
+# render themselves (:meth:`Family.text`), so they yield nothing to it.
+RENDERED_APART: contextvars.ContextVar[bool] = contextvars.ContextVar("lean_rendered_apart", default=False)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _braces(labels: list[tuple[str, str]]) -> str:
+    """``{a="x",b="y"}`` as the exposition formats write it: names sorted, values escaped."""
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels)) + "}"
+
+
+class _One:
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.metric
 
 
 class Bins:
@@ -67,13 +99,36 @@ class Total:
 S = TypeVar("S", "Bins", "Total")
 
 
-class _Family(Collector, Generic[S]):
+class Family(Collector, Generic[S]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self._series: dict[tuple[str, ...], S] = {}
+        self._headers: dict[bool, str] = {}
+        self._prefixes: dict[tuple[str, ...], tuple[str, ...]] = {}  # each series' lines up to the value
         registry.register(self)
+
+    def text(self, openmetrics: bool = False) -> str:
+        """The family in the text format (or OpenMetrics, without its ``# EOF``)."""
+        header = self._headers.get(openmetrics)
+        if header is None:  # HELP and TYPE exactly as prometheus_client writes them
+            render = generate_openmetrics if openmetrics else generate_latest
+            header = self._headers[openmetrics] = render(_One(self._family())).decode().removesuffix("# EOF\n")
+        out = [header]
+        prefixes = self._prefixes
+        for values, series in list(self._series.items()):
+            lines = prefixes.get(values)
+            if lines is None:
+                lines = prefixes[values] = self._prefix_lines(list(zip(self.labelnames, values)))
+            self._render(out, lines, series)
+        return "".join(out)
+
+    def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _render(self, out: list[str], lines: tuple[str, ...], series: S) -> None:
+        raise NotImplementedError
 
     def labels(self, *values: str) -> S:
         series = self._series.get(values)
@@ -93,7 +148,7 @@ class _Family(Collector, Generic[S]):
         raise NotImplementedError
 
 
-class Histogram(_Family[Bins]):
+class Histogram(Family[Bins]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
                  registry: CollectorRegistry) -> None:
         self.bounds = tuple(float(b) for b in buckets)
@@ -106,7 +161,22 @@ class Histogram(_Family[Bins]):
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
+    def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
+        buckets = tuple(f"{self.name}_bucket{_braces([*labels, ('le', le)])} " for le in self._le)
+        tail = _braces(labels)
+        return (*buckets, f"{self.name}_count{tail} ", f"{self.name}_sum{tail} ")
+
+    def _render(self, out: list[str], lines: tuple[str, ...], series: Bins) -> None:
+        cumulative = 0
+        for prefix, n in zip(lines, series.counts):
+            cumulative += n
+            out.append(f"{prefix}{floatToGoString(cumulative)}\n")
+        out.append(f"{lines[-2]}{floatToGoString(cumulative)}\n")
+        out.append(f"{lines[-1]}{floatToGoString(series.sum)}\n")
+
     def collect(self) -> Iterator[Metric]:
+        if RENDERED_APART.get():
+            return
         family = self._family()
         for labels, series in list(self._series.items()):
             cumulative, buckets = 0, []
@@ -117,14 +187,22 @@ class Histogram(_Family[Bins]):
         yield family
 
 
-class Counter(_Family[Total]):
+class Counter(Family[Total]):
     def _new(self) -> Total:
         return Total()
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
+    def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
+        return (f"{self.name}_total{_braces(labels)} ",)
+
+    def _render(self, out: list[str], lines: tuple[str, ...], series: Total) -> None:
+        out.append(f"{lines[0]}{floatToGoString(series.value)}\n")
+
     def collect(self) -> Iterator[Metric]:
+        if RENDERED_APART.get():
+            return
         family = self._family()
         for labels, series in list(self._series.items()):
             family.add_metric(labels, series.value)
