@@ -251,22 +251,19 @@ class SSEDecoder:
         start, end, content = run
         if start == 0 and end == len(complete):
             return Batch(complete, None, content)
+        # the run passes as one plain block; a role chunk before it and the tail after it are scanned
         parts: list[Event] = []
         plain = True
-        for a, b in ((0, start), (start, end), (end, len(complete))):
-            if a == b:
-                continue
-            piece = complete[a:b]
-            if a == start:
-                parts.append((piece, PLAIN))
-                continue
-            events, n = self._scan(piece)
-            content += n
-            if events is None:
-                parts.append((piece, PLAIN))
-            else:
+        for piece, in_run in ((complete[:start], False), (complete[start:end], True), (complete[end:], False)):
+            events = None
+            if piece and not in_run:
+                events, n = self._scan(piece)
+                content += n
+            if events is not None:
                 plain = False
                 parts.extend(events)
+            elif piece:
+                parts.append((piece, PLAIN))
         return Batch(complete, None if plain else parts, content)
 
     def _scan(self, data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
