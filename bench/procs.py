@@ -74,10 +74,11 @@ class Service:
                 self.proc.wait(timeout=5)
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, *, stdout_pipe: bool) -> tuple[subprocess.Popen[bytes], Path]:
+def _spawn(name: str, argv: list[str], workdir: Path, *, stdout_pipe: bool,
+           cwd: Path = ROOT) -> tuple[subprocess.Popen[bytes], Path]:
     log = workdir / f"{name}.log"
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE if stdout_pipe else logf, stderr=logf,
                                 preexec_fn=_die_with_parent, start_new_session=True)
     return proc, log
@@ -144,18 +145,31 @@ def mtproxy_config(upstreams: list[str], runtime: str, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_mtproxy(name: str, upstreams: list[str], workdir: Path, *, runtime: str, model: str) -> Service:
-    return start_mtproxy_with(name, mtproxy_config(upstreams, runtime, model), workdir)
+def start_mtproxy(name: str, upstreams: list[str], workdir: Path, *, runtime: str, model: str,
+                  source: Path = ROOT) -> Service:
+    return start_mtproxy_with(name, mtproxy_config(upstreams, runtime, model), workdir, source)
 
 
-def start_mtproxy_with(name: str, config_text: str, workdir: Path) -> Service:
-    """``python -m mtproxy serve`` with this config (its server port replaced by a free one)."""
+def checkout(rev: str, workdir: Path) -> Path:
+    """The tree of git revision ``rev`` of this checkout, extracted under ``workdir``: an mtproxy
+    to start from there (``python -m`` imports the package from its working directory first)."""
+    dest = workdir / f"src-{rev.replace('/', '_')}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def start_mtproxy_with(name: str, config_text: str, workdir: Path, source: Path = ROOT) -> Service:
+    """``python -m mtproxy serve`` with this config (its server port replaced by a free one),
+    from the package under ``source`` (this checkout by default)."""
     config = workdir / f"{name}.yaml"
     config.write_text(config_text)
     port = free_port()
     argv = [sys.executable, "-m", "mtproxy", "serve", "--config", str(config), "--host", LOCALHOST,
             "--port", str(port)]
-    proc, log = _spawn(name, argv, workdir, stdout_pipe=False)
+    proc, log = _spawn(name, argv, workdir, stdout_pipe=False, cwd=source)
     wait_http(f"http://{LOCALHOST}:{port}/ready", proc, name, log, timeout=30)
     return Service(name, proc, [port], log)
 

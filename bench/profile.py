@@ -40,11 +40,11 @@ def py_spy() -> str:
 
 
 def frame_name(frame: str) -> str:
-    """``func (path/to/module.py:12)`` → ``func (to/module.py)``."""
+    """``func (path/to/module.py:12)`` → ``func (to/module.py:12)``."""
     name, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
+    path, _, line = where.rstrip(")").rpartition(":")
     short = "/".join(Path(path).parts[-2:]) if path else "?"
-    return f"{name} ({short})"
+    return f"{name} ({short}:{line})"
 
 
 def rank(raw: str) -> tuple[int, Counter[str], Counter[str]]:
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--native", action="store_true", help="include C frames (uvloop, orjson, …)")
+    p.add_argument("--lines", action="store_true", help="rank lines instead of functions")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--runtime", default="vllm")
     args = p.parse_args(argv)
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         run_loop(drive(target, sc.warmup(), 1.0))
         raw = workdir / "profile.txt"
         cmd = [spy, "record", "--pid", str(target.pid), "--duration", str(int(args.seconds)), "--rate",
-               str(args.rate), "--nonblocking", "--function", "--format", "raw", "--output", str(raw)]
+               str(args.rate), "--nonblocking", "--format", "raw", "--output", str(raw)]
+        if not args.lines:
+            cmd.append("--function")
         if args.native:
             cmd.append("--native")
         recorder = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

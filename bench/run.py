@@ -4,10 +4,12 @@
     python -m bench.run --quick         # a ~1-minute smoke run
     python -m bench.run --memory-only   # RSS at rest and after 100,000 requests
     python -m bench.run --memory        # the default run, then the memory check
+    python -m bench.run --baseline HEAD~1 --only stream-16-c16   # this tree against another build
 
 Starts one fake runtime process (eight ports: eight backends), the floor proxy and mtproxy for one
 backend and for eight, and LiteLLM as a peer when a Python that imports ``litellm`` is found
-(bench/peers.md). For every scenario it warms each target up, then measures them round by round in
+(bench/peers.md). ``--baseline REV`` adds mtproxy as of git revision REV as one more target in
+every scenario: a change measured against the build before it, side by side. For every scenario it warms each target up, then measures them round by round in
 rotating order; figures are medians over the rounds. Proxy CPU comes from /proc/<pid>/stat, RSS
 from /proc/<pid>/status. Writes bench/results/<date>-<host>[-quick].md and prints it.
 All traffic stays on 127.0.0.1; every load loop is bounded in requests and in time.
@@ -53,6 +55,11 @@ class Target:
     urls: tuple[str, ...]  # base URLs, round robin
     pid: int | None  # the proxy process measured; None on the direct path
     tree: bool = False  # count its child processes too (a peer with workers)
+    always: bool = False  # in every scenario (a baseline build), not only where peers run
+
+
+def baseline_name(rev: str) -> str:
+    return f"mtproxy@{rev}"
 
 
 def log(msg: str) -> None:
@@ -147,7 +154,7 @@ class Bench:
         return result, cpu, CpuClock.delta(fake_before, self.fake.read())
 
     async def scenario(self, session: aiohttp.ClientSession, sc: Scenario) -> None:
-        targets = [t for t in self.targets[sc.backends] if t.name in CORE or peer_scenario(sc)]
+        targets = [t for t in self.targets[sc.backends] if t.name in CORE or t.always or peer_scenario(sc)]
         warm = sc.warmup()
         warm_body, body = warm.body(), sc.body()
         for rnd in range(1, self.rounds + 1):
@@ -225,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "in --quick runs")
     p.add_argument("--litellm-python", help="the Python of a venv with litellm[proxy]")
     p.add_argument("--runtime", default="vllm", help="mtproxy runtime adapter for the fake backends")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also measure mtproxy as of this git revision (e.g. HEAD~1), in every scenario")
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                    help="first wait up to this long for other processes to use < 0.3 cores")
     p.add_argument("--out", type=Path, help="report path (default bench/results/<date>-<host>[-mode].md)")
@@ -264,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
         services.append(fake)
         fake_urls = fake.urls
         targets: dict[int, list[Target]] = {}
+        baseline_src = procs.checkout(args.baseline, workdir) if args.baseline else None
         for n in sorted({s.backends for s in scenarios}):
             floor = procs.start_floor(f"floor-{n}", fake_urls[:n], workdir)
             mt = procs.start_mtproxy(f"mtproxy-{n}", fake_urls[:n], workdir, runtime=args.runtime, model=MODEL)
             services += [floor, mt]
             targets[n] = [Target(DIRECT, tuple(fake_urls[:n]), None), Target(FLOOR, (floor.url,), floor.pid),
                           Target(PROXY, (mt.url,), mt.pid)]
+            if baseline_src is not None:
+                base = procs.start_mtproxy(f"baseline-{n}", fake_urls[:n], workdir, runtime=args.runtime,
+                                           model=MODEL, source=baseline_src)
+                services.append(base)
+                targets[n].append(Target(baseline_name(args.baseline), (base.url,), base.pid, always=True))
             if n == 1 and peer_python:
                 log(f"LiteLLM found ({peer_python}): starting it as a peer")
                 try:
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     targets[n].append(Target("litellm", (peer.url,), peer.pid, tree=True))
                 except RuntimeError as exc:
                     log(f"LiteLLM did not start, measuring without it: {exc}")
-        names = [DIRECT, FLOOR, PROXY] + (["litellm"] if any(len(t) > 3 for t in targets.values()) else [])
+        names = list(dict.fromkeys(t.name for ts in targets.values() for t in ts))
         results = Results(scenarios, names)
         time.sleep(1.0)  # let the proxies settle before reading RSS at rest
         for n, ts in sorted(targets.items()):
@@ -318,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- mode: {mode}; "
         + (f"{args.rounds} rounds per scenario, figures are medians; " if scenarios else "")
         + f"wall time {wall:.0f} s ({wall / 60:.1f} min)",
-        f"- mtproxy commit: {git_commit()}; runtime adapter for the fake backends: `{args.runtime}`",
+        f"- mtproxy commit: {git_commit()}"
+        + (f" (and {baseline_name(args.baseline)}, {_rev(args.baseline)})" if args.baseline else "")
+        + f"; runtime adapter for the fake backends: `{args.runtime}`",
         f"- machine: {cpu_model()}, {os.cpu_count()} cores; Linux {platform.release()}",
         f"- Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop {_version('uvloop')}, "
         f"orjson {_version('orjson')} (event loop in the bench processes: {loop_name()})"
@@ -338,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     log(f"written to {out} ({wall:.0f} s)")
     return 0
+
+
+def _rev(rev: str) -> str:
+    r = subprocess.run(["git", "-C", str(procs.ROOT), "rev-parse", "--short", rev], capture_output=True, text=True)
+    return r.stdout.strip() or "?"
 
 
 def _litellm_version(python: str | None) -> str:
