@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..backends import BackendPool
-from .lean import Counter, Histogram
+from .lean import Counter, Histogram, Total
 from .meter import Measurement, RequestMeter
 from .window import TokenWindow
 
@@ -94,6 +94,7 @@ class Metrics:
         r.register(self.state)
         # the families /metrics renders apart from prometheus_client's exposition (metrics/export.py)
         self.lean: list[Histogram | Counter] = [v for v in vars(self).values() if isinstance(v, (Histogram, Counter))]
+        self._bound: dict[tuple[str, ...], Bound] = {}
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
@@ -101,45 +102,89 @@ class Metrics:
     def finish(self, meter: RequestMeter) -> Measurement:
         """Observe one finished request (called after the client got its last byte). A series
         appears when first observed, so a figure a runtime never reports has none at all."""
-        labels = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
-                  "true" if meter.stream else "false")
+        key = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
+               "true" if meter.stream else "false")
+        s = self._bound.get(key)
+        if s is None:
+            s = self._bound[key] = Bound(self, key)
         m = meter.measure()
-        self.requests.labels(*labels, meter.status).inc()
+        requests = s.requests.get(meter.status)
+        if requests is None:
+            requests = s.requests[meter.status] = self.requests.labels(*key, meter.status)
+        requests.inc()
         if meter.backend == "none":  # never routed: nothing else to say
             return m
         if meter.window_key is not None:
             self.window.settle(meter.window_key, meter.times, meter.counts, m.output_tokens)
-        otel = (OTEL_OPERATION[meter.endpoint], meter.runtime, meter.model)
-        self.duration.labels(*labels).observe(m.duration)
-        self.otel_duration.labels(*otel).observe(m.duration)
+        s.duration.observe(m.duration)
+        s.otel_duration.observe(m.duration)
         if m.overhead is not None:
-            self.overhead.labels(*labels).observe(m.overhead)
+            s.overhead.observe(m.overhead)
         report = meter.report
         if report.prompt_tokens is not None:
-            self.prompt_tokens.labels(*labels).inc(report.prompt_tokens)
-            self.otel_usage.labels(*otel, "input").observe(report.prompt_tokens)
+            s.prompt_tokens.inc(report.prompt_tokens)
+            s.otel_input.observe(report.prompt_tokens)
         if m.output_tokens is not None:
-            self.completion_tokens.labels(*labels).inc(m.output_tokens)
-            self.otel_usage.labels(*otel, "output").observe(m.output_tokens)
+            s.completion_tokens.inc(m.output_tokens)
+            s.otel_output.observe(m.output_tokens)
         if report.draft_tokens is not None:
-            self.draft_tokens.labels(*labels).inc(report.draft_tokens)
+            s.draft_tokens.inc(report.draft_tokens)
         if report.accepted_tokens is not None:
-            self.accepted_tokens.labels(*labels).inc(report.accepted_tokens)
+            s.accepted_tokens.inc(report.accepted_tokens)
         if m.ttft is not None:
-            self.ttft.labels(*labels).observe(m.ttft)
-            self.otel_ttft.labels(*otel).observe(m.ttft)
+            s.ttft.observe(m.ttft)
+            s.otel_ttft.observe(m.ttft)
         if m.content_chunks > 1:
-            self.itl.labels(*labels).observe_many(m.gaps, m.zero_gaps)
+            s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
-            self.tpot.labels(*labels).observe(m.time_per_output_token)
-            self.otel_tpot.labels(*otel).observe(m.time_per_output_token)
+            s.tpot.observe(m.time_per_output_token)
+            s.otel_tpot.observe(m.time_per_output_token)
         if m.decode_rate is not None:
-            self.decode.labels(*labels).observe(m.decode_rate)
+            s.decode.observe(m.decode_rate)
         if m.tokens_per_chunk is not None:
-            self.per_chunk.labels(*labels).observe(m.tokens_per_chunk)
+            s.per_chunk.observe(m.tokens_per_chunk)
         if m.tokens_per_step is not None:
-            self.per_step.labels(*labels).observe(m.tokens_per_step)
+            s.per_step.observe(m.tokens_per_step)
         return m
+
+
+# Bound's series: its attribute -> (the Metrics family, label values after the label set's own
+# (True) or after its OpenTelemetry ones (False)).
+_BOUND: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    **{name: (name, True, ()) for name in (
+        "duration", "overhead", "prompt_tokens", "completion_tokens", "draft_tokens", "accepted_tokens",
+        "ttft", "itl", "tpot", "decode", "per_chunk", "per_step")},
+    "otel_duration": ("otel_duration", False, ()),
+    "otel_ttft": ("otel_ttft", False, ()),
+    "otel_tpot": ("otel_tpot", False, ()),
+    "otel_input": ("otel_usage", False, ("input",)),
+    "otel_output": ("otel_usage", False, ("output",)),
+}
+
+
+class Bound:
+    """One label set's series in every request family ("pre-bound children"): a request looks
+    its label set up once instead of once per family. Each series is still created the first
+    time it is observed (``__getattr__`` runs only for a slot not set yet), so a figure a
+    runtime never reports has no series."""
+
+    __slots__ = ("_metrics", "_labels", "_otel", "requests", *_BOUND)
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, ...]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self._otel = (OTEL_OPERATION.get(labels[4], labels[4]), labels[1], labels[2])  # endpoint, runtime, model
+        self.requests: dict[str, Total] = {}  # by status
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            family, own, extra = _BOUND[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        values = (*(self._labels if own else self._otel), *extra)
+        series = getattr(self._metrics, family).labels(*values)
+        setattr(self, name, series)
+        return series
 
 
 class StateCollector(Collector):

@@ -105,9 +105,15 @@ def live_evidence(report, recent) -> Evidence | None:
     if report.tokens_per_step is not None and report.tokens_per_step > 1.05:
         return Evidence(mtp=True, speculating=True,
                         why=f"the runtime reports {report.tokens_per_step:.2f} tokens per iteration")
-    if len(recent) >= LIVE_WINDOW and not any(accepted for _, accepted in recent) \
-            and (mean := sum(tps for tps, _ in recent) / len(recent)) < ONE_TOKEN_PER_STEP:
-        return Evidence(mtp=False, speculating=False,
-                        why=f"the last {len(recent)} requests show {mean:.2f} tokens per step and no "
-                            "accepted drafts")
-    return None
+    if len(recent) < LIVE_WINDOW:
+        return None
+    total = 0.0
+    for tps, accepted in recent:  # runs once per request: no generators
+        if accepted:
+            return None
+        total += tps
+    mean = total / len(recent)
+    if mean >= ONE_TOKEN_PER_STEP:
+        return None
+    return Evidence(mtp=False, speculating=False,
+                    why=f"the last {len(recent)} requests show {mean:.2f} tokens per step and no accepted drafts")
