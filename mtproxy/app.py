@@ -15,7 +15,7 @@ from . import handlers
 from .backends import BackendPool
 from .config import Config
 from .ollama import api as ollama_api
-from .middleware import Keys, add_cors, auth_middleware, error_middleware
+from .middleware import Keys, add_cors, front_door
 from .proxy import Proxy
 from .metrics.export import metrics_handler
 from .metrics.instruments import Metrics
@@ -30,8 +30,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     """The proxy as an aiohttp app. Metrics go to ``registry`` (a fresh one by default, so apps
     and tests never share state through a module global); ``config_path`` is what a reload
     (SIGHUP, ``POST /mtproxy/reload``) reads again."""
-    middlewares = [error_middleware, auth_middleware(lambda a: a[KEYS])]
-    app = web.Application(middlewares=middlewares, client_max_size=config.server.max_body_bytes)
+    app = web.Application(middlewares=[front_door(_keys, _cors_origins)],
+                          client_max_size=config.server.max_body_bytes)
     app[CONFIG_PATH] = config_path
     app[KEYS] = Keys(config)
     app[POOL] = BackendPool(config)
@@ -46,8 +46,16 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     handlers.add_routes(app)
     app.router.add_get("/metrics", metrics_handler(app[METRICS]))
     ollama_api.add_routes(app)
-    add_cors(app, lambda a: a[POOL].config.server.cors_origins)
+    add_cors(app, _cors_origins)
     return app
+
+
+def _keys(app: web.Application) -> Keys:
+    return app[KEYS]
+
+
+def _cors_origins(app: web.Application) -> list[str]:
+    return app[POOL].config.server.cors_origins
 
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,7 @@
-"""aiohttp middlewares, one per file."""
+"""The one aiohttp middleware (front.py) and what it runs, one concern per file."""
 
-from .auth import Keys, auth_middleware
+from .auth import Keys
 from .cors import add_cors
-from .errors import error_middleware
+from .front import front_door
 
-__all__ = ["Keys", "add_cors", "auth_middleware", "error_middleware"]
+__all__ = ["Keys", "add_cors", "front_door"]

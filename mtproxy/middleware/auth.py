@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..config import Config
 from ..errors import ProxyError, Unauthorized
@@ -38,6 +37,12 @@ class Keys:
         # compare with every key, so timing does not tell which one nearly matched
         return sum(hmac.compare_digest(candidate, k) for k in keys) > 0
 
+    def guards(self, path: str) -> bool:
+        """Whether ``path`` needs a check at all (so an open proxy reads no header)."""
+        if path in OPEN_PATHS:
+            return False
+        return bool(self.client) or path in ADMIN_PATHS or (path == "/metrics" and self.metrics_auth)
+
     def check(self, path: str, token: str) -> None:
         if path in ADMIN_PATHS:
             if not self.admin:
@@ -62,15 +67,3 @@ def bearer(request: web.Request) -> str:
     if scheme.lower() != "bearer" or not token:
         token = request.headers.get("x-api-key", "")
     return token.strip()
-
-
-def auth_middleware(keys_of) -> web.middleware:
-    """``keys_of(app)`` returns the :class:`Keys` in force."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS and request.method != "OPTIONS":
-            keys_of(request.app).check(request.path, bearer(request))
-        return await handler(request)
-
-    return middleware

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..errors import ProxyError
 
@@ -25,24 +24,21 @@ def error_response(request: web.Request, err: ProxyError) -> web.Response:
                         headers=err.headers)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProxyError as err:
-        if err.status < 500:
-            log.info("%s %s -> %d %s", request.method, request.path, err.status, err.message)
+def answer_error(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The OpenAI-shaped answer to what a handler raised, logged; HTTP redirects pass on."""
+    if isinstance(exc, ProxyError):
+        if exc.status < 500:
+            log.info("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         else:
-            log.warning("%s %s -> %d %s", request.method, request.path, err.status, err.message)
-        return error_response(request, err)
-    except web.HTTPException as exc:
+            log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+        return error_response(request, exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         type_, code = _HTTP_TYPES.get(exc.status, ("invalid_request_error", None))
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         log.info("%s %s -> %d %s", request.method, request.path, exc.status, message)
         return error_response(request, ProxyError(message, status=exc.status, type_=type_, code=code))
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(request, ProxyError("The proxy hit an internal error; it has been logged.",
-                                                  code="internal_error"))
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(request, ProxyError("The proxy hit an internal error; it has been logged.",
+                                              code="internal_error"))

@@ -1,0 +1,37 @@
+"""The one middleware every request passes: CORS preflights, API keys, OpenAI-shaped errors.
+
+One middleware rather than three: each layer is one more coroutine and call per request
+(2.5 % of the proxy's instructions for a 16-token stream, callgrind).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .auth import Keys, bearer
+from .cors import OriginsOf, preflight
+from .errors import answer_error
+
+
+def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf) -> web.middleware:
+    """``keys_of(app)``: the :class:`Keys` in force; ``origins_of(app)``: the CORS origins."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.method == "OPTIONS":
+                answer = preflight(request, origins_of)
+                if answer is not None:
+                    return answer
+            else:
+                keys = keys_of(request.app)
+                if keys.guards(request.path):
+                    keys.check(request.path, bearer(request))
+            return await handler(request)
+        except Exception as exc:
+            return answer_error(request, exc)
+
+    return middleware
