@@ -283,8 +283,9 @@ class SSEDecoder:
             boundary = data.rfind(b"\n\n", 0, first)
             if boundary >= 0:
                 cut = boundary + 2
-                events.append((data[:cut], PLAIN))
-                content = _texts(data[:cut], markers)
+                block = data[:cut]
+                events.append((block, PLAIN))
+                content = _texts(block, markers)
                 rest = data[cut:]
         observe, report = self._observe, self._report
         for part in rest.split(b"\n\n"):
