@@ -1,0 +1,61 @@
+"""The shared tick behind upstream timeouts (mtproxy/watchdog.py); the proxy's own timeout
+behaviour is tested end to end in test_proxy.py."""
+
+import asyncio
+
+import pytest
+
+from mtproxy.watchdog import Watchdog
+
+
+async def test_a_silent_wait_times_out_and_a_stamped_one_does_not():
+    dog = Watchdog()
+    dog.set_shortest(0.5)  # tick 25 ms
+    loop = asyncio.get_running_loop()
+
+    async def stamped() -> str:
+        async with asyncio.timeout(None) as timeout:
+            w = dog.watch(timeout, 0.5, loop.time())
+            try:
+                for _ in range(16):  # 0.8 s in all, a stamp every 0.05 s (fails on a 0.45 s stall)
+                    await asyncio.sleep(0.05)
+                    w.last = loop.time()
+                return "done"
+            finally:
+                dog.drop(w)
+
+    async def silent() -> str:
+        async with asyncio.timeout(None) as timeout:
+            w = dog.watch(timeout, 0.5, loop.time())
+            try:
+                await asyncio.sleep(30)
+                return "not timed out"
+            finally:
+                dog.drop(w)
+
+    done = asyncio.create_task(stamped())
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(silent(), 20)  # expires after ~0.5 s; 20 s: only if the tick is lost
+    assert await done == "done"
+
+
+async def test_the_tick_runs_only_while_something_is_watched():
+    dog = Watchdog()
+    dog.set_shortest(0.1)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as timeout:
+        w = dog.watch(timeout, 60, loop.time())
+        assert dog._handle is not None
+        dog.drop(w)
+    await asyncio.sleep(dog.tick * 3)
+    assert dog._handle is None
+
+
+def test_the_tick_is_a_twentieth_of_the_shortest_limit_within_bounds():
+    dog = Watchdog()
+    dog.set_shortest(2.0)
+    assert dog.tick == pytest.approx(0.1)
+    dog.set_shortest(0.01)
+    assert dog.tick == Watchdog.MIN_TICK
+    dog.set_shortest(600)
+    assert dog.tick == Watchdog.MAX_TICK
