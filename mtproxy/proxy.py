@@ -244,13 +244,9 @@ class Proxy:
         loop = asyncio.get_running_loop()
         meter.t_sent = loop.time()
         try:
-            async with asyncio.timeout(None) as timeout:
-                watch = self.watchdog.watch(timeout, self._request, meter.t_sent)
-                try:
-                    async with await self._post(backend, upstream.path, upstream.body) as resp:
-                        data = await resp.read()
-                finally:
-                    self.watchdog.drop(watch)
+            with self.watchdog.watch(self._request, meter.t_sent):
+                async with await self._post(backend, upstream.path, upstream.body) as resp:
+                    data = await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
         except UNREACHABLE as exc:
@@ -273,15 +269,11 @@ class Proxy:
         try:
             meter.t_sent = loop.time()
             try:
-                async with asyncio.timeout(None) as timeout:
-                    watch = self.watchdog.watch(timeout, self._first_token, meter.t_sent)
-                    try:
-                        resp = await self._post(backend, upstream.path, upstream.body)
-                        if resp.status >= 400:
-                            raise self._error_status(route, backend, resp.status, await resp.read())
-                        first = await resp.content.readany()
-                    finally:
-                        self.watchdog.drop(watch)
+                with self.watchdog.watch(self._first_token, meter.t_sent):
+                    resp = await self._post(backend, upstream.path, upstream.body)
+                    if resp.status >= 400:
+                        raise self._error_status(route, backend, resp.status, await resp.read())
+                    first = await resp.content.readany()
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"Backend {backend.name} sent no token within {self._first_token:g} s.") from None
@@ -319,32 +311,28 @@ class Proxy:
         content = resp.content
         last = b""  # the stream's last events, sent with the end of the response in one write
         try:
-            async with asyncio.timeout(None) as timeout:
-                idle = self.watchdog.watch(timeout, self._idle, loop.time())
-                try:
-                    while data:
-                        batch = decoder.feed(data)
-                        if batch is not None:
-                            chunk = encoder.encode(batch)
-                            if encoder.finished and content.at_eof():
-                                last = chunk
-                            elif chunk:
-                                await out.write(chunk)
-                            now = loop.time()
-                            if meter.t_out is None:
-                                meter.t_out = now
-                            if batch.content:
-                                meter.content(now, batch.content)
-                            idle.last = now
-                        else:
-                            idle.last = loop.time()
-                        try:
-                            data = await content.readany()
-                        except UNREACHABLE as exc:
-                            failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
-                            break
-                finally:
-                    self.watchdog.drop(idle)
+            with self.watchdog.watch(self._idle, loop.time()) as idle:
+                while data:
+                    batch = decoder.feed(data)
+                    if batch is not None:
+                        chunk = encoder.encode(batch)
+                        if encoder.finished and content.at_eof():
+                            last = chunk
+                        elif chunk:
+                            await out.write(chunk)
+                        now = loop.time()
+                        if meter.t_out is None:
+                            meter.t_out = now
+                        if batch.content:
+                            meter.content(now, batch.content)
+                        idle.last = now
+                    else:
+                        idle.last = loop.time()
+                    try:
+                        data = await content.readany()
+                    except UNREACHABLE as exc:
+                        failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
+                        break
             if failure is None:
                 batch = decoder.flush()
                 if batch is not None:

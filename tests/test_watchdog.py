@@ -14,24 +14,16 @@ async def test_a_silent_wait_times_out_and_a_stamped_one_does_not():
     loop = asyncio.get_running_loop()
 
     async def stamped() -> str:
-        async with asyncio.timeout(None) as timeout:
-            w = dog.watch(timeout, 0.5, loop.time())
-            try:
-                for _ in range(16):  # 0.8 s in all, a stamp every 0.05 s (fails on a 0.45 s stall)
-                    await asyncio.sleep(0.05)
-                    w.last = loop.time()
-                return "done"
-            finally:
-                dog.drop(w)
+        with dog.watch(0.5, loop.time()) as w:
+            for _ in range(16):  # 0.8 s in all, a stamp every 0.05 s (fails on a 0.45 s stall)
+                await asyncio.sleep(0.05)
+                w.last = loop.time()
+            return "done"
 
     async def silent() -> str:
-        async with asyncio.timeout(None) as timeout:
-            w = dog.watch(timeout, 0.5, loop.time())
-            try:
-                await asyncio.sleep(30)
-                return "not timed out"
-            finally:
-                dog.drop(w)
+        with dog.watch(0.5, loop.time()):
+            await asyncio.sleep(30)
+            return "not timed out"
 
     done = asyncio.create_task(stamped())
     with pytest.raises(TimeoutError):
@@ -43,12 +35,26 @@ async def test_the_tick_runs_only_while_something_is_watched():
     dog = Watchdog()
     dog.set_shortest(0.1)
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(None) as timeout:
-        w = dog.watch(timeout, 60, loop.time())
+    with dog.watch(60, loop.time()):
         assert dog._handle is not None
-        dog.drop(w)
     await asyncio.sleep(dog.tick * 3)
     assert dog._handle is None
+
+
+async def test_a_cancellation_from_elsewhere_stays_a_cancellation():
+    dog = Watchdog()
+    dog.set_shortest(0.1)
+    loop = asyncio.get_running_loop()
+
+    async def waiting() -> None:
+        with dog.watch(60, loop.time()):
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(waiting())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the client went away: not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def test_the_tick_is_a_twentieth_of_the_shortest_limit_within_bounds():
