@@ -144,3 +144,27 @@ def test_the_template_refuses_what_it_cannot_vouch_for():
     assert Template.learn(b"data: " + orjson.dumps(chunk(1, {"content": 'a\\"b'})), (b'content":"',)) is None
     assert Template.learn(b"data: " + orjson.dumps({"a": {"content": "x"}, "b": {"content": "y"}}),
                           (b'content":"',)) is None
+
+
+def test_a_paced_stream_read_event_by_event_is_counted_by_the_template(monkeypatch):
+    """One event per read (a paced stream): after the first plain content chunk, the template
+    alone counts the reads it fits; a quote in a text, a new `created` and the stream's tail go to
+    the marker scans, which relearn the template."""
+    events = [chunk(1, {"role": "assistant", "content": ""})]
+    events += [chunk(1, {"content": t}) for t in ["a", "b", "", "c", 'q"uote', "d", "e"]]
+    events += [chunk(2, {"content": t}) for t in ["f", "g", "h"]]
+    events += [chunk(2, {}, "stop"), {"id": "cmpl-1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 11}}]
+    lines = [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+    raw = b"".join(lines)
+    cuts = [sum(len(line) for line in lines[:i]) for i in range(1, len(lines))]
+    check(raw, cuts)
+
+    scanned = []
+    scan = SSEDecoder._scan
+    monkeypatch.setattr(SSEDecoder, "_scan", lambda self, data, markers=None: scanned.append(data) or scan(self, data, markers))
+    report, batches, _, done = decode(raw, cuts, False, template_min=SSEDecoder.TEMPLATE_MIN)
+    assert done and report.completion_tokens == 11
+    assert [b.content for b in batches] == [0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    # scanned: the role chunk, the first content chunk (learnt), the quote, the first chunk with
+    # created=2 (relearnt), the finish chunk, the usage chunk and [DONE]
+    assert scanned == [lines[i] for i in (0, 1, 5, 8, 11, 12, 13)]
