@@ -47,6 +47,15 @@ class ApiRequest:
             self.raw = orjson.dumps(self.payload)
         return self.raw
 
+    def body_with(self, key: str, value: Any) -> bytes:
+        """The body with one more top-level field, ``payload`` left as it is. A field the
+        client did not send is spliced into its bytes before the closing brace: a long chat
+        history is not encoded again for the ``stream_options`` the proxy adds to every stream."""
+        if self.raw is not None and key not in self.payload:
+            end = self.raw.rindex(b"}")  # a JSON object with at least `model` in it
+            return b"".join((self.raw[:end], b',"', key.encode(), b'":', orjson.dumps(value), self.raw[end:]))
+        return orjson.dumps({**self.payload, key: value})
+
 
 def parse_request(body: bytes, endpoint: Endpoint) -> ApiRequest:
     """Validate the parts of an OpenAI request body the proxy relies on."""

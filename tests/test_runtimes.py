@@ -8,7 +8,7 @@ import pytest
 
 from mtproxy.runtimes import ADAPTERS, Report, runtime_for
 from mtproxy.runtimes.base import DONE
-from mtproxy.wire import CHAT, COMPLETIONS, from_payload
+from mtproxy.wire import CHAT, COMPLETIONS, from_payload, parse_request
 
 from .replay import DATA, RUNTIMES, ReplayRuntime, events_of, meta
 
@@ -196,3 +196,18 @@ def test_usage_only_runtimes_report_tokens_and_nothing_else(runtime):
     streamed = decode_stream(runtime, "chat_stream_usage.sse")[0]
     expected = m["usage"]["completion_tokens"] if m.get("stream_usage", True) else None
     assert streamed.completion_tokens == expected  # unknown stays unknown
+
+
+def test_the_added_stream_options_are_spliced_into_the_clients_bytes():
+    """A long history is not encoded again for stream_options: the client's bytes are kept
+    (spacing, key order, escapes) and the field goes before the closing brace."""
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "caf\\u00e9 }"}], "stream": true}\n'
+    req = parse_request(raw, CHAT)
+    body = runtime_for("vllm").prepare(req).body
+    assert body.startswith(raw[:raw.rindex(b"}")])
+    assert orjson.loads(body) == {**orjson.loads(raw), "stream_options": {"include_usage": True}}
+    # the client's own stream_options are merged, not duplicated: encoded again
+    req = parse_request(b'{"model": "m", "stream": true, "stream_options": {"x": 1}}', CHAT)
+    body = runtime_for("vllm").prepare(req).body
+    assert orjson.loads(body)["stream_options"] == {"x": 1, "include_usage": True}
+    assert body.count(b"stream_options") == 1

@@ -416,15 +416,17 @@ class OpenAICompatible:
 
     def prepare(self, req: ApiRequest) -> Upstream:
         payload = req.payload
-        changes: dict[str, Any] = {}
+        options = None
         if req.stream and not req.client_usage:  # always ask for usage: token counts are exact
-            changes["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+            options = {**(payload.get("stream_options") or {}), "include_usage": True}
         drop = self._dropped_fields(req, payload)
-        if not changes and not drop:
-            return Upstream(req.endpoint.path, req.body())
-        body = {k: v for k, v in payload.items() if k not in drop}
-        body.update(changes)
-        return Upstream(req.endpoint.path, orjson.dumps(body))
+        if not drop:
+            body = req.body() if options is None else req.body_with("stream_options", options)
+            return Upstream(req.endpoint.path, body)
+        fields = {k: v for k, v in payload.items() if k not in drop}
+        if options is not None:
+            fields["stream_options"] = options
+        return Upstream(req.endpoint.path, orjson.dumps(fields))
 
     def _dropped_fields(self, req: ApiRequest, payload: dict[str, Any]) -> Iterable[str]:
         if self.accepted_fields is not None:
