@@ -32,6 +32,7 @@ class Watch:
         self.expired = False
 
     def __enter__(self) -> Watch:
+        self._dog._add(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -62,12 +63,13 @@ class Watchdog:
         """A context manager watching the current task's wait from ``last`` on."""
         task = asyncio.current_task()
         assert task is not None, "watch() runs in a task"
-        w = Watch(self, task, limit, last)
+        return Watch(self, task, limit, last)
+
+    def _add(self, w: Watch) -> None:
         self._watches.add(w)
         if self._handle is None:
             loop = asyncio.get_running_loop()
             self._handle = loop.call_at(loop.time() + self.tick, self._check, loop)
-        return w
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()

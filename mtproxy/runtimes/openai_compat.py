@@ -178,19 +178,14 @@ class Template:
             if not data.startswith(prefix, start):
                 return None
         marks = data.translate(None, _NOT_QUOTE_OR_NEWLINE)
-        if start == 0 and data.endswith(end_marker):
-            end = len(data)
-            if marks == shape:  # one event: a paced stream's read
-                return 0, end, int(end > len(prefix) + len(end_marker))
-        else:
-            if start:
-                marks = marks[len(data[:start].translate(None, _NOT_QUOTE_OR_NEWLINE)):]
-            end = data.rfind(end_marker)
-            if end < start:
-                return None
-            end += len(end_marker)
-            if end < len(data):
-                marks = marks[:len(marks) - len(data[end:].translate(None, _NOT_QUOTE_OR_NEWLINE))]
+        if start:
+            marks = marks[len(data[:start].translate(None, _NOT_QUOTE_OR_NEWLINE)):]
+        end = data.rfind(end_marker)
+        if end < start:
+            return None
+        end += len(end_marker)
+        if end < len(data):
+            marks = marks[:len(marks) - len(data[end:].translate(None, _NOT_QUOTE_OR_NEWLINE))]
         lines = len(marks) // len(shape)
         if marks != shape * lines or data.count(end_marker, start, end) != lines:
             return None
