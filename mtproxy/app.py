@@ -66,6 +66,9 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect),
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
         raise_for_status=False,
+        # one session serves every client: a cookie a backend sets must not ride along with the
+        # next client's requests
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     app[PROXY] = Proxy(app[POOL].config, app[POOL], session, app[METRICS])
     try:

@@ -33,6 +33,7 @@ class Behaviour:
     burst: int = 1  # ...and this many chunks written back to back per decode step
     routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
+    response_headers: dict[str, str] = field(default_factory=dict)  # sent with non-streaming answers
 
 
 class FakeRuntime:
@@ -116,7 +117,7 @@ class FakeRuntime:
                 "id": "cmpl-1", "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": body["model"], "choices": [choice],
                 "usage": self._usage(), **self.b.extra,
-            })
+            }, headers=self.b.response_headers)
         return await self._stream(request, body, chat)
 
     def _usage(self) -> dict[str, int]:

@@ -79,6 +79,18 @@ async def test_upstream_keys_never_leak(runtime_factory, proxy_factory, http, ca
     assert not any(UPSTREAM_SECRET in t for t in texts)  # ...and shown nowhere
 
 
+async def test_cookies_a_backend_sets_are_not_sent_for_other_requests(runtime_factory, proxy_factory, http):
+    # one client session upstream serves every client: a cookie jar in it would hand one
+    # client's backend session to the next client
+    rt = await runtime_factory("a", response_headers={"Set-Cookie": "session=client-one; Path=/"})
+    # by name: aiohttp's default jar takes no cookies from an IP address
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": f"http://localhost:{rt.port}"}]))
+    for _ in range(2):
+        async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200
+    assert "Cookie" not in rt.headers[1]
+
+
 async def test_cors_is_off_unless_configured(runtime_factory, proxy_factory, http):
     rt = await runtime_factory("a")
     off = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}]))
