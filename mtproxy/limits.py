@@ -79,6 +79,13 @@ class Gate:
         self.in_use = 0
         self.waiters = Waiters(max_queue, timeout)
 
+    def try_acquire(self) -> bool:
+        """A slot at once if one is free: ``acquire`` without a coroutine on the common path."""
+        if self.cap == 0 or self.in_use < self.cap:
+            self.in_use += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         if self.cap == 0:
             self.in_use += 1

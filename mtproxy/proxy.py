@@ -86,28 +86,29 @@ class Proxy:
         r = self.config.retries
         return random.uniform(0, min(r.backoff_max, r.backoff_base * 2 ** (attempt - 1)))
 
-    async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    def handle(self, request: web.Request, endpoint: Endpoint) -> Awaitable[web.StreamResponse]:
         """An OpenAI client's request."""
+        return self.serve(request, endpoint, None, OPENAI)
 
-        async def build() -> ApiRequest:
-            return parse_request(await request.read(), endpoint)
-
-        return await self.serve(request, endpoint, build, OPENAI)
-
-    async def serve(self, request: web.Request, endpoint: Endpoint, build: Build,
+    async def serve(self, request: web.Request, endpoint: Endpoint, build: Build | None,
                     fmt: ClientFormat) -> web.StreamResponse:
-        """Build, forward and account for one request, whatever its outcome."""
+        """Build (``None``: the body is an OpenAI request), forward and account for one request,
+        whatever its outcome."""
         loop = asyncio.get_running_loop()
         meter = RequestMeter(loop.time(), endpoint.kind)
         backend: Backend | None = None
         gate = self.gate
         held = False
         try:
-            built = await build()
-            if isinstance(built, web.StreamResponse):
-                return built
+            if build is None:
+                built = parse_request(await request.read(), endpoint)
+            else:
+                built = await build()
+                if isinstance(built, web.StreamResponse):
+                    return built
             meter.stream = built.stream
-            await gate.acquire()
+            if not gate.try_acquire():
+                await gate.acquire()
             held = True
             self.in_flight += 1
             resp = await self.forward(request, built, fmt, meter)
@@ -154,9 +155,9 @@ class Proxy:
                     if backend.process is not None:
                         await self._launched(backend)
                     if req.stream:
-                        resp = await self._stream(request, req, fmt, route, backend, meter)
+                        resp = await self._stream(request, req, fmt, backend, meter)
                     else:
-                        resp = await self._unary(req, fmt, route, backend, meter)
+                        resp = await self._unary(req, fmt, backend, meter)
                     self.pool.answered(backend, resp.status)
                     return resp
                 except _Retry as retry:
@@ -209,11 +210,10 @@ class Proxy:
         meter.mtp = "on" if self.router.mtp_on(route, backend) else "off"
         meter.target = backend
 
-    def _headers(self, route: Route, backend: Backend) -> dict[str, str]:
-        return {
-            "x-mtproxy-backend": backend.name,
-            "x-mtproxy-mtp": "on" if self.router.mtp_on(route, backend) else "off",
-        }
+    @staticmethod
+    def _headers(meter: RequestMeter) -> dict[str, str]:
+        """The response headers naming the backend chosen (``_label``)."""
+        return {"x-mtproxy-backend": meter.backend, "x-mtproxy-mtp": meter.mtp}
 
     async def _post(self, backend: Backend, path: str, body: bytes) -> aiohttp.ClientResponse:
         """Send upstream. A pooled keep-alive connection the runtime closed meanwhile fails on
@@ -232,13 +232,13 @@ class Proxy:
         backend.mark_down(reason)
         return _Retry(UpstreamUnreachable(f"Backend {backend.name} failed before answering: {reason}"))
 
-    def _error_status(self, route: Route, backend: Backend, status: int, data: bytes) -> Exception:
+    def _error_status(self, meter: RequestMeter, backend: Backend, status: int, data: bytes) -> Exception:
         err = backend.runtime.upstream_error(status, data)
-        err.headers = self._headers(route, backend)
+        err.headers = self._headers(meter)
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
         return _Retry(err) if status in RETRY_STATUSES else err
 
-    async def _unary(self, req: ApiRequest, fmt: ClientFormat, route: Route, backend: Backend,
+    async def _unary(self, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter) -> web.Response:
         upstream = backend.runtime.prepare(req)
         loop = asyncio.get_running_loop()
@@ -253,16 +253,16 @@ class Proxy:
             raise self._unreachable(backend, exc) from None
         meter.t_in = loop.time()
         if resp.status >= 400:
-            raise self._error_status(route, backend, resp.status, data)
+            raise self._error_status(meter, backend, resp.status, data)
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
-        out = web.Response(body=body, status=resp.status, headers=self._headers(route, backend),
+        out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
                            content_type=content_type)
         meter.t_out = loop.time()
         return out
 
-    async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, route: Route,
-                      backend: Backend, meter: RequestMeter) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
+                      meter: RequestMeter) -> web.StreamResponse:
         upstream = backend.runtime.prepare(req)
         loop = asyncio.get_running_loop()
         resp: aiohttp.ClientResponse | None = None
@@ -272,7 +272,7 @@ class Proxy:
                 with self.watchdog.watch(self._first_token, meter.t_sent):
                     resp = await self._post(backend, upstream.path, upstream.body)
                     if resp.status >= 400:
-                        raise self._error_status(route, backend, resp.status, await resp.read())
+                        raise self._error_status(meter, backend, resp.status, await resp.read())
                     first = await resp.content.readany()
             except TimeoutError:
                 raise UpstreamTimeout(
@@ -282,13 +282,13 @@ class Proxy:
             if not first:
                 raise self._unreachable(backend, ConnectionResetError("empty response"))
             meter.t_in = loop.time()
-            meter.window_key = (backend.name, route.model)
+            meter.window_key = (meter.backend, meter.model)
             meter.window = self.metrics.window
 
             decoder = backend.runtime.stream_decoder(req, meter.report, parse_all=fmt.parse_all)
             encoder = fmt.stream_encoder(req, meter.report)
             out = web.StreamResponse(headers={"Content-Type": encoder.content_type, **STREAM_HEADERS,
-                                              **self._headers(route, backend)})
+                                              **self._headers(meter)})
             await out.prepare(request)
             try:
                 await self._relay(resp, out, first, backend, decoder, encoder, meter)

@@ -31,12 +31,25 @@ class Router:
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
         self._turn = 0
+        # routes by requested name, for the pool's index they were made from (a reload or a
+        # rediscovery makes a new one)
+        self._index: dict[str, list[Backend]] | None = None
+        self._routes: dict[str, Route] = {}
 
     @property
     def policy(self) -> str:
         return self.pool.config.routing.mtp
 
     def resolve(self, requested: str) -> Route:
+        pool = self.pool
+        if self._index is not pool.by_model:
+            self._index, self._routes = pool.by_model, {}
+        route = self._routes.get(requested)
+        if route is None:  # a name no backend serves raises: only served names are kept
+            route = self._routes[requested] = self._route(requested)
+        return route
+
+    def _route(self, requested: str) -> Route:
         model = self.pool.aliases.get(requested, requested)
         candidates = self.pool.by_model.get(model)
         if not candidates:
