@@ -32,7 +32,10 @@ class Watch:
         self.expired = False
 
     def __enter__(self) -> Watch:
-        self._dog._add(self)
+        dog = self._dog
+        dog._watches.add(self)
+        if dog._handle is None:
+            dog._arm()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -65,11 +68,9 @@ class Watchdog:
         assert task is not None, "watch() runs in a task"
         return Watch(self, task, limit, last)
 
-    def _add(self, w: Watch) -> None:
-        self._watches.add(w)
-        if self._handle is None:
-            loop = asyncio.get_running_loop()
-            self._handle = loop.call_at(loop.time() + self.tick, self._check, loop)
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_at(loop.time() + self.tick, self._check, loop)
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()

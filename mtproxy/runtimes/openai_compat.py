@@ -17,7 +17,7 @@ from ..mtp import detect
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..sse import EventFramer
 from ..wire import ApiRequest
-from .base import DONE, PLAIN, PROBE_ERRORS, BackendHTTP, Batch, Event, Probe, Report, Upstream, as_int, describe
+from .base import DONE, PLAIN, PROBE_ERRORS, BackendHTTP, Batch, Event, Probe, Report, Upstream, describe
 
 
 def model_ids(data: Any) -> tuple[str, ...] | None:
@@ -197,8 +197,8 @@ class SSEDecoder:
 
     Fast paths: a run of events shaped like the stream's learnt content :class:`Template` is
     checked with a few scans; a block of whole events none of which holds an attention marker
-    comes out as one raw block with a content count. Events that need attention are parsed (all
-    of them with ``parse_all``), the others pass as PLAIN.
+    comes out as one raw block (PLAIN) with a content count. The events from the first one that
+    needs attention on are parsed (all of them with ``parse_all``).
     """
 
     __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
@@ -283,11 +283,10 @@ class SSEDecoder:
         """Marker scans: the events of ``data`` (None: all plain) and its content chunks."""
         markers = markers or self._markers
         assert markers is not None
-        parse_all = self._parse_all
         events: list[Event] = []
         content = 0
         rest = data
-        if not parse_all:
+        if not self._parse_all:
             first = _first_attention(data, self._attention)
             if first < 0:
                 return None, _texts(data, markers)
@@ -299,18 +298,17 @@ class SSEDecoder:
                 events.append((block, PLAIN))
                 content = _texts(block, markers)
                 rest = data[cut:]
+        # From the first event needing attention on, every event is parsed: that is usually the
+        # stream's tail (finish, usage, [DONE]), and parsing a small event costs less than
+        # scanning it for markers first.
         observe, report = self._observe, self._report
         for part in rest.split(b"\n\n"):
             if not part:
                 continue
-            if parse_all or _needs_attention(part, self._attention):
-                obj = parse_event(part)
-                if obj.__class__ is dict:
-                    observe(obj, report)
-                    content += has_content(obj)
-            else:
-                obj = PLAIN
-                content += _texts(part, markers) > 0
+            obj = parse_event(part)
+            if obj.__class__ is dict:
+                observe(obj, report)
+                content += has_content(obj)
             events.append((part + b"\n\n", obj))
         return events, content
 
@@ -349,12 +347,12 @@ class SSEDecoder:
 def observe_usage(obj: dict[str, Any], report: Report) -> None:
     """OpenAI ``usage``: prompt and completion tokens."""
     usage = obj.get("usage")
-    if usage:
-        prompt = as_int(usage.get("prompt_tokens"))
-        if prompt is not None:
+    if usage.__class__ is dict:
+        prompt = usage.get("prompt_tokens")
+        if prompt.__class__ is int:  # an int, not a bool
             report.prompt_tokens = prompt
-        completion = as_int(usage.get("completion_tokens"))
-        if completion is not None:
+        completion = usage.get("completion_tokens")
+        if completion.__class__ is int:
             report.completion_tokens = completion
 
 
@@ -425,9 +423,8 @@ class OpenAICompatible:
 
     def _dropped_fields(self, req: ApiRequest, payload: dict[str, Any]) -> Iterable[str]:
         if self.accepted_fields is not None:
-            accepted = self.accepted_fields[req.endpoint.kind]
-            return [k for k in payload if k not in accepted]
-        return [k for k in self.extension_fields if k in payload]
+            return payload.keys() - self.accepted_fields[req.endpoint.kind]
+        return payload.keys() & self.extension_fields
 
     def observe(self, obj: dict[str, Any], report: Report) -> None:
         """Fill ``report`` from one response object or stream chunk."""
