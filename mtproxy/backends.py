@@ -181,6 +181,8 @@ class BackendPool:
     def record(self, backend: Backend, model: str, report: Report, tokens_per_step: float | None) -> None:
         """A finished request: the runtime's report and the proxy's own tokens per step are live
         evidence of drafting (or of none)."""
+        if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
+            return  # nothing new (a non-streaming request): the evidence stays what it was
         recent = backend.recent.get(model)
         if recent is None:
             recent = backend.recent[model] = deque(maxlen=LIVE_WINDOW)
