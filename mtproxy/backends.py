@@ -182,7 +182,7 @@ class BackendPool:
         """A finished request: the runtime's report and the proxy's own tokens per step are live
         evidence of drafting (or of none)."""
         if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
-            return  # nothing new (a non-streaming request): the evidence stays what it was
+            return  # nothing new (a non-streaming request, a stream without usage): the verdict stands
         recent = backend.recent.get(model)
         if recent is None:
             recent = backend.recent[model] = deque(maxlen=LIVE_WINDOW)

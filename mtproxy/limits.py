@@ -87,12 +87,8 @@ class Gate:
         return False
 
     async def acquire(self) -> None:
-        if self.cap == 0:
-            self.in_use += 1
-            return
-        while self.in_use >= self.cap:
+        while not self.try_acquire():
             await self.waiters.wait("the proxy")
-        self.in_use += 1
 
     def release(self) -> None:
         self.in_use -= 1
