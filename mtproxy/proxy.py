@@ -157,7 +157,7 @@ class Proxy:
                     if req.stream:
                         resp = await self._stream(request, req, fmt, backend, meter)
                     else:
-                        resp = await self._unary(req, fmt, backend, meter)
+                        resp = await self._unary(request, req, fmt, backend, meter)
                     self.pool.answered(backend, resp.status)
                     return resp
                 except _Retry as retry:
@@ -238,7 +238,7 @@ class Proxy:
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
         return _Retry(err) if status in RETRY_STATUSES else err
 
-    async def _unary(self, req: ApiRequest, fmt: ClientFormat, backend: Backend,
+    async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter) -> web.Response:
         upstream = backend.runtime.prepare(req)
         loop = asyncio.get_running_loop()
@@ -259,6 +259,11 @@ class Proxy:
         out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
                            content_type=content_type)
         meter.t_out = loop.time()
+        try:  # sent here, so the client does not wait for the metrics
+            await out.prepare(request)
+            await out.write_eof()
+        except ConnectionResetError:
+            meter.status = "client_closed"
         return out
 
     async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
