@@ -14,27 +14,27 @@ class EventFramer:
     failure never lands in the middle of a half-written chunk.
     """
 
-    __slots__ = ("_tail",)
+    __slots__ = ("tail",)
 
     def __init__(self) -> None:
-        self._tail = b""
+        self.tail = b""  # the partial event held back
 
     def feed(self, data: bytes) -> bytes:
-        if self._tail:
-            data = self._tail + data
-            self._tail = b""
+        if self.tail:
+            data = self.tail + data
+            self.tail = b""
         if data.endswith(b"\n\n"):  # the common case: a read ends on an event boundary
             return data
         lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
         cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         if cut < len(data):
-            self._tail = data[cut:]
+            self.tail = data[cut:]
             return data[:cut]
         return data
 
     def flush(self) -> bytes:
         """At end of stream: a trailing event that lacked its blank line, completed."""
-        tail, self._tail = self._tail, b""
+        tail, self.tail = self.tail, b""
         if tail.strip():
             return tail.rstrip(b"\r\n") + b"\n\n"
         return b""

@@ -21,7 +21,8 @@ class TokenWindow:
         self._bins: dict[tuple[str, str], list[float]] = {}
         self._stamp: dict[tuple[str, str], list[int]] = {}  # absolute bin number in each slot
 
-    def _slot(self, key: tuple[str, str], t: float) -> tuple[list[float], int]:
+    def add(self, key: tuple[str, str], t: float, tokens: float) -> None:
+        """``tokens`` at time ``t`` (once per upstream read: one lookup, no helper call)."""
         bins = self._bins.get(key)
         if bins is None:
             bins = self._bins[key] = [0.0] * RING
@@ -31,15 +32,10 @@ class TokenWindow:
         stamp = self._stamp[key]
         if stamp[i] != n:
             if stamp[i] > n:  # older than the ring keeps
-                return bins, -1
+                return
             stamp[i] = n
             bins[i] = 0.0
-        return bins, i
-
-    def add(self, key: tuple[str, str], t: float, tokens: float) -> None:
-        bins, i = self._slot(key, t)
-        if i >= 0:
-            bins[i] += tokens
+        bins[i] += tokens
 
     def settle(self, key: tuple[str, str], times: list[float], counts: list[int], tokens: int | None) -> None:
         """Replace the live one-token-per-chunk estimate with the exact count (``times``: the

@@ -195,10 +195,11 @@ class Template:
 class SSEDecoder:
     """OpenAI SSE in, OpenAI events out, each keeping the runtime's own bytes.
 
-    Fast paths: a run of events shaped like the stream's learnt content :class:`Template` is
-    checked with a few scans; a block of whole events none of which holds an attention marker
-    comes out as one raw block (PLAIN) with a content count. The events from the first one that
-    needs attention on are parsed (all of them with ``parse_all``).
+    Fast paths: a read that is one event shaped like the stream's learnt content
+    :class:`Template` (a paced stream's) is counted before the framer and the batch logic see it;
+    a run of such events is checked with a few scans; a block of whole events none of which holds
+    an attention marker comes out as one raw block (PLAIN) with a content count. The events from
+    the first one that needs attention on are parsed (all of them with ``parse_all``).
     """
 
     __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
@@ -225,6 +226,14 @@ class SSEDecoder:
         self._misses = 0
 
     def feed(self, data: bytes) -> Batch | None:
+        template = self._template
+        if template is not None and not self._framer.tail:
+            # a paced stream's read: one whole event the template fits (it ends with a blank
+            # line, so the framer would hand it back as it is)
+            content = template.single(data)
+            if content is not None:
+                self._misses = 0
+                return Batch(data, None, content)
         complete = self._framer.feed(data)
         return self._batch(complete) if complete else None
 
@@ -249,11 +258,6 @@ class SSEDecoder:
             if run is None:
                 self._template = None
                 self._misses += 1
-        elif trying and self._template is not None:  # a small read: one event, as a paced stream's
-            content = self._template.single(complete)
-            if content is not None:
-                self._misses = 0
-                return Batch(complete, None, content)
         if run is None:
             events, content = self._scan(complete)
             if events is None and content == 1 and len(complete) < self.TEMPLATE_MIN:
@@ -322,6 +326,9 @@ class SSEDecoder:
         assert self._markers is not None
         if self._template is not None:
             self._misses += 1
+            if self._misses >= self.MAX_MISSES:  # every chunk differs (per-token timings): stop trying
+                self._template = None
+                return
         template = Template.learn(data[:-2], self._markers[0])
         if template is not None:
             self._template = template
