@@ -251,8 +251,7 @@ class SSEDecoder:
                 return Batch(complete, events, content)
             self._markers = _text_markers(self._kind, spaced)
         run = None
-        trying = not self._parse_all and self._misses < self.MAX_MISSES
-        if trying and len(complete) >= self.TEMPLATE_MIN:
+        if len(complete) >= self.TEMPLATE_MIN and not self._parse_all and self._misses < self.MAX_MISSES:
             template = self._template or self._learn(complete)
             run = None if template is None else template.run(complete)
             if run is None:
@@ -320,8 +319,9 @@ class SSEDecoder:
         """From a small read the marker scans found to be plain with one content chunk: when it
         is one event, a template for the reads after it (a paced stream's). A template it did not
         fit counts a miss, and is replaced when this event can be one (a runtime changed
-        ``created``), kept when it cannot (a quote in the text)."""
-        if self._parse_all or self._misses >= self.MAX_MISSES or data.find(b"\n\n") != len(data) - 2:
+        ``created``), kept when it cannot (a quote in the text). Never with ``parse_all``: its
+        scans always hand back events."""
+        if self._misses >= self.MAX_MISSES or data.find(b"\n\n") != len(data) - 2:
             return
         assert self._markers is not None
         if self._template is not None:
