@@ -1,9 +1,16 @@
-"""Medians over rounds, the issue's targets, and the markdown report."""
+"""Medians over rounds, the issue's targets, and the markdown report.
+
+Ratios between two targets (mtproxy / floor, mtproxy / direct) are medians of the ratios within
+each round, where the two segments ran seconds apart: this shared VM's speed drifts by ±15 % over
+minutes, and a ratio of two medians can pair a slow round of one target with a fast round of the
+other (unary c=1 in one 5-round run: 1.59× as a ratio of medians, 1.34× paired, rounds 1.21-2.09×).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from bench.common import median
@@ -35,6 +42,23 @@ class Segment:
     fake_cpu: float  # … and the fake runtime
 
 
+def cpu_us(s: Segment) -> float:
+    """The proxy's CPU per completed request in a segment, µs (NaN for direct)."""
+    return s.cpu / s.result.ok * 1e6 if s.cpu is not None and s.result.ok else math.nan
+
+
+def rps(s: Segment) -> float:
+    return s.result.rps
+
+
+def p50(s: Segment) -> float:
+    return s.result.latency(50)
+
+
+def ttft99(s: Segment) -> float:
+    return s.result.ttft(99)
+
+
 @dataclass(slots=True)
 class Summary:
     """One target in one scenario: medians over rounds (errors and requests summed)."""
@@ -62,7 +86,7 @@ class Summary:
                 kinds[k] = kinds.get(k, 0) + v
         return cls(
             rps=median([s.result.rps for s in segments]),
-            cpu_us=median([per_req(s.cpu, s.result) for s in segments]),
+            cpu_us=median([cpu_us(s) for s in segments]),
             fake_us=median([per_req(s.fake_cpu, s.result) for s in segments]),
             p50=median([s.result.latency(50) for s in segments]),
             p90=median([s.result.latency(90) for s in segments]),
@@ -102,11 +126,6 @@ class Memory:
         return self.samples[-1][1] if self.samples else self.warm
 
 
-def ratio(a: float, b: float) -> float:
-    """a / b to two decimals, as printed and as judged (so 0.849 shows and passes as 0.85)."""
-    return round(a / b, 2) if b and not math.isnan(a) and not math.isnan(b) else math.nan
-
-
 def fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
@@ -135,6 +154,23 @@ class Results:
         segs = [s for s in self.segments if s.scenario == scenario and s.target == target]
         return Summary.of(segs) if segs else None
 
+    def paired(self, scenario: str, target: str, base: str, value: Callable[[Segment], float],
+               op: Callable[[float, float], float] = operator.truediv) -> float:
+        """Median over rounds of op(value of target's segment, value of base's segment in the
+        same round); NaN when no round has both. Ratios to two decimals, as printed and as judged
+        (so 0.849 shows and passes as 0.85)."""
+        segs = {(s.target, s.round): s for s in self.segments if s.scenario == scenario}
+        vals = []
+        for (t, rnd), s in segs.items():
+            b = segs.get((base, rnd))
+            if t != target or b is None:
+                continue
+            x, y = value(s), value(b)
+            if not (math.isnan(x) or math.isnan(y) or (op is operator.truediv and not y)):
+                vals.append(op(x, y))
+        m = median(vals)
+        return round(m, 2) if op is operator.truediv and not math.isnan(m) else m
+
     def served(self, target: str) -> int:
         return sum(s.result.ok + s.result.errors for s in self.segments if s.target == target)
 
@@ -142,24 +178,25 @@ class Results:
 
     def checks(self) -> list[Check]:
         out: list[Check] = []
-        cpu, rps = [], []
+        cpu_ratios, rps_ratios = [], []
         for sc in self.scenarios:
-            f, m = self.summary(sc.key, FLOOR), self.summary(sc.key, PROXY)
-            if f and m:
-                cpu.append((ratio(m.cpu_us, f.cpu_us), sc))
-                rps.append((ratio(m.rps, f.rps), sc))
-        if cpu:
-            out.append(self._worst("CPU per request, mtproxy / floor, every scenario", cpu, max,
+            if self.summary(sc.key, FLOOR) and self.summary(sc.key, PROXY):
+                cpu_ratios.append((self.paired(sc.key, PROXY, FLOOR, cpu_us), sc))
+                rps_ratios.append((self.paired(sc.key, PROXY, FLOOR, rps), sc))
+        if cpu_ratios:
+            out.append(self._worst("CPU per request, mtproxy / floor, every scenario", cpu_ratios, max,
                                    lambda r: r <= CPU_RATIO_MAX, f"≤ {CPU_RATIO_MAX}×"))
-            out.append(self._worst("requests/s, mtproxy / floor, every scenario", rps, min,
+            out.append(self._worst("requests/s, mtproxy / floor, every scenario", rps_ratios, min,
                                    lambda r: r >= RPS_RATIO_MIN, f"≥ {RPS_RATIO_MIN}×"))
         for sc in self.scenarios:
             if sc.concurrency != 1:
                 continue
             d, m, f = self.summary(sc.key, DIRECT), self.summary(sc.key, PROXY), self.summary(sc.key, FLOOR)
             if d and m:
-                added = (m.p50 - d.p50) * 1000
-                floor = f"; the floor adds {(f.p50 - d.p50) * 1000:+.3f}" if f else ""
+                added = self.paired(sc.key, PROXY, DIRECT, p50, operator.sub) * 1000
+                floor = ""
+                if f:
+                    floor = f"; the floor adds {self.paired(sc.key, FLOOR, DIRECT, p50, operator.sub) * 1000:+.3f}"
                 out.append(Check(f"added p50 latency at c=1: {sc.label}", f"{added:+.3f} ms "
                                  f"({fmt_ms(m.p50)} vs {fmt_ms(d.p50)} direct{floor})",
                                  f"≤ {ADDED_P50_MAX_MS:g} ms", added <= ADDED_P50_MAX_MS))
@@ -169,7 +206,7 @@ class Results:
             f, m = self.summary(sc.key, FLOOR), self.summary(sc.key, PROXY)
             if f and m:
                 fc, mc = f.cpu_us / sc.chunks, m.cpu_us / sc.chunks
-                r = ratio(mc, fc)
+                r = self.paired(sc.key, PROXY, FLOOR, cpu_us)
                 out.append(Check(f"CPU per relayed chunk, {sc.label} ({sc.chunks} chunks)",
                                  f"{mc:.2f} vs {fc:.2f} µs = {fmt(r)}×", f"≤ {CHUNK_RATIO_MAX}×",
                                  not math.isnan(r) and r <= CHUNK_RATIO_MAX))
@@ -180,8 +217,8 @@ class Results:
             if d and m:
                 out.append(Check(f"{sc.concurrency} paced streams: errors", f"{m.errors} of {m.ok + m.errors}",
                                  "0", m.errors == 0))
-                r = ratio(m.ttft99, d.ttft99)
-                floor = f"; the floor: {fmt(ratio(f.ttft99, d.ttft99))}×" if f else ""
+                r = self.paired(sc.key, PROXY, DIRECT, ttft99)
+                floor = f"; the floor: {fmt(self.paired(sc.key, FLOOR, DIRECT, ttft99))}×" if f else ""
                 out.append(Check(f"{sc.concurrency} paced streams: TTFT p99, mtproxy / direct",
                                  f"{fmt(r)}× ({fmt_ms(m.ttft99)} vs {fmt_ms(d.ttft99)} ms{floor})",
                                  f"≤ {TTFT_RATIO_MAX}×", not math.isnan(r) and r <= TTFT_RATIO_MAX))
@@ -238,7 +275,8 @@ class Results:
         head += ["fake µs/req", "errors d/f/m"]
         lines = ["", "## Throughput and proxy CPU (medians of the rounds)", "",
                  "RPS: completed requests/s. CPU: the proxy process's CPU time (user+system) per completed "
-                 "request. m/f: mtproxy / floor (✗: misses the target). µs/chunk: CPU per request / SSE "
+                 "request (medians of the rounds). m/f: median over rounds of mtproxy / floor in the same round "
+                 "(✗: misses the target). µs/chunk: CPU per request / SSE "
                  "events relayed. fake: the fake runtime's CPU per request on the direct path.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for sc in self.scenarios:
@@ -246,14 +284,15 @@ class Results:
             d, f, m = s.get(DIRECT), s.get(FLOOR), s.get(PROXY)
             if not (d and f and m):
                 continue
-            rr, cr = ratio(m.rps, f.rps), ratio(m.cpu_us, f.cpu_us)
+            rr, cr = self.paired(sc.key, PROXY, FLOOR, rps), self.paired(sc.key, PROXY, FLOOR, cpu_us)
             row = [sc.label, fmt(d.rps, 0), fmt(f.rps, 0), fmt(m.rps, 0),
                    fmt(rr) + mark(math.isnan(rr) or rr >= RPS_RATIO_MIN),
                    fmt(f.cpu_us, 0), fmt(m.cpu_us, 0), fmt(cr) + mark(math.isnan(cr) or cr <= CPU_RATIO_MAX),
                    fmt(f.cpu_us / sc.chunks) if sc.chunks else "", fmt(m.cpu_us / sc.chunks) if sc.chunks else ""]
             for p in peers:
                 ps = s.get(p)
-                row += [fmt(ps.rps, 0), fmt(ps.cpu_us, 0), fmt(ratio(ps.cpu_us, f.cpu_us))] if ps else ["", "", ""]
+                row += ([fmt(ps.rps, 0), fmt(ps.cpu_us, 0), fmt(self.paired(sc.key, p, FLOOR, cpu_us))]
+                        if ps else ["", "", ""])
             errs = "/".join(str(x.errors) for x in (d, f, m))
             if peers:
                 errs += "".join(f" ({p} {s[p].errors})" for p in peers if s.get(p))
@@ -272,7 +311,8 @@ class Results:
                 f"TTFT p99 {short}", "added p50 m−d", "TTFT p99 m/d"]
         lines = ["", "## Latency, ms (medians of the rounds)", "",
                  "d = direct (client → fake), f = floor, m = mtproxy. Latency: request sent → last byte; "
-                 "TTFT: request sent → first chunk carrying content (streams).", "",
+                 "TTFT: request sent → first chunk carrying content (streams). added p50 and TTFT p99 m/d: "
+                 "medians over rounds of the difference and the ratio within each round.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for sc in self.scenarios:
             s = [self.summary(sc.key, t) for t in names]  # None: a peer that skips this scenario
@@ -282,8 +322,8 @@ class Results:
             row = [sc.label]
             for attr in ("p50", "p90", "p99", "ttft50", "ttft99"):
                 row.append(" / ".join(fmt_ms(getattr(x, attr)) if x else "–" for x in s))
-            row.append(f"{(m.p50 - d.p50) * 1000:+.2f}")
-            row.append(fmt(ratio(m.ttft99, d.ttft99)) if sc.stream else "")
+            row.append(f"{self.paired(sc.key, PROXY, DIRECT, p50, operator.sub) * 1000:+.2f}")
+            row.append(fmt(self.paired(sc.key, PROXY, DIRECT, ttft99)) if sc.stream else "")
             lines.append("| " + " | ".join(row) + " |")
         return lines
 
