@@ -42,9 +42,13 @@ class Segment:
     fake_cpu: float  # … and the fake runtime
 
 
+def _per_request(cpu: float | None, r: LoadResult) -> float:
+    return cpu / r.ok * 1e6 if cpu is not None and r.ok else math.nan
+
+
 def cpu_us(s: Segment) -> float:
     """The proxy's CPU per completed request in a segment, µs (NaN for direct)."""
-    return s.cpu / s.result.ok * 1e6 if s.cpu is not None and s.result.ok else math.nan
+    return _per_request(s.cpu, s.result)
 
 
 def rps(s: Segment) -> float:
@@ -77,22 +81,19 @@ class Summary:
 
     @classmethod
     def of(cls, segments: Sequence[Segment]) -> Summary:
-        def per_req(cpu: float | None, r: LoadResult) -> float:
-            return cpu / r.ok * 1e6 if cpu is not None and r.ok else math.nan
-
         kinds: dict[str, int] = {}
         for s in segments:
             for k, v in s.result.error_kinds.items():
                 kinds[k] = kinds.get(k, 0) + v
         return cls(
-            rps=median([s.result.rps for s in segments]),
+            rps=median([rps(s) for s in segments]),
             cpu_us=median([cpu_us(s) for s in segments]),
-            fake_us=median([per_req(s.fake_cpu, s.result) for s in segments]),
-            p50=median([s.result.latency(50) for s in segments]),
+            fake_us=median([_per_request(s.fake_cpu, s.result) for s in segments]),
+            p50=median([p50(s) for s in segments]),
             p90=median([s.result.latency(90) for s in segments]),
             p99=median([s.result.latency(99) for s in segments]),
             ttft50=median([s.result.ttft(50) for s in segments]),
-            ttft99=median([s.result.ttft(99) for s in segments]),
+            ttft99=median([ttft99(s) for s in segments]),
             ok=sum(s.result.ok for s in segments),
             errors=sum(s.result.errors for s in segments),
             error_kinds=kinds,

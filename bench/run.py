@@ -11,7 +11,9 @@ backend and for eight, and LiteLLM as a peer when a Python that imports ``litell
 (bench/peers.md). ``--baseline REV`` adds mtproxy as of git revision REV as one more target in
 every scenario: a change measured against the build before it, side by side. For every scenario
 it warms each target up, then measures them round by round in rotating order; figures are
-medians over the rounds. Proxy CPU comes from /proc/<pid>/stat, RSS from /proc/<pid>/status. Writes bench/results/<date>-<host>[-quick].md and prints it.
+medians over the rounds, ratios between targets medians of the ratios within each round. Proxy
+CPU comes from /proc/<pid>/stat, RSS from /proc/<pid>/status. Writes
+bench/results/<date>-<host>[-quick].md and prints it.
 All traffic stays on 127.0.0.1; every load loop is bounded in requests and in time.
 """
 
