@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from .errors import UpstreamUnreachable
 
@@ -22,6 +25,19 @@ log = logging.getLogger("mtproxy.launch")
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 MAX_BACKOFF = 30.0
+
+
+def command(name: str, env: dict[str, str]) -> str:
+    """The program to run for ``name``: a bare name is looked up on PATH and, when it is not
+    there, beside this Python (the commands mtproxy installs, such as ``mtproxy-llama-server``,
+    when its virtual environment is not activated)."""
+    if os.sep in name:
+        return name
+    path = env.get("PATH", os.environ.get("PATH", os.defpath))
+    if found := shutil.which(name, path=path):
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else name
 
 
 class ManagedProcess:
@@ -67,7 +83,7 @@ class ManagedProcess:
         log.info("starting backend %s: %s", self.name, " ".join(self.argv))
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, env={**os.environ, **self.env}, stdin=asyncio.subprocess.DEVNULL,
+                command(self.argv[0], self.env), *self.argv[1:], env={**os.environ, **self.env}, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             self.failure = f"cannot launch {self.argv[0]}: {exc.strerror or exc}"

