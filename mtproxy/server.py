@@ -12,6 +12,7 @@ from aiohttp import web
 from .app import create_app
 from .reload import reload
 from .config import Config
+from .runner import Runner
 
 log = logging.getLogger("mtproxy")
 
@@ -21,7 +22,7 @@ async def start(app: web.Application, host: str, port: int, *, shutdown_grace: f
 
     Used by ``serve`` and by the tests, so both run the app the same way.
     """
-    runner = web.AppRunner(
+    runner = Runner(
         app,
         handle_signals=False,
         # a client that disconnects cancels its handler, which closes the upstream request

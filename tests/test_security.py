@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+
+import orjson
 
 from .conftest import make_config
 
@@ -56,6 +59,37 @@ async def test_keys_from_a_file(runtime_factory, proxy_factory, http, tmp_path):
         async with http.post(proxy.url + "/v1/chat/completions", json=CHAT,
                              headers={"Authorization": f"Bearer {key}"}) as resp:
             assert resp.status == status, key
+
+
+async def _send_raw(port: int, path: str, key_header: bytes, body: bytes) -> tuple[int, bytes]:
+    """A POST whose key header is sent as these very bytes (clients cannot be made to)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + key_header +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() +
+                 b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    head, _, data = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), data
+
+
+async def test_key_headers_are_compared_as_the_bytes_sent(runtime_factory, proxy_factory):
+    """A key's UTF-8 bytes match it; other bytes, UTF-8 or not, are a 401 in the client's shape
+    (not a 500 from decoding them)."""
+    rt = await runtime_factory("a")
+    key = "clé-ключ"
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}],
+                                            server={"api_keys": [key]}))
+    bodies = {"/v1/chat/completions": orjson.dumps(CHAT), "/api/chat": orjson.dumps({**CHAT, "stream": False})}
+    for path, body in bodies.items():
+        for header, status in ((b"Authorization: Bearer " + key.encode(), 200), (b"x-api-key: " + key.encode(), 200),
+                               (b"Authorization: Bearer " + key.encode("latin-1", "replace"), 401),
+                               (b"Authorization: Bearer \xff\xfe\xfd", 401), (b"x-api-key: cl\xe9-\xed\xa0\x80", 401)):
+            got, data = await _send_raw(proxy.port, path, header, body)
+            assert got == status, (path, header, data)
+            if status == 401:
+                error = orjson.loads(data)["error"]
+                assert isinstance(error, str) if path.startswith("/api/") else error["type"] == "authentication_error"
 
 
 async def test_upstream_keys_never_leak(runtime_factory, proxy_factory, http, caplog):

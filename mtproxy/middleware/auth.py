@@ -33,7 +33,9 @@ class Keys:
 
     @staticmethod
     def _match(token: str, keys: list[bytes]) -> bool:
-        candidate = token.encode()
+        # aiohttp decodes header bytes that are not UTF-8 to lone surrogates ('surrogateescape'):
+        # encoded the same way, the client's very bytes are compared, and no header can raise here
+        candidate = token.encode("utf-8", "surrogateescape")
         # compare with every key, so timing does not tell which one nearly matched
         return sum(hmac.compare_digest(candidate, k) for k in keys) > 0
 

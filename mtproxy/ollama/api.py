@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import InvalidRequest
 from ..runtimes.base import DONE, Batch, Report
 from ..state import POOL, PROXY
-from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, from_payload
+from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, deeply_nested, from_payload, too_deep
 from . import wire
 
 
@@ -139,10 +139,13 @@ GENERATE_FORMAT = OllamaFormat(generate=True)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"invalid JSON: {exc}") from None
+    if too_deep(body, raw):
+        raise deeply_nested("The request body")
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if "model" not in body and isinstance(body.get("name"), str):  # the older spelling

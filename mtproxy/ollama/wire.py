@@ -3,6 +3,10 @@
 Source: ollama/ollama api/types.go (ChatRequest, GenerateRequest, ChatResponse,
 GenerateResponse, Metrics, Options), openai/openai.go (how Ollama itself maps OpenAI parameters
 to options), docs/api.md. Durations are nanoseconds.
+
+Requests: a field the translation reads must have the type it is read as, or the request is a
+400 naming the field (``messages[1].content``); fields it only carries over are left to the
+runtime to judge.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+
+from ..errors import InvalidRequest
+from ..wire import deeply_nested, too_deep
 
 # OpenAI parameter → Ollama option, as openai/openai.go maps them.
 _OPTION_OF = {
@@ -41,59 +48,109 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def _wrong(field: str, what: str, at: str = "") -> InvalidRequest:
+    """The 400 for a field of the wrong type; ``at``: where the field's object is (``messages[2]``)."""
+    field = f"{at}.{field}" if at else field
+    return InvalidRequest(f"`{field}` must be {what}.", param=field)
+
+
+def _array(body: dict[str, Any], key: str) -> list[Any]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if value.__class__ is not list:
+        raise _wrong(key, "an array")
+    return value
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = body.get(key)
+    if value is not None and value.__class__ is not dict:
+        raise _wrong(key, "an object")
+    return value
+
+
 # --- OpenAI request → Ollama request (a backend with runtime: ollama) -----------------------
 
 def options_from_openai(payload: dict[str, Any]) -> dict[str, Any]:
     options = {_OPTION_OF[k]: v for k, v in payload.items() if k in _OPTION_OF and v is not None}
     if isinstance(options.get("stop"), str):
         options["stop"] = [options["stop"]]
-    extra = payload.get("options")  # mtproxy extension: native options, e.g. draft_num_predict
-    if isinstance(extra, dict):
+    extra = _object(payload, "options")  # mtproxy extension: native options, e.g. draft_num_predict
+    if extra:
         options.update(extra)
     return options
 
 
-def _format_from_openai(response_format: Any) -> Any:
-    if not isinstance(response_format, dict):
+def _format_from_openai(payload: dict[str, Any]) -> Any:
+    response_format = _object(payload, "response_format")
+    if response_format is None:
         return None
     if response_format.get("type") == "json_object":
         return "json"
     if response_format.get("type") == "json_schema":
-        return (response_format.get("json_schema") or {}).get("schema")
+        schema = response_format.get("json_schema") or {}
+        if schema.__class__ is not dict:
+            raise _wrong("response_format.json_schema", "an object")
+        return schema.get("schema")
     return None
 
 
-def _message_to_ollama(msg: dict[str, Any]) -> dict[str, Any]:
+def _parts_to_ollama(parts: list[Any], at: str, out: dict[str, Any]) -> None:
+    texts, images = [], []
+    for j, part in enumerate(parts):
+        if part.__class__ is not dict:
+            raise _wrong(f"content[{j}]", "an object", at)
+        if part.get("type") == "text":
+            text = part.get("text") or ""
+            if text.__class__ is not str:
+                raise _wrong(f"content[{j}].text", "a string", at)
+            texts.append(text)
+        elif part.get("type") == "image_url":
+            image = part.get("image_url") or {}
+            url = (image.get("url") or "") if image.__class__ is dict else None
+            if url.__class__ is not str:
+                raise _wrong(f"content[{j}].image_url.url", "a string", at)
+            if url.startswith("data:") and "," in url:
+                images.append(url.split(",", 1)[1])
+    out["content"] = "\n".join(texts)
+    if images:
+        out["images"] = images
+
+
+def _call_to_ollama(call: Any, at: str) -> dict[str, Any]:
+    if call.__class__ is not dict:
+        raise _wrong(at, "an object")
+    fn = call.get("function") or {}
+    if fn.__class__ is not dict:
+        raise _wrong("function", "an object", at)
+    args = fn.get("arguments")
+    if args.__class__ is str:  # OpenAI sends them as JSON text, Ollama as the object
+        try:
+            args = orjson.loads(args) if args else {}
+        except orjson.JSONDecodeError:
+            args = {}
+        if too_deep(args):
+            raise deeply_nested(f"`{at}.function.arguments`", param=f"{at}.function.arguments")
+    return {"function": {"name": fn.get("name", ""), "arguments": args or {}}}
+
+
+def _message_to_ollama(msg: Any, i: int) -> dict[str, Any]:
+    if msg.__class__ is not dict:
+        raise _wrong(f"messages[{i}]", "an object")
     out: dict[str, Any] = {"role": msg.get("role", "user")}
     content = msg.get("content")
-    if isinstance(content, list):
-        texts, images = [], []
-        for part in content:
-            if not isinstance(part, dict):
-                continue
-            if part.get("type") == "text":
-                texts.append(part.get("text") or "")
-            elif part.get("type") == "image_url":
-                url = (part.get("image_url") or {}).get("url", "")
-                if url.startswith("data:") and "," in url:
-                    images.append(url.split(",", 1)[1])
-        out["content"] = "\n".join(texts)
-        if images:
-            out["images"] = images
-    else:
+    if content.__class__ is list:
+        _parts_to_ollama(content, f"messages[{i}]", out)
+    elif content is None or content.__class__ is str:
         out["content"] = content or ""
-    if msg.get("tool_calls"):
-        calls = []
-        for call in msg["tool_calls"]:
-            fn = (call or {}).get("function") or {}
-            args = fn.get("arguments")
-            if isinstance(args, str):
-                try:
-                    args = orjson.loads(args) if args else {}
-                except orjson.JSONDecodeError:
-                    args = {}
-            calls.append({"function": {"name": fn.get("name", ""), "arguments": args or {}}})
-        out["tool_calls"] = calls
+    else:
+        raise _wrong("content", "a string, an array of parts or null", f"messages[{i}]")
+    calls = msg.get("tool_calls")
+    if calls:
+        if calls.__class__ is not list:
+            raise _wrong("tool_calls", "an array", f"messages[{i}]")
+        out["tool_calls"] = [_call_to_ollama(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(calls)]
     if msg.get("role") == "tool" and msg.get("name"):
         out["tool_name"] = msg["name"]
     return out
@@ -102,7 +159,7 @@ def _message_to_ollama(msg: dict[str, Any]) -> dict[str, Any]:
 def chat_request(payload: dict[str, Any], stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": payload["model"],
-        "messages": [_message_to_ollama(m) for m in payload.get("messages") or () if isinstance(m, dict)],
+        "messages": [_message_to_ollama(m, i) for i, m in enumerate(_array(payload, "messages"))],
         "stream": stream,
     }
     _common(payload, body)
@@ -112,9 +169,11 @@ def chat_request(payload: dict[str, Any], stream: bool) -> dict[str, Any]:
 
 
 def generate_request(payload: dict[str, Any], stream: bool) -> dict[str, Any]:
-    prompt = payload.get("prompt", "")
-    if isinstance(prompt, list):  # OpenAI allows a batch; Ollama takes one prompt
+    prompt = payload.get("prompt") or ""
+    if prompt.__class__ is list:  # OpenAI allows a batch; Ollama takes one prompt
         prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
+    elif prompt.__class__ is not str:
+        raise _wrong("prompt", "a string or an array")
     body: dict[str, Any] = {"model": payload["model"], "prompt": prompt, "raw": True, "stream": stream}
     if payload.get("suffix"):
         body["suffix"] = payload["suffix"]
@@ -133,7 +192,7 @@ def _common(payload: dict[str, Any], body: dict[str, Any]) -> None:
     options = options_from_openai(payload)
     if options:
         body["options"] = options
-    fmt = _format_from_openai(payload.get("response_format"))
+    fmt = _format_from_openai(payload)
     if fmt is not None:
         body["format"] = fmt
     for key in ("keep_alive", "think"):
@@ -211,26 +270,65 @@ def embeddings_body(obj: dict[str, Any], model: str) -> dict[str, Any]:
 
 # --- Ollama request → OpenAI request (an Ollama client of mtproxy) ----------------------------
 
-def _message_to_openai(msg: dict[str, Any]) -> dict[str, Any]:
+def _string(body: dict[str, Any], key: str, at: str = "") -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if value.__class__ is not str:
+        raise _wrong(key, "a string", at)
+    return value
+
+
+def _images(body: dict[str, Any], at: str = "") -> list[str]:
+    images = body.get("images") or []
+    if images.__class__ is not list or not all(image.__class__ is str for image in images):
+        raise _wrong("images", "an array of base64 strings", at)
+    return images
+
+
+def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if value.__class__ is not bool:
+        raise _wrong(key, "a boolean")
+    return value
+
+
+def _checked_calls(calls: Any, at: str) -> list[dict[str, Any]]:
+    """An Ollama client's tool calls: objects whose ``function`` is an object."""
+    if calls.__class__ is not list:
+        raise _wrong("tool_calls", "an array", at)
+    for j, call in enumerate(calls):
+        if call.__class__ is not dict or (call.get("function") or {}).__class__ is not dict:
+            raise _wrong(f"tool_calls[{j}]", 'an object with a "function" object', at)
+    return calls
+
+
+def _message_to_openai(msg: Any, i: int) -> dict[str, Any]:
+    at = f"messages[{i}]"
+    if msg.__class__ is not dict:
+        raise _wrong(at, "an object")
     out: dict[str, Any] = {"role": msg.get("role", "user")}
-    images = msg.get("images") or []
+    content = _string(msg, "content", at)
+    images = _images(msg, at)
     if images:
-        parts: list[dict[str, Any]] = [{"type": "text", "text": msg.get("content", "")}]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
         parts += [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}} for img in images]
         out["content"] = parts
     else:
-        out["content"] = msg.get("content", "")
+        out["content"] = content
     if msg.get("tool_calls"):
         out["tool_calls"] = [{k: v for k, v in c.items() if k != "index"}
-                             for c in _tool_calls_to_openai(msg["tool_calls"])]
+                             for c in _tool_calls_to_openai(_checked_calls(msg["tool_calls"], at))]
     if msg.get("tool_name"):
         out["name"] = msg["tool_name"]
     return out
 
 
 def _openai_common(body: dict[str, Any], payload: dict[str, Any]) -> None:
-    options = body.get("options")
-    if isinstance(options, dict):
+    options = _object(body, "options")
+    if options is not None:
         for key, value in options.items():
             if key in _PARAM_OF and value is not None:
                 payload[_PARAM_OF[key]] = value
@@ -238,8 +336,10 @@ def _openai_common(body: dict[str, Any], payload: dict[str, Any]) -> None:
     fmt = body.get("format")
     if fmt == "json":
         payload["response_format"] = {"type": "json_object"}
-    elif isinstance(fmt, dict):
+    elif fmt.__class__ is dict:
         payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}
+    elif fmt is not None and fmt != "":
+        raise _wrong("format", '"json" or a JSON schema object')
     for key in ("keep_alive", "think"):
         if key in body:
             payload[key] = body[key]
@@ -248,8 +348,8 @@ def _openai_common(body: dict[str, Any], payload: dict[str, Any]) -> None:
 def openai_chat_from_ollama(body: dict[str, Any]) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": body.get("model"),
-        "messages": [_message_to_openai(m) for m in body.get("messages") or () if isinstance(m, dict)],
-        "stream": body.get("stream", True) is not False,
+        "messages": [_message_to_openai(m, i) for i, m in enumerate(_array(body, "messages"))],
+        "stream": _flag(body, "stream", True),
     }
     if body.get("tools"):
         payload["tools"] = body["tools"]
@@ -263,18 +363,17 @@ def openai_from_generate(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     Without ``raw`` Ollama applies the model's chat template, as a chat completion does; with it
     the prompt goes to the model as it is, as a text completion does.
     """
-    stream = body.get("stream", True) is not False
-    if body.get("raw"):
-        payload: dict[str, Any] = {"model": body.get("model"), "prompt": body.get("prompt", ""), "stream": stream}
+    stream = _flag(body, "stream", True)
+    prompt = _string(body, "prompt")
+    if _flag(body, "raw", False):
+        payload: dict[str, Any] = {"model": body.get("model"), "prompt": prompt, "stream": stream}
         _openai_common(body, payload)
         return payload, False
     messages: list[dict[str, Any]] = []
-    if body.get("system"):
-        messages.append({"role": "system", "content": body["system"]})
-    user: dict[str, Any] = {"role": "user", "content": body.get("prompt", "")}
-    if body.get("images"):
-        user["images"] = body["images"]
-    messages.append(_message_to_openai(user))
+    system = _string(body, "system")
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append(_message_to_openai({"role": "user", "content": prompt, "images": _images(body)}, 0))
     payload = {"model": body.get("model"), "messages": messages, "stream": stream}
     _openai_common(body, payload)
     return payload, True
