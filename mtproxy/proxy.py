@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 import aiohttp
 from aiohttp import web
@@ -94,8 +95,7 @@ class Proxy:
                     fmt: ClientFormat) -> web.StreamResponse:
         """Build (``None``: the body is an OpenAI request), forward and account for one request,
         whatever its outcome."""
-        loop = asyncio.get_running_loop()
-        meter = RequestMeter(loop.time(), endpoint.kind)
+        meter = RequestMeter(perf_counter(), endpoint.kind)
         backend: Backend | None = None
         gate = self.gate
         held = False
@@ -129,7 +129,7 @@ class Proxy:
                 gate.release()
                 self.in_flight -= 1
             if meter.t_end is None:
-                meter.t_end = loop.time()
+                meter.t_end = perf_counter()
             measured = self.metrics.finish(meter)
             backend = meter.target
             if backend is not None:
@@ -241,8 +241,7 @@ class Proxy:
     async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter) -> web.Response:
         upstream = backend.runtime.prepare(req)
-        loop = asyncio.get_running_loop()
-        meter.t_sent = loop.time()
+        meter.t_sent = perf_counter()
         try:
             with self.watchdog.watch(self._request, meter.t_sent):
                 async with await self._post(backend, upstream.path, upstream.body) as resp:
@@ -251,14 +250,14 @@ class Proxy:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
         except UNREACHABLE as exc:
             raise self._unreachable(backend, exc) from None
-        meter.t_in = loop.time()
+        meter.t_in = perf_counter()
         if resp.status >= 400:
             raise self._error_status(meter, backend, resp.status, data)
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
                            content_type=content_type)
-        meter.t_out = loop.time()
+        meter.t_out = perf_counter()
         try:  # sent here, so the client does not wait for the metrics
             await out.prepare(request)
             await out.write_eof()
@@ -269,10 +268,9 @@ class Proxy:
     async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                       meter: RequestMeter) -> web.StreamResponse:
         upstream = backend.runtime.prepare(req)
-        loop = asyncio.get_running_loop()
         resp: aiohttp.ClientResponse | None = None
         try:
-            meter.t_sent = loop.time()
+            meter.t_sent = perf_counter()
             try:
                 with self.watchdog.watch(self._first_token, meter.t_sent):
                     resp = await self._post(backend, upstream.path, upstream.body)
@@ -286,7 +284,7 @@ class Proxy:
                 raise self._unreachable(backend, exc) from None
             if not first:
                 raise self._unreachable(backend, ConnectionResetError("empty response"))
-            meter.t_in = loop.time()
+            meter.t_in = perf_counter()
             meter.window_key = (meter.backend, meter.model)
             meter.window = self.metrics.window
 
@@ -310,14 +308,16 @@ class Proxy:
                      backend: Backend, decoder: StreamDecoder, encoder: StreamEncoder,
                      meter: RequestMeter) -> None:
         """Copy upstream events to the client as they come. Client write errors propagate."""
-        loop = asyncio.get_running_loop()
         failure: str | None = None
         code = "upstream_stream_error"
         content = resp.content
         last = b""  # the stream's last events, sent with the end of the response in one write
         try:
-            with self.watchdog.watch(self._idle, loop.time()) as idle:
+            with self.watchdog.watch(self._idle, perf_counter()) as idle:
                 while data:
+                    # when this read came in: a decode step's chunks come microseconds apart, the
+                    # steps milliseconds apart (the loop's clock is 1 ms coarse under uvloop)
+                    now = idle.last = perf_counter()
                     batch = decoder.feed(data)
                     if batch is not None:
                         chunk = encoder.encode(batch)
@@ -325,14 +325,10 @@ class Proxy:
                             last = chunk
                         elif chunk:
                             await out.write(chunk)
-                        now = loop.time()
                         if meter.t_out is None:
-                            meter.t_out = now
+                            meter.t_out = perf_counter()
                         if batch.content:
                             meter.content(now, batch.content)
-                        idle.last = now
-                    else:
-                        idle.last = loop.time()
                     try:
                         data = await content.readany()
                     except UNREACHABLE as exc:
@@ -343,7 +339,7 @@ class Proxy:
                 if batch is not None:
                     last += encoder.encode(batch)
                     if batch.content:
-                        meter.content(loop.time(), batch.content)
+                        meter.content(perf_counter(), batch.content)
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:
@@ -351,7 +347,7 @@ class Proxy:
             code = "upstream_timeout"
         except StreamFailure as exc:
             failure = f"Backend {backend.name} reported an error mid-stream: {exc}"
-        meter.t_end = loop.time()
+        meter.t_end = perf_counter()
         if failure is not None:
             meter.status = "stream_error"
             log.warning("%s", failure)

@@ -17,6 +17,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import aiohttp
@@ -48,7 +49,7 @@ class Side:
     rounds: list[float] = field(default_factory=list)  # output tokens/s per round
     tokens: int = 0
     requests: int = 0
-    steps: int = 0
+    steps: float = 0.0  # decode steps: exact from the runtime's accepted drafts, else bursts
     decode_rates: list[float] = field(default_factory=list)
     drafted: int | None = None
     accepted: int | None = None
@@ -87,10 +88,9 @@ class Outcome:
 
 async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[str, Any], side: Side,
                timeout: float) -> None:
-    loop = asyncio.get_running_loop()
     req = from_payload(dict(payload), CHAT)
     upstream = backend.runtime.prepare(req)
-    meter = RequestMeter(loop.time(), "chat")
+    meter = RequestMeter(perf_counter(), "chat")
     meter.stream = True
     try:
         async with asyncio.timeout(timeout):
@@ -101,22 +101,23 @@ async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[s
                     raise VerifyError(f"{backend.name} answered HTTP {resp.status}: {err.message}")
                 decoder = backend.runtime.stream_decoder(req, meter.report)
                 async for data in resp.content.iter_any():
+                    now = perf_counter()  # the read's own time (the loop's clock is coarse)
                     batch = decoder.feed(data)
                     if batch is not None and batch.content:
-                        meter.content(loop.time(), batch.content)
+                        meter.content(now, batch.content)
                 batch = decoder.flush()
                 if batch is not None and batch.content:
-                    meter.content(loop.time(), batch.content)
+                    meter.content(perf_counter(), batch.content)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise VerifyError(f"{backend.name}: {describe(exc)}") from None
-    meter.t_end = loop.time()
+    meter.t_end = perf_counter()
     m = meter.measure()
     report = meter.report
     if m.output_tokens is None:
         raise VerifyError(f"{backend.name} ({backend.runtime.name}) does not report token counts in streams")
     side.requests += 1
     side.tokens += m.output_tokens
-    side.steps += m.bursts
+    side.steps += m.steps or 0
     if m.decode_rate is not None:
         side.decode_rates.append(m.decode_rate)
     if report.draft_tokens is not None:

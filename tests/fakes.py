@@ -31,6 +31,11 @@ class Behaviour:
     rate: float | None = None  # paced mode: tokens per second after the first chunk...
     tokens_per_chunk: int = 1  # ...this many tokens in each chunk...
     burst: int = 1  # ...and this many chunks written back to back per decode step
+    # replay mode: (seconds after the first step, content chunks) per decode step, irregular as a
+    # real runtime's; one token per chunk; each step's chunks in one write (coalesce), or one write
+    # per chunk back to back, as llama-server writes the tokens of a step
+    steps: list[tuple[float, int]] | None = None
+    coalesce: bool = True
     routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
     response_headers: dict[str, str] = field(default_factory=dict)  # sent with non-streaming answers
@@ -142,6 +147,9 @@ class FakeRuntime:
             if self.b.rate:
                 await self._paced(resp, body, chat)
                 return resp
+            if self.b.steps:
+                await self._replay(resp, body, chat)
+                return resp
             for i, token in enumerate(self.b.tokens):
                 if self.b.die_after is not None and i >= self.b.die_after:
                     request.transport.close()  # type: ignore[union-attr]
@@ -183,6 +191,29 @@ class FakeRuntime:
                 await asyncio.sleep(delay)
             await resp.write(b"".join(self._chunk(body, chat, text, None) for text in step))
             self.write_times.append(loop.time())  # when each step really left, on a busy machine too
+        await resp.write(self._chunk(body, chat, None, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                     "choices": [], "usage": self._usage(), **b.extra}
+            await resp.write(b"data: " + orjson.dumps(usage) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+
+    async def _replay(self, resp: web.StreamResponse, body: dict[str, Any], chat: bool) -> None:
+        """Steps on the absolute schedule of `steps`; `write_times` holds when each step left."""
+        b = self.b
+        assert b.steps is not None and sum(n for _, n in b.steps) == len(b.tokens)
+        loop = asyncio.get_running_loop()
+        start, i = loop.time(), 0
+        self.write_times = []
+        for at, n in b.steps:
+            delay = start + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            chunks = [self._chunk(body, chat, text, None) for text in b.tokens[i:i + n]]
+            i += n
+            for data in [b"".join(chunks)] if b.coalesce else chunks:
+                await resp.write(data)
+            self.write_times.append(loop.time())
         await resp.write(self._chunk(body, chat, None, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"id": "cmpl-1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],

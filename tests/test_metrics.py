@@ -43,19 +43,21 @@ def test_bursts_plain_versus_speculative():
     assert 72 / bursts > 1.8
 
 
-def test_chunks_queued_by_a_late_read_are_not_a_burst():
-    # one token every 25 ms; now and then a busy proxy reads late and two chunks arrive together
-    times = []
-    for i in range(41):
-        t = 0.025 * i
-        if i % 5 == 3:
-            continue  # this chunk is read together with the next one
-        times += [t] * (2 if i % 5 == 4 else 1)
-    assert len(times) == 41
-    assert count_bursts(times) == 41
-    # and a real burst of 3 after one step gap stays one step
+def test_a_read_that_brings_many_chunks_after_a_long_gap_is_one_step():
+    # a speculative runtime's long verification step: 12 one-token steps 12 ms apart, then 10
+    # chunks in one read 300 ms later (real traces: tests/test_tokens_per_step.py)
+    times = [0.012 * i for i in range(13)] + [0.444] * 10
+    assert count_bursts(times) == 14
+    # a burst of 3 chunks after every step gap: one step each
     burst = [0.0] + [0.025 * k for k in range(1, 20) for _ in range(3)]
     assert count_bursts(burst) == 20
+    # the price: steps that queued up while the proxy itself stalled for longer than a decode
+    # step count as one (one token every 25 ms, two chunks in one read now and then)
+    times = []
+    for i in range(41):
+        if i % 5 != 3:  # chunk 3 of every five is read together with chunk 4
+            times += [0.025 * i] * (2 if i % 5 == 4 else 1)
+    assert len(times) == 41 and count_bursts(times) == 33
 
 
 def test_meter_formulas():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from time import perf_counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -66,7 +67,8 @@ class Metrics:
         self.per_chunk = hist("mtproxy_tokens_per_chunk", "Output tokens / content chunks (streams).",
                               TOKENS_PER_CHUNK)
         self.per_step = hist("mtproxy_tokens_per_step",
-                             "Output tokens / bursts of content chunks: ~1 without speculation (streams).",
+                             "Output tokens / decode steps: output tokens - accepted drafts where the runtime "
+                             "reports them, else bursts of content chunks (streams); ~1 without speculation.",
                              TOKENS_PER_CHUNK)
         self.overhead = hist("mtproxy_overhead_seconds",
                              "The proxy's own added time: before sending upstream and relaying the first byte.",
@@ -237,7 +239,7 @@ class StateCollector(Collector):
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
         families: list[Metric] = [up, in_flight, info, active, mismatch, window]
         if loop is not None:
-            for (backend, model), rate in self.window.rates(loop.time()):
+            for (backend, model), rate in self.window.rates(perf_counter()):  # the meter's clock
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
             # leak watch: back to its idle figure when no request is in flight
             families.append(GaugeMetricFamily("mtproxy_event_loop_tasks",

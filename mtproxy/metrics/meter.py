@@ -6,9 +6,13 @@ Definitions (../shared/reference/metrics-conventions.md):
 - time per output token: (duration − TTFT) / (output tokens − 1);
 - decode rate: (output tokens − 1) / (t_last − t_first);
 - tokens per chunk: output tokens / content chunks;
-- tokens per step: output tokens / bursts of content chunks, a new burst starting after a gap that
-  is large against the typical gap (llama-server sends accepted drafts as one-token chunks back to
-  back; see ../shared/reference/runtimes.md §3);
+- tokens per step: output tokens / decode steps. Where the runtime reports accepted drafts
+  (llama.cpp ``timings.draft_n_accepted``, vLLM's per-request ``speculative_decoding``), the steps
+  are exact: each step yields one token of the target model plus the drafts it accepted, so
+  steps = output tokens − accepted drafts. Where it reports its own tokens per iteration
+  (TensorRT-LLM, vLLM without counts), that figure. Otherwise the steps are the bursts of content
+  chunks in a stream (llama-server sends accepted drafts as one-token chunks back to back; see
+  ../shared/reference/runtimes.md §3), timed where each upstream read returns;
 - overhead: the proxy's own time: request received → sent upstream, plus first upstream byte in →
   first byte out.
 Output tokens come from the runtime's usage; a figure that needs them stays None without it.
@@ -16,63 +20,61 @@ Output tokens come from the runtime's usage; a figure that needs them stays None
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 from ..runtimes.base import Report
 
-# A gap starts a new burst when it exceeds BURST_FRACTION of the typical step gap (the 90th
-# percentile of gaps: with speculation most gaps are near zero, the rest are decode steps), and
-# at least MIN_BURST_GAP seconds.
-BURST_FRACTION = 0.25
-MIN_BURST_GAP = 0.0005
+# A decode step's chunks reach the proxy microseconds apart (llama-server writes the tokens of a
+# step one by one, back to back), the steps milliseconds apart. Measured on llama-server (CPU,
+# busy 2-core VM, perf_counter at each read; tests/data/llamacpp/read_times.json): within a step
+# up to 0.62 ms, between steps 5-35 ms for one token and up to 530 ms for a step that verified a
+# long n-gram draft. A reader that shares its CPU with other work sees longer gaps inside a step
+# now and then (1-15 ms). A gap up to MIN_STEP_GAP is inside a step and one of MAX_WITHIN_GAP or
+# more between steps (a longer stall cannot be told from a one-token step by timing); in
+# between, the boundary is the widest empty stretch (at least SPLIT_RATIO wide) above the
+# stream's short gaps, else MIN_STEP_GAP. Long steps never move the boundary: the old rule (a
+# quarter of the 90th-percentile gap, several steps for a read that brought several chunks
+# late) counted 13, 24 and 45 steps on traces where the runtime took 15.
+MIN_STEP_GAP = 0.0005
+MAX_WITHIN_GAP = 0.005
+SPLIT_RATIO = 3.0
 
 
-def count_bursts(times: list[float], counts: list[int] | None = None) -> int:
-    """Decode steps seen in the content chunks' arrival times.
+def count_bursts(times: list[float]) -> int:
+    """Decode steps seen in the content chunks' arrival times: one entry per upstream read that
+    carried content (or per chunk, the chunks of one read sharing its time).
 
-    ``times`` has one entry per upstream read that carried content and ``counts`` the content
-    chunks of each read; without ``counts``, one entry per chunk (chunks of one read sharing a
-    time).
-
-    Chunks closer together than the threshold belong to one step. Chunks that arrive together
-    after a gap of several typical steps are several steps that queued up (a busy proxy read
-    late), not one burst: such a group counts round(gap / typical step) steps, at most one per
-    chunk.
+    A new step starts after a gap longer than :func:`step_threshold`. A read that brings many
+    chunks after a long gap is one step, however long the gap: a speculative runtime's long
+    verification steps look just like that (530 ms and 34 chunks in one read on the real trace).
+    The price: steps that queued up while the proxy itself was stalled for longer than a decode
+    step count as one.
     """
     if not times:
         return 0
-    if counts is None:
-        times, counts = group(times)
-    return bursts_from_gaps([b - a for a, b in zip(times, times[1:])], counts)
+    return bursts_from_gaps([b - a for a, b in zip(times, times[1:])])
 
 
-def bursts_from_gaps(gaps: list[float], counts: list[int]) -> int:
-    """:func:`count_bursts` from the gaps between reads and the chunks of each read."""
+def bursts_from_gaps(gaps: list[float]) -> int:
+    """:func:`count_bursts` from the gaps between reads."""
     if not gaps:
         return 1
     ordered = sorted(gaps)
-    threshold = max(BURST_FRACTION * ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], MIN_BURST_GAP)
-    steps = [g for g in ordered if g > threshold]
-    typical = steps[len(steps) // 2] if steps else 0.0
-    n = 1
-    for gap, size in zip(gaps, counts[1:]):
-        if gap > threshold:
-            n += min(size, max(1, round(gap / typical)))
-    return n
+    return 1 + len(ordered) - bisect_right(ordered, step_threshold(ordered))
 
 
-def group(times: list[float]) -> tuple[list[float], list[int]]:
-    """One time per chunk → (distinct consecutive times, chunks at each)."""
-    out: list[float] = []
-    counts: list[int] = []
-    for t in times:
-        if out and out[-1] == t:
-            counts[-1] += 1
-        else:
-            out.append(t)
-            counts.append(1)
-    return out, counts
+def step_threshold(ordered: list[float]) -> float:
+    """The longest gap still inside a decode step, from all the gaps of a stream, sorted."""
+    best, threshold = SPLIT_RATIO, MIN_STEP_GAP
+    for lo, hi in zip(ordered, ordered[1:]):
+        if lo >= MAX_WITHIN_GAP:
+            break
+        floor = lo if lo > MIN_STEP_GAP else MIN_STEP_GAP
+        if hi >= best * floor:
+            best, threshold = hi / floor, floor
+    return threshold
 
 
 @dataclass(slots=True)
@@ -83,7 +85,8 @@ class Measurement:
     zero_gaps: int = 0  # between chunks that came in one read
     output_tokens: int | None = None
     content_chunks: int = 0
-    bursts: int = 0
+    bursts: int = 0  # bursts of content chunks: the decode steps the arrival times show
+    steps: float | None = None  # the decode steps behind tokens_per_step (see reported_steps)
     time_per_output_token: float | None = None
     decode_rate: float | None = None
     tokens_per_chunk: float | None = None
@@ -91,8 +94,26 @@ class Measurement:
     overhead: float | None = None
 
 
+def reported_steps(report: Report, tokens: int) -> float | None:
+    """The decode steps of ``tokens`` output tokens from the runtime's own figures, or None when
+    it reports none: output tokens − accepted drafts (every step yields one token of the target
+    model plus the drafts it accepted; llama.cpp, vLLM), else output tokens / the runtime's
+    tokens per iteration (TensorRT-LLM)."""
+    accepted = report.accepted_tokens
+    if accepted is not None and 0 <= accepted < tokens:
+        return tokens - accepted
+    per_step = report.tokens_per_step
+    if per_step is not None and per_step >= 1.0:
+        return tokens / per_step
+    return None
+
+
 class RequestMeter:
-    """Timestamps of one request (event-loop clock, seconds) and its labels."""
+    """Timestamps of one request and its labels.
+
+    Every timestamp is ``time.perf_counter()`` (seconds), taken where the event happens: the
+    event loop's clock is the time its iteration started, at 1 ms resolution under uvloop, too
+    coarse for a step's chunks (microseconds apart) and short steps (a few ms)."""
 
     __slots__ = ("t0", "t_sent", "t_in", "t_out", "t_end", "times", "counts", "report", "status", "endpoint",
                  "stream", "backend", "runtime", "model", "mtp", "window_key", "window", "target")
@@ -134,6 +155,10 @@ class RequestMeter:
             m.overhead = max(0.0, self.t_sent - self.t0) + max(0.0, self.t_out - self.t_in)
         n = self.report.completion_tokens
         m.output_tokens = n
+        if n is not None and n > 0:
+            m.steps = reported_steps(self.report, n)  # exact, streamed or not
+            if m.steps is not None:
+                m.tokens_per_step = n / m.steps
         times = self.times
         if not self.stream or not times:
             return m
@@ -141,11 +166,13 @@ class RequestMeter:
         m.gaps = [b - a for a, b in zip(times, times[1:])]
         m.content_chunks = sum(self.counts)
         m.zero_gaps = m.content_chunks - len(times)
-        m.bursts = bursts_from_gaps(m.gaps, self.counts)
+        m.bursts = bursts_from_gaps(m.gaps)
         if n is None or n <= 0:
             return m
         m.tokens_per_chunk = n / m.content_chunks
-        m.tokens_per_step = n / m.bursts
+        if m.steps is None:
+            m.steps = m.bursts
+            m.tokens_per_step = n / m.bursts
         if n > 1:
             m.time_per_output_token = (m.duration - m.ttft) / (n - 1)
             span = times[-1] - times[0]

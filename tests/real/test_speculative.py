@@ -2,21 +2,28 @@
 (``--spec-type ngram-simple``) against the same server without it, on a prompt that asks the
 model to repeat a paragraph, so the drafts (n-grams looked up in the context) hit.
 
-What the proxy must show: the runtime's drafted and accepted tokens, more than one token per
-decode step on the speculative backend and about one on the plain one, a decode rate; and
-``mtproxy verify`` must see the drafts and judge by its own measurement. Speeds are compared only
-through ``verify``, never asserted as timings.
+What the proxy must show, against the runtime's own figures (``timings`` of every response):
+the counters exactly (prompt and completion tokens, drafted and accepted tokens), and tokens per
+decode step, decode rate and TTFT within 10 %, on the speculative backend, on the plain one, and
+with the steps timed from the stream when the drafts are not read (runtime ``openai``); and
+``mtproxy verify`` must see the drafts and report the same tokens per step. The speeds of two
+backends are compared only through ``verify``, never asserted as timings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from .conftest import MODEL, RealServer
-from .helpers import backend, client, metrics, start_proxy, value
+from .helpers import backend, client, metrics, value
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,6 +36,7 @@ REPEAT = ("Repeat the following text exactly, word for word: The quick brown fox
           "the client does not time out.")
 MAX_TOKENS = 100
 REQUESTS = 3
+TIMED_REQUESTS = 5
 
 # `mtproxy verify` settings, from measurements on this 2-core machine while other sessions loaded
 # it (load average 3-6), llama-server with one thread each, the prompt above, max_tokens 100,
@@ -50,7 +58,10 @@ async def repeat_through(proxy, n: int = REQUESTS) -> list[tuple[str, object]]:
         for _ in range(n):
             stream = await c.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": REPEAT}], max_tokens=MAX_TOKENS, temperature=0,
-                stream=True, stream_options={"include_usage": True})
+                stream=True, stream_options={"include_usage": True},
+                # every request processes its whole prompt, so prompt_ms is the runtime's part of
+                # the TTFT (a cached prompt leaves ~10 ms, less than the HTTP around it)
+                extra_body={"cache_prompt": False})
             text, usage = "", None
             async for chunk in stream:
                 if chunk.choices:
@@ -61,49 +72,145 @@ async def repeat_through(proxy, n: int = REQUESTS) -> list[tuple[str, object]]:
     return out
 
 
-async def test_drafts_accepted_tokens_per_step_and_decode_rate(llama_server, llama_server_spec, proxy_factory):
-    plain = await start_proxy(proxy_factory, backend("plain", "llamacpp", llama_server.url))
-    spec = await start_proxy(proxy_factory, backend("spec", "llamacpp", llama_server_spec.url))
-    plain_out = await repeat_through(plain)
-    spec_out = await repeat_through(spec)
+def runtime_figures(out: list[tuple[str, object]]) -> dict[str, float]:
+    """The runtime's own figures over the requests: counters summed, the others averaged per
+    request as the proxy's histograms are (their _sum / _count)."""
+    usages = [u.usage for _, u in out]
+    timings = [u.model_extra["timings"] for _, u in out]  # llama-server's own, relayed untouched
+    n = len(out)
+    return {
+        "completion": sum(u.completion_tokens for u in usages),
+        "prompt": sum(u.prompt_tokens for u in usages),
+        "drafted": sum(t.get("draft_n", 0) for t in timings),
+        "accepted": sum(t.get("draft_n_accepted", 0) for t in timings),
+        # each decode step yields one token of the model plus the drafts it accepted
+        "per_step": sum(t["predicted_n"] / (t["predicted_n"] - t.get("draft_n_accepted", 0)) for t in timings) / n,
+        # (predicted_n - 1) / predicted_ms: the first token comes with the prompt (server-common.h
+        # n_gen_steps), as in the proxy's (output tokens - 1) / (last - first content chunk)
+        "decode_rate": sum(t["predicted_per_second"] for t in timings) / n,
+        "ttft": sum(t["prompt_ms"] for t in timings) / n / 1000,
+    }
+
+
+def proxy_figures(samples: dict, backend: str) -> dict[str, float | None]:
+    labels = {"backend": backend, "model": MODEL, "stream": "true"}
+
+    def mean(name: str) -> float | None:
+        count = value(samples, f"{name}_count", **labels)
+        return value(samples, f"{name}_sum", **labels) / count if count else None
+
+    return {
+        "completion": value(samples, "mtproxy_completion_tokens_total", **labels),
+        "prompt": value(samples, "mtproxy_prompt_tokens_total", **labels),
+        "drafted": value(samples, "mtproxy_spec_decode_draft_tokens_total", **labels) or 0,
+        "accepted": value(samples, "mtproxy_spec_decode_accepted_tokens_total", **labels) or 0,
+        "per_step": mean("mtproxy_tokens_per_step"),
+        "decode_rate": mean("mtproxy_decode_tokens_per_second"),
+        "ttft": mean("mtproxy_time_to_first_token_seconds"),
+    }
+
+
+def assert_matches_the_runtime(proxy: dict, runtime: dict, *, steps_within: float) -> None:
+    """Counters exactly; tokens per step within ``steps_within`` (relative); decode rate and
+    TTFT within 10 %."""
+    for counter in ("completion", "prompt", "drafted", "accepted"):
+        assert proxy[counter] == runtime[counter], (counter, proxy, runtime)
+    assert proxy["per_step"] == pytest.approx(runtime["per_step"], rel=steps_within), (proxy, runtime)
+    # The proxy times the same stream the runtime writes, from its first to its last content
+    # chunk: the two rates differ by the time between a chunk's write and its read.
+    assert proxy["decode_rate"] == pytest.approx(runtime["decode_rate"], rel=0.10), (proxy, runtime)
+    # The runtime's prompt_ms ends where the first token is sampled; the proxy's TTFT adds the
+    # HTTP hops, llama-server's tokenising and queueing, and the first chunk's write and read:
+    # a few ms, against ~600 ms of prompt (112 tokens, one thread). Never less than prompt_ms.
+    assert runtime["ttft"] < proxy["ttft"] <= runtime["ttft"] * 1.10, (proxy, runtime)
+
+
+class Served:
+    """``mtproxy serve`` in a process of its own (on uvloop, as deployed) with one backend."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+@contextlib.asynccontextmanager
+async def serve(tmp_path: Path, name: str, runtime: str, url: str) -> AsyncIterator[Served]:
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(json.dumps({  # JSON is YAML; probes only at start-up (see helpers.start_proxy)
+        "backends": [backend(name, runtime, url)], "health": {"interval": 3600, "timeout": 60, "mtp_interval": 3600}}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mtproxy", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", "0",
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    drain = None
+    try:
+        while True:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            assert line, "mtproxy exited before listening"
+            if m := re.search(r"listening on (http://\S+)", line):
+                break
+        drain = asyncio.ensure_future(proc.stderr.read())  # keep the pipe from filling up
+        yield Served(proc, m.group(1))
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+        if drain is not None:
+            await drain
+
+
+async def test_drafts_accepted_tokens_per_step_and_decode_rate(llama_server, llama_server_spec, tmp_path):
+    """Each proxy in a process of its own, as deployed: in the test's process, the client's
+    parsing of a step's chunks would hold up the proxy's next read (gaps of up to 8 ms inside a
+    step were seen that way, against 12 ms between one-token steps)."""
+    async with serve(tmp_path, "plain", "llamacpp", llama_server.url) as plain:
+        plain_out = await repeat_through(plain)
+        plain_samples = await metrics(plain)
+    async with serve(tmp_path, "spec", "llamacpp", llama_server_spec.url) as spec:
+        spec_out = await repeat_through(spec)
+        spec_samples = await metrics(spec)
+    # the same server behind the generic adapter, which does not read `timings`: steps are timed
+    # (15 as the runtime counts them, or 16-17 when the proxy or llama-server's HTTP thread lost
+    # its core for 5-15 ms in the middle of a step's chunks: three processes on two cores)
+    async with serve(tmp_path, "timed", "openai", llama_server_spec.url) as timed:
+        timed_out = await repeat_through(timed, TIMED_REQUESTS)
+        timed_samples = await metrics(timed)
 
     # speculation changes the speed, not the output (temperature 0)
-    assert len({text for text, _ in plain_out + spec_out}) == 1
+    assert len({text for text, _ in plain_out + spec_out + timed_out}) == 1
     text, usage_chunk = spec_out[0]
     assert "quick brown fox" in text
     n = usage_chunk.usage.completion_tokens
     assert 20 < n <= MAX_TOKENS
-    assert all(u.usage.completion_tokens == n for _, u in plain_out + spec_out)
-    timings = usage_chunk.model_extra["timings"]  # llama-server's own figures, relayed untouched
+    timings = usage_chunk.model_extra["timings"]
     assert timings["draft_n"] > 0 and 0 < timings["draft_n_accepted"] <= timings["draft_n"]
     assert "draft_n" not in plain_out[0][1].model_extra["timings"]
 
-    s = await metrics(spec)
-    labels = {"backend": "spec", "model": MODEL, "stream": "true"}
-    drafted = value(s, "mtproxy_spec_decode_draft_tokens_total", **labels)
-    accepted = value(s, "mtproxy_spec_decode_accepted_tokens_total", **labels)
-    assert drafted is not None and accepted is not None
-    assert 0 < accepted <= drafted
-    assert drafted >= REQUESTS * timings["draft_n"] * 0.5  # every request's drafts counted
-    assert value(s, "mtproxy_completion_tokens_total", **labels) == REQUESTS * n
-    per_step = value(s, "mtproxy_tokens_per_step_sum", **labels) / value(s, "mtproxy_tokens_per_step_count", **labels)
-    assert per_step > 2  # accepted drafts arrive as bursts of one-token chunks
-    spec_rate = value(s, "mtproxy_decode_tokens_per_second_sum", **labels)
-    assert value(s, "mtproxy_decode_tokens_per_second_count", **labels) == REQUESTS and spec_rate > 0, \
-        {k: v for k, v in s.items() if k[0].startswith(("mtproxy_decode", "mtproxy_tokens_per", "mtproxy_requests"))}
+    spec_runtime, spec_proxy = runtime_figures(spec_out), proxy_figures(spec_samples, "spec")
+    assert spec_runtime["per_step"] > 2  # accepted drafts: several tokens per step
+    # output tokens - accepted drafts, as the runtime counts them: exact
+    assert_matches_the_runtime(spec_proxy, spec_runtime, steps_within=1e-9)
 
-    p = await metrics(plain)
-    labels["backend"] = "plain"
-    assert not value(p, "mtproxy_spec_decode_draft_tokens_total", **labels)  # absent or 0
-    assert not value(p, "mtproxy_spec_decode_accepted_tokens_total", **labels)
-    assert value(p, "mtproxy_completion_tokens_total", **labels) == REQUESTS * n
-    plain_per_step = value(p, "mtproxy_tokens_per_step_sum", **labels) / value(p, "mtproxy_tokens_per_step_count", **labels)
-    assert 0.9 < plain_per_step < 1.5  # one token per decode step
-    assert value(p, "mtproxy_decode_tokens_per_second_count", **labels) == REQUESTS
-    assert value(p, "mtproxy_decode_tokens_per_second_sum", **labels) > 0
-    print(f"\ntokens/step: spec {per_step:.2f}, plain {plain_per_step:.2f}; drafted {drafted:.0f}, "
-          f"accepted {accepted:.0f}; decode tok/s (mean of {REQUESTS}): spec {spec_rate / REQUESTS:.1f}, "
-          f"plain {value(p, 'mtproxy_decode_tokens_per_second_sum', **labels) / REQUESTS:.1f}")
+    plain_runtime, plain_proxy = runtime_figures(plain_out), proxy_figures(plain_samples, "plain")
+    assert plain_runtime["per_step"] == 1 and plain_runtime["drafted"] == 0
+    # timed: one chunk per step; 72 content chunks for 73 tokens, and a read late now and then
+    # brings two steps at once (1.01-1.03 tokens per step measured)
+    assert_matches_the_runtime(plain_proxy, plain_runtime, steps_within=0.10)
+
+    timed_runtime, timed_proxy = runtime_figures(timed_out), proxy_figures(timed_samples, "timed")
+    # the generic adapter reads usage, not timings: no draft counters; steps from the timing
+    timed_runtime["drafted"] = timed_runtime["accepted"] = 0
+    # Timed: 20 %, not 10. Measured (mean over the requests): 4.56-4.77 tokens per step on the
+    # busy VM, 4.36 (16.8 steps for the runtime's 15) with a callgrind benchmark running alongside.
+    # A 5-15 ms stall in the middle of a step's chunks cannot be told from a one-token step
+    # (12 ms) by timing; the runtime's drafts, where it reports them, are exact (above). The
+    # old rule's 17.7 tokens per step on this stream fails either way.
+    assert_matches_the_runtime(timed_proxy, timed_runtime, steps_within=0.20)
+
+    print(f"\nruntime vs proxy (tokens/step, decode tok/s, TTFT s): "
+          + "; ".join(f"{name}: {r['per_step']:.2f}/{p['per_step']:.2f}, {r['decode_rate']:.1f}/{p['decode_rate']:.1f}, "
+                      f"{r['ttft']:.3f}/{p['ttft']:.3f}"
+                      for name, r, p in (("spec", spec_runtime, spec_proxy), ("plain", plain_runtime, plain_proxy),
+                                         ("timed", timed_runtime, timed_proxy))))
 
 
 # --- mtproxy verify, as users run it -----------------------------------------------------------------
@@ -137,11 +244,13 @@ async def test_verify_alone_sees_the_drafts(llama_server, llama_server_spec, tmp
     code, result = await run_verify(tmp_path, servers, "spec", None)
     assert code == 0 and result["message"].startswith("MTP active ("), result["message"]
     [side] = result["sides"]
+    # the runtime's own steps: output tokens - accepted drafts (73 - 58 per request)
     assert side["accepted"] > 0 and side["tokens_per_step"] > 2
+    assert side["tokens_per_step"] == pytest.approx(side["tokens"] / (side["tokens"] - side["accepted"]))
     code, result = await run_verify(tmp_path, servers, "plain", None)
     assert code == 1 and result["message"].startswith("no sign of MTP"), result["message"]
     [side] = result["sides"]
-    assert side["drafted"] is None and side["tokens_per_step"] < 1.5
+    assert side["drafted"] is None and side["tokens_per_step"] == pytest.approx(1.0, rel=0.10)  # timed
 
 
 async def test_verify_compares_speculation_with_plain(llama_server, llama_server_spec, tmp_path):
@@ -154,7 +263,8 @@ async def test_verify_compares_speculation_with_plain(llama_server, llama_server
     servers = {"spec": llama_server_spec, "plain": llama_server}
     code, result = await run_verify(tmp_path, servers, "spec", "plain")
     subject, reference = result["sides"]
-    assert subject["tokens_per_step"] > 2 and reference["tokens_per_step"] < 1.5
+    assert subject["tokens_per_step"] == pytest.approx(subject["tokens"] / (subject["tokens"] - subject["accepted"]))
+    assert subject["tokens_per_step"] > 2 and reference["tokens_per_step"] == pytest.approx(1.0, rel=0.10)
     assert subject["drafted"] > 0 and 0 < subject["acceptance"] <= 1 and reference["drafted"] is None
     assert subject["tokens_per_second"] > 0 and reference["tokens_per_second"] > 0
     ratio = subject["tokens_per_second"] / reference["tokens_per_second"]
