@@ -172,11 +172,42 @@ async def test_outlier_ejection_and_return(runtime_factory, proxy_factory, http)
     for _ in range(10):
         async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
             statuses.append((resp.headers.get("x-mtproxy-backend"), resp.status))
-    assert statuses.count(("bad", 500)) == 3  # then it is ejected...
+    assert statuses == [("good", 200)] * 10  # each 500 was retried on the good backend...
+    assert len(bad.requests) == 3  # ...until three in a row ejected the bad one
     assert not pool.backends[0].up and "ejected for 0.5 s" in pool.backends[0].detail
-    assert statuses[-3:] == [("good", 200)] * 3  # ...and nothing is sent to it
     bad.b.status = 200  # it recovers; after the ejection the health check brings it back
     await until(lambda: pool.backends[0].up)
+
+
+async def test_a_reset_is_one_failure_toward_ejection_not_a_backend_down(runtime_factory, proxy_factory, http):
+    flaky = await runtime_factory("flaky", models=["m1"], reset=True)
+    good = await runtime_factory("good", models=["m1"])
+    proxy = await proxy_factory(make_config(
+        [{"name": "flaky", "runtime": "vllm", "url": flaky.url}, {"name": "good", "runtime": "vllm", "url": good.url}],
+        outlier={"consecutive_failures": 3, "ejection_seconds": 60}, health={"interval": 3600}))
+    backend = proxy.app[POOL].backends[0]
+    for stream in (False, True):  # ties rotate: the second lands on flaky first
+        async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": stream}) as resp:
+            assert resp.status == 200 and resp.headers["x-mtproxy-backend"] == "good"
+            await resp.read()
+    assert flaky.requests  # it was reset, and the request retried on good
+    assert backend.up and backend.failures == 1  # one reset does not take the backend down
+    for _ in range(6):
+        async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
+            assert resp.status == 200 and resp.headers["x-mtproxy-backend"] == "good"
+    assert not backend.up and "ejected for 60 s after 3 failures" in backend.detail
+
+
+async def test_streams_cut_mid_way_count_toward_ejection(runtime_factory, proxy_factory, http):
+    rt = await runtime_factory("a", models=["m1"], die_after=1)
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}],
+                                            outlier={"consecutive_failures": 2, "ejection_seconds": 60}))
+    for _ in range(2):
+        async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            assert resp.status == 200
+            assert b"event: error" in await resp.read()
+    backend = proxy.app[POOL].backends[0]
+    assert not backend.up and "ejected" in backend.detail
 
 
 async def test_retry_budget_can_forbid_retries(runtime_factory, proxy_factory, http):
