@@ -68,18 +68,22 @@ class Proxy:
         self.in_flight = 0
         self.retries_in_flight = 0
         self.watchdog = Watchdog()
+        limits = config.limits
+        self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
-        """Take the settings of a (re)loaded config; requests in flight keep theirs."""
+        """Take the settings of a (re)loaded config; requests in flight keep theirs, and requests
+        queued for a slot stay queued (a raised cap wakes as many as it has room for)."""
         self.config = config
         t, limits = config.timeouts, config.limits
         self._first_token = t.first_token
         self._idle = t.idle
         self._request = t.request
         self.watchdog.set_shortest(min(t.first_token, t.idle, t.request))
-        self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
-        self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
+        self.gate.configure(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.backend_waiters.configure(limits.max_queue, limits.queue_timeout)
 
     def _retry_allowed(self) -> bool:
         """Envoy-style retry budget: retries in flight stay under a share of requests in flight."""
@@ -141,7 +145,8 @@ class Proxy:
 
     async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
                       meter: RequestMeter) -> web.StreamResponse:
-        route = self.router.resolve(req.model)
+        requested = req.model
+        route = self.router.resolve(requested)
         req.set_model(route.model)
         tried: list[Backend] = []
         retrying = False
@@ -151,6 +156,8 @@ class Proxy:
                     backend = self.router.pick(route, tried)
                 except Busy:
                     await self.backend_waiters.wait(f"model {route.model}")
+                    route = self.router.resolve(requested)  # a reload may have changed its backends
+                    req.set_model(route.model)
                     continue
                 tried.append(backend)
                 self._label(meter, route, backend)
