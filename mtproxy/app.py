@@ -79,17 +79,15 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     pool, session = app[POOL], app[PROXY].session
-    starting = pool.start_managed(session)
+    pool.start_managed(session)  # its tasks are the pool's, cancelled by stop_managed
     await pool.probe_all(session)
-    tasks = [*starting, asyncio.create_task(pool.run(session), name="mtproxy-health")]
+    health = asyncio.create_task(pool.run(session), name="mtproxy-health")
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        health.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health
         await pool.stop_managed()  # children never outlive the proxy
 
 

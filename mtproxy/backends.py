@@ -90,7 +90,9 @@ class BackendPool:
         self.by_model: dict[str, list[Backend]] = {}
         self.trained: dict[str, Trained] = {}
         self._files: dict[str, Trained | None] = {}  # model_path → what the file says
-        self.retiring: set[asyncio.Task] = set()  # managed backends that left on reload
+        # background work on managed backends (starting them, retiring those a reload removed),
+        # owned here and cancelled by stop_managed
+        self.tasks: set[asyncio.Task] = set()
         self._reindex()
 
     def update(self, config: Config) -> list[Backend]:
@@ -200,9 +202,13 @@ class BackendPool:
 
     # --- managed backends ----------------------------------------------------------------------
 
-    def start_managed(self, session: aiohttp.ClientSession) -> list[asyncio.Task]:
-        """Create the child-process managers; start the `start: startup` ones in the background."""
-        tasks = []
+    def track(self, task: asyncio.Task) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def start_managed(self, session: aiohttp.ClientSession) -> None:
+        """Create the child-process managers of backends that have none yet (at start-up and
+        after a reload); start the `start: startup` ones in the background."""
         for backend in self.backends:
             cfg = backend.config
             if cfg.launch is None or backend.process is not None:
@@ -212,8 +218,7 @@ class BackendPool:
             backend.process.busy = lambda b=backend: b.outstanding > 0
             backend.detail = "not started; starts on the first request"
             if cfg.start == "startup":
-                tasks.append(asyncio.create_task(self._start_quietly(backend.process)))
-        return tasks
+                self.track(asyncio.create_task(self._start_quietly(backend.process), name=f"start-{backend.name}"))
 
     @staticmethod
     async def _start_quietly(process: ManagedProcess) -> None:
@@ -239,9 +244,9 @@ class BackendPool:
         return ready
 
     async def stop_managed(self) -> None:
-        for task in list(self.retiring):
+        for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self.retiring, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await asyncio.gather(*(b.process.close() for b in self.backends if b.process is not None))
 
     # --- probes --------------------------------------------------------------------------------

@@ -34,6 +34,11 @@ class Waiters:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def configure(self, max_queue: int, timeout: float) -> None:
+        """A reloaded config's limits; requests already waiting stay in the queue."""
+        self.max_queue = max_queue
+        self.timeout = timeout
+
     async def wait(self, what: str) -> None:
         """Wait until ``wake`` hands this request a turn; 429 when the queue is full or slow."""
         if len(self._queue) >= self.max_queue:
@@ -65,7 +70,6 @@ class Waiters:
                 return True
         return False
 
-
     def wake_all(self) -> None:
         while self.wake():
             pass
@@ -78,6 +82,15 @@ class Gate:
         self.cap = cap
         self.in_use = 0
         self.waiters = Waiters(max_queue, timeout)
+
+    def configure(self, cap: int, max_queue: int, timeout: float) -> None:
+        """A reloaded config's limits: holders keep their slots, waiters their place; as many
+        waiters as a raised cap has room for are woken."""
+        self.cap = cap
+        self.waiters.configure(max_queue, timeout)
+        room = len(self.waiters) if cap == 0 else cap - self.in_use
+        while room > 0 and self.waiters.wake():
+            room -= 1
 
     def try_acquire(self) -> bool:
         """A slot at once if one is free: ``acquire`` without a coroutine on the common path."""

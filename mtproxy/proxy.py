@@ -32,10 +32,14 @@ from .wire import ApiRequest, Endpoint, parse_request
 
 log = logging.getLogger("mtproxy.proxy")
 
-# Statuses that say "this backend cannot take the request now", not "the request is bad".
-RETRY_STATUSES = frozenset({502, 503, 504})
-# Connection-level failures: before the first byte the backend is marked down and the request
-# goes to the next candidate; after it the stream ends with an error event.
+# Statuses that say "this backend cannot take the request now", not "the request is bad": a
+# runtime that fails to load a model answers 500 (Ollama, llama-server), and another backend may
+# serve it. Judged on the status after the adapter's normalisation (a llama-cpp-python validation
+# 500 is a 400 by then, the client's mistake, and not retried).
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+# Connection-level failures: before the first byte the request goes to the next candidate; after
+# it the stream ends with an error event. Only a refused connection marks the backend down; a
+# reset is one failure toward outlier ejection, as a 5xx is.
 UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
 
 # A keep-alive connection the server closed while it sat in the pool.
@@ -65,18 +69,22 @@ class Proxy:
         self.in_flight = 0
         self.retries_in_flight = 0
         self.watchdog = Watchdog()
+        limits = config.limits
+        self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
-        """Take the settings of a (re)loaded config; requests in flight keep theirs."""
+        """Take the settings of a (re)loaded config; requests in flight keep theirs, and requests
+        queued for a slot stay queued (a raised cap wakes as many as it has room for)."""
         self.config = config
         t, limits = config.timeouts, config.limits
         self._first_token = t.first_token
         self._idle = t.idle
         self._request = t.request
         self.watchdog.set_shortest(min(t.first_token, t.idle, t.request))
-        self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
-        self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
+        self.gate.configure(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        self.backend_waiters.configure(limits.max_queue, limits.queue_timeout)
 
     def _retry_allowed(self) -> bool:
         """Envoy-style retry budget: retries in flight stay under a share of requests in flight."""
@@ -137,7 +145,8 @@ class Proxy:
 
     async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
                       meter: RequestMeter) -> web.StreamResponse:
-        route = self.router.resolve(req.model)
+        requested = req.model
+        route = self.router.resolve(requested)
         req.set_model(route.model)
         tried: list[Backend] = []
         retrying = False
@@ -147,6 +156,8 @@ class Proxy:
                     backend = self.router.pick(route, tried)
                 except Busy:
                     await self.backend_waiters.wait(f"model {route.model}")
+                    route = self.router.resolve(requested)  # a reload may have changed its backends
+                    req.set_model(route.model)
                     continue
                 tried.append(backend)
                 self._label(meter, route, backend)
@@ -158,7 +169,8 @@ class Proxy:
                         resp = await self._stream(request, req, fmt, backend, meter)
                     else:
                         resp = await self._unary(request, req, fmt, backend, meter)
-                    self.pool.answered(backend, resp.status)
+                    # a stream cut by a reset or a silence after its first byte is a failure too
+                    self.pool.answered(backend, 502 if meter.status == "stream_error" else resp.status)
                     return resp
                 except _Retry as retry:
                     self.pool.answered(backend, retry.error.status)
@@ -228,15 +240,20 @@ class Proxy:
             return await self.session.post(backend.url(path), data=body, headers=backend.headers)
 
     def _unreachable(self, backend: Backend, exc: BaseException) -> _Retry:
+        """A connection-level failure before the first byte. A backend that cannot be connected
+        to is down until a health check says otherwise; a reset of one request is not: with 2 %
+        of requests reset, marking the backend down each time left all three of a soak's
+        backends down at once. ``forward`` counts it toward outlier ejection instead."""
         reason = describe(exc)
-        backend.mark_down(reason)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            backend.mark_down(reason)
         return _Retry(UpstreamUnreachable(f"Backend {backend.name} failed before answering: {reason}"))
 
     def _error_status(self, meter: RequestMeter, backend: Backend, status: int, data: bytes) -> Exception:
         err = backend.runtime.upstream_error(status, data)
         err.headers = self._headers(meter)
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
-        return _Retry(err) if status in RETRY_STATUSES else err
+        return _Retry(err) if err.status in RETRY_STATUSES else err
 
     async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter) -> web.Response:

@@ -1,7 +1,8 @@
 """Config reload without a restart: on SIGHUP and ``POST /mtproxy/reload`` (admin key).
 
 A valid new config applies at once: unchanged backends keep their state, requests in flight keep
-the backend they started on, and backends that left are retired when their last request ends. An
+the backend they started on, requests queued for a slot stay queued and look again under the new
+config, and backends that left are retired when their last request ends. An
 invalid config is rejected with its error logged, and the old one stays. Listening address and
 body-size limit need a restart.
 """
@@ -45,6 +46,9 @@ async def apply(app: web.Application, config: Config) -> str:
         _retire(app, backend)
     pool.start_managed(proxy.session)
     await pool.probe_all(proxy.session)
+    # requests queued for a full backend look again: new backends (their models discovered by
+    # now) or raised caps may have room for them
+    proxy.backend_waiters.wake_all()
     stale = [k for k in _RESTART_ONLY if getattr(old.server, k) != getattr(config.server, k)]
     message = f"config reloaded: {len(config.backends)} backends" + (
         f"; {', '.join('server.' + k for k in stale)} change only on restart" if stale else "")
@@ -62,6 +66,4 @@ def _retire(app: web.Application, backend: Backend) -> None:
             await asyncio.sleep(0.1)
         await backend.process.close()
 
-    task = asyncio.create_task(retire(), name=f"retire-{backend.name}")
-    app[POOL].retiring.add(task)
-    task.add_done_callback(app[POOL].retiring.discard)
+    app[POOL].track(asyncio.create_task(retire(), name=f"retire-{backend.name}"))

@@ -7,6 +7,8 @@ and it notices when the proxy closes a stream early (``closed_early``).
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ class Behaviour:
     error_body: bytes = b'{"error":{"message":"boom","type":"server_error","code":500}}'
     healthy: bool = True
     die_after: int | None = None  # ...or close the connection after this many stream chunks
+    reset: bool = False  # ...or reset the connection (RST) instead of answering
     send_done: bool = True
     split_events: bool = False  # write each event in two TCP writes, cut mid-JSON
     gate: asyncio.Event | None = None  # when set: hold the stream after the first token until set
@@ -110,6 +113,11 @@ class FakeRuntime:
         self.received_at = asyncio.get_running_loop().time()
         body = await request.json()
         self._record(request, body)
+        if self.b.reset:
+            sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.transport.close()  # type: ignore[union-attr]
+            return web.Response()  # never sent: the connection is gone
         if self.b.status != 200:
             return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
         chat = request.path.endswith("/chat/completions")

@@ -202,6 +202,38 @@ async def test_503_before_first_byte_is_retried_on_the_next_candidate(runtime_fa
     assert len(b.requests) == 3
 
 
+async def test_500_before_first_byte_is_retried_on_another_backend(runtime_factory, proxy_factory, http):
+    # what llama-server (and Ollama) answer when a model fails to load
+    a = await runtime_factory("a", status=500, error_body=b'{"error":{"code":500,"message":'
+                              b'"failed to load model","type":"server_error"}}')
+    b = await runtime_factory("b")
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": a.url},
+                                             {"name": "b", "runtime": "llamacpp", "url": b.url}]))
+    for stream in (False, True, False, True):
+        async with http.post(proxy.url + CHAT, json=chat_body(stream=stream)) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-mtproxy-backend"] == "b"
+            await resp.read()
+    assert a.requests and len(b.requests) == 4  # a was tried, each request at most once there
+
+
+async def test_a_500_the_adapter_calls_the_clients_mistake_is_not_retried(runtime_factory, proxy_factory, http):
+    # llama-cpp-python answers a request failing validation with 500; its adapter makes it a 400
+    from pathlib import Path
+    body = (Path(__file__).parent / "data" / "llama-cpp-python" / "error_validation.body").read_bytes()
+    routes = {"/openapi.json": {"info": {"version": "0.3.16"}}}
+    a = await runtime_factory("a", status=500, error_body=body, routes=routes)
+    b = await runtime_factory("b", routes=routes)
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llama-cpp-python", "url": a.url},
+                                             {"name": "b", "runtime": "llama-cpp-python", "url": b.url}]))
+    answers = []
+    for _ in range(2):  # ties rotate: one of them lands on a
+        async with http.post(proxy.url + CHAT, json=chat_body()) as resp:
+            answers.append((resp.headers["x-mtproxy-backend"], resp.status))
+    assert sorted(answers) == [("a", 400), ("b", 200)]
+    assert len(b.requests) == 1
+
+
 async def test_only_candidate_503_is_passed_through(runtime_factory, proxy_factory, http):
     a = await runtime_factory("a", status=503, error_body=b'{"error":{"message":"Loading model","code":503}}')
     proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": a.url}]))
