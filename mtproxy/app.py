@@ -11,10 +11,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import handlers
+from . import front, handlers
 from .backends import BackendPool
 from .config import Config
-from .ollama import api as ollama_api
 from .middleware import Keys, add_cors, front_door
 from .proxy import Proxy
 from .metrics.export import metrics_handler
@@ -30,7 +29,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     """The proxy as an aiohttp app. Metrics go to ``registry`` (a fresh one by default, so apps
     and tests never share state through a module global); ``config_path`` is what a reload
     (SIGHUP, ``POST /mtproxy/reload``) reads again."""
-    app = web.Application(middlewares=[front_door(_keys, _cors_origins)],
+    app = web.Application(middlewares=[front_door(_keys, _cors_origins, front.error_shape)],
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG_PATH] = config_path
     app[KEYS] = Keys(config)
@@ -45,7 +44,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
     app.router.add_get("/metrics", metrics_handler(app[METRICS]))
-    ollama_api.add_routes(app)
+    front.add_routes(app)
     add_cors(app, _cors_origins)
     return app
 

@@ -171,7 +171,7 @@ class BackendPool:
 
     def _decide(self, backend: Backend) -> None:
         for model in backend.models:
-            status = decide(backend.runtime.name, backend.version, model, self.trained[model].mtp,
+            status = decide(backend.runtime.mtp_support, backend.version, model, self.trained[model].mtp,
                             backend.evidence.get(model, NO_EVIDENCE), backend.live.get(model, NO_EVIDENCE),
                             backend.config.mtp)
             before = backend.mtp.get(model)
@@ -270,7 +270,7 @@ class BackendPool:
         http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
         # discovery: every round, unless the runtime asks for it only when it (re)appears
         discover = backend.config.models is None and (
-            getattr(backend.runtime, "rediscover", True) or not backend.models or not backend.up)
+            backend.runtime.rediscover or not backend.models or not backend.up)
         try:
             probe = await backend.runtime.probe(http, discover=discover)
             changed = self._apply(backend, probe)

@@ -45,7 +45,7 @@ def _cmd_runtimes(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from .status import pool_status, support_table
+    from .status import support_table
 
     config = _load(args.config)
     status = asyncio.run(_probe_once(config))

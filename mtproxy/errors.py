@@ -80,6 +80,10 @@ class UpstreamUnreachable(ProxyError):
     code = "upstream_unreachable"
 
 
+class UpstreamRefused(UpstreamUnreachable):
+    """The backend could not be connected to: it is down until a health check says otherwise."""
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
     type = "timeout"

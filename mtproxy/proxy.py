@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 import aiohttp
@@ -20,15 +19,17 @@ from aiohttp import web
 
 from .backends import Backend, BackendPool
 from .config import Config
-from .encoders import OPENAI, ClientFormat, StreamEncoder
-from .errors import ProxyError, UpstreamTimeout, UpstreamUnreachable, error_body
+from .formats import ClientFormat, StreamEncoder
+from . import upstream
+from .errors import ProxyError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
 from .metrics.instruments import Metrics
 from .metrics.meter import RequestMeter
 from .limits import Gate, Waiters
 from .router import Busy, Route, Router
-from .runtimes.base import BackendHTTP, StreamDecoder, StreamFailure, describe
+from .runtimes.base import BackendHTTP
+from .stream.events import StreamDecoder, StreamFailure
 from .watchdog import Watchdog
-from .wire import ApiRequest, Endpoint, parse_request
+from .wire import ApiRequest, Endpoint
 
 log = logging.getLogger("mtproxy.proxy")
 
@@ -37,18 +38,8 @@ log = logging.getLogger("mtproxy.proxy")
 # serve it. Judged on the status after the adapter's normalisation (a llama-cpp-python validation
 # 500 is a 400 by then, the client's mistake, and not retried).
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-# Connection-level failures: before the first byte the request goes to the next candidate; after
-# it the stream ends with an error event. Only a refused connection marks the backend down; a
-# reset is one failure toward outlier ejection, as a 5xx is.
-UNREACHABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
-
-# A keep-alive connection the server closed while it sat in the pool.
-STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
-
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
-# What a handler hands `serve`: the request to forward, or an answer needing no backend.
-Build = Callable[[], Awaitable["ApiRequest | web.StreamResponse"]]
 
 
 class _Retry(Exception):
@@ -95,25 +86,18 @@ class Proxy:
         r = self.config.retries
         return random.uniform(0, min(r.backoff_max, r.backoff_base * 2 ** (attempt - 1)))
 
-    def handle(self, request: web.Request, endpoint: Endpoint) -> Awaitable[web.StreamResponse]:
-        """An OpenAI client's request."""
-        return self.serve(request, endpoint, None, OPENAI)
-
-    async def serve(self, request: web.Request, endpoint: Endpoint, build: Build | None,
-                    fmt: ClientFormat) -> web.StreamResponse:
-        """Build (``None``: the body is an OpenAI request), forward and account for one request,
-        whatever its outcome."""
+    async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat) -> web.StreamResponse:
+        """Parse (in the client's format ``fmt``), forward and account for one request, whatever
+        its outcome."""
         meter = RequestMeter(perf_counter(), endpoint.kind)
         backend: Backend | None = None
         gate = self.gate
         held = False
         try:
-            if build is None:
-                built = parse_request(await request.read(), endpoint)
-            else:
-                built = await build()
-                if isinstance(built, web.StreamResponse):
-                    return built
+            built = fmt.parse(await request.read(), endpoint)
+            if built.load_only:  # nothing to generate: the model must exist, and is ready
+                self.router.resolve(built.model)
+                return web.Response(body=fmt.loaded(built), content_type="application/json")
             meter.stream = built.stream
             if not gate.try_acquire():
                 await gate.acquire()
@@ -227,27 +211,15 @@ class Proxy:
         """The response headers naming the backend chosen (``_label``)."""
         return {"x-mtproxy-backend": meter.backend, "x-mtproxy-mtp": meter.mtp}
 
-    async def _post(self, backend: Backend, path: str, body: bytes) -> aiohttp.ClientResponse:
-        """Send upstream. A pooled keep-alive connection the runtime closed meanwhile fails on
-        write (llama-server closes after a chunked stream although it offered keep-alive): that
-        is retried once at once on a fresh connection, and the backend is not blamed for it."""
-        try:
-            return await self.session.post(backend.url(path), data=body, headers=backend.headers)
-        except STALE as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                raise
-            log.debug("stale connection to %s (%s); sending again", backend.name, describe(exc))
-            return await self.session.post(backend.url(path), data=body, headers=backend.headers)
-
-    def _unreachable(self, backend: Backend, exc: BaseException) -> _Retry:
+    def _failed(self, backend: Backend, exc: BaseException) -> _Retry:
         """A connection-level failure before the first byte. A backend that cannot be connected
         to is down until a health check says otherwise; a reset of one request is not: with 2 %
         of requests reset, marking the backend down each time left all three of a soak's
         backends down at once. ``forward`` counts it toward outlier ejection instead."""
-        reason = describe(exc)
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            backend.mark_down(reason)
-        return _Retry(UpstreamUnreachable(f"Backend {backend.name} failed before answering: {reason}"))
+        err = upstream.failure(exc, f"Backend {backend.name} failed before answering")
+        if isinstance(err, UpstreamRefused):
+            backend.mark_down(upstream.describe(exc))
+        return _Retry(err)
 
     def _error_status(self, meter: RequestMeter, backend: Backend, status: int, data: bytes) -> Exception:
         err = backend.runtime.upstream_error(status, data)
@@ -257,16 +229,17 @@ class Proxy:
 
     async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter) -> web.Response:
-        upstream = backend.runtime.prepare(req)
+        prepared = backend.runtime.prepare(req)
         meter.t_sent = perf_counter()
         try:
             with self.watchdog.watch(self._request, meter.t_sent):
-                async with await self._post(backend, upstream.path, upstream.body) as resp:
+                async with await upstream.send(self.session, backend.url(prepared.path), prepared.body,
+                                               backend.headers, backend.name) as resp:
                     data = await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
-        except UNREACHABLE as exc:
-            raise self._unreachable(backend, exc) from None
+        except upstream.ERRORS as exc:
+            raise self._failed(backend, exc) from None
         meter.t_in = perf_counter()
         if resp.status >= 400:
             raise self._error_status(meter, backend, resp.status, data)
@@ -284,23 +257,24 @@ class Proxy:
 
     async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                       meter: RequestMeter) -> web.StreamResponse:
-        upstream = backend.runtime.prepare(req)
+        prepared = backend.runtime.prepare(req)
         resp: aiohttp.ClientResponse | None = None
         try:
             meter.t_sent = perf_counter()
             try:
                 with self.watchdog.watch(self._first_token, meter.t_sent):
-                    resp = await self._post(backend, upstream.path, upstream.body)
+                    resp = await upstream.send(self.session, backend.url(prepared.path), prepared.body,
+                                               backend.headers, backend.name)
                     if resp.status >= 400:
                         raise self._error_status(meter, backend, resp.status, await resp.read())
                     first = await resp.content.readany()
             except TimeoutError:
                 raise UpstreamTimeout(
                     f"Backend {backend.name} sent no token within {self._first_token:g} s.") from None
-            except UNREACHABLE as exc:
-                raise self._unreachable(backend, exc) from None
+            except upstream.ERRORS as exc:
+                raise self._failed(backend, exc) from None
             if not first:
-                raise self._unreachable(backend, ConnectionResetError("empty response"))
+                raise self._failed(backend, ConnectionResetError("empty response"))
             meter.t_in = perf_counter()
             meter.window_key = (meter.backend, meter.model)
             meter.window = self.metrics.window
@@ -348,8 +322,8 @@ class Proxy:
                             meter.content(now, batch.content)
                     try:
                         data = await content.readany()
-                    except UNREACHABLE as exc:
-                        failure = f"Backend {backend.name} failed mid-stream: {describe(exc)}"
+                    except upstream.ERRORS as exc:
+                        failure = upstream.failure(exc, f"Backend {backend.name} failed mid-stream").message
                         break
             if failure is None:
                 batch = decoder.flush()

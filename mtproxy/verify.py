@@ -22,11 +22,11 @@ from typing import Any
 
 import aiohttp
 
+from . import upstream
 from .backends import Backend, BackendPool
 from .config import Config
 from .metrics.meter import RequestMeter
 from .router import Router
-from .runtimes.base import describe
 from .wire import CHAT, from_payload
 
 DEFAULT_PROMPT = ("Repeat the following paragraph exactly, word for word: The quick brown fox jumps over "
@@ -89,13 +89,13 @@ class Outcome:
 async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[str, Any], side: Side,
                timeout: float) -> None:
     req = from_payload(dict(payload), CHAT)
-    upstream = backend.runtime.prepare(req)
+    prepared = backend.runtime.prepare(req)
     meter = RequestMeter(perf_counter(), "chat")
     meter.stream = True
     try:
         async with asyncio.timeout(timeout):
-            async with session.post(backend.url(upstream.path), data=upstream.body,
-                                    headers=backend.headers) as resp:
+            async with await upstream.send(session, backend.url(prepared.path), prepared.body, backend.headers,
+                                           backend.name) as resp:
                 if resp.status >= 400:
                     err = backend.runtime.upstream_error(resp.status, await resp.read())
                     raise VerifyError(f"{backend.name} answered HTTP {resp.status}: {err.message}")
@@ -108,8 +108,8 @@ async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[s
                 batch = decoder.flush()
                 if batch is not None and batch.content:
                     meter.content(perf_counter(), batch.content)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise VerifyError(f"{backend.name}: {describe(exc)}") from None
+    except upstream.ERRORS as exc:
+        raise VerifyError(upstream.failure(exc, backend.name).message) from None
     meter.t_end = perf_counter()
     m = meter.measure()
     report = meter.report

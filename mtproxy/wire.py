@@ -43,6 +43,7 @@ class ApiRequest:
     model: str  # the name the client asked for
     stream: bool
     client_usage: bool  # the client asked for a usage chunk in the stream
+    load_only: bool = False  # asks only that the model be ready (Ollama's request without input)
 
     def set_model(self, model: str) -> None:
         if self.payload["model"] != model:
@@ -117,3 +118,8 @@ def from_payload(payload: Any, endpoint: Endpoint, *, raw: bytes | None = None) 
         raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
     client_usage = bool(options and options.get("include_usage"))
     return ApiRequest(endpoint, payload, raw, model, stream, client_usage)
+
+
+def load_request(model: str, endpoint: Endpoint) -> ApiRequest:
+    """A request that asks only for ``model`` to be ready, with nothing to generate."""
+    return ApiRequest(endpoint, {"model": model}, None, model, False, False, load_only=True)

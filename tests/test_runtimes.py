@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from mtproxy.runtimes import ADAPTERS, Report, runtime_for
-from mtproxy.runtimes.base import DONE
+from mtproxy.stream.events import DONE
 from mtproxy.wire import CHAT, COMPLETIONS, from_payload, parse_request
 
 from .replay import DATA, RUNTIMES, ReplayRuntime, events_of, meta

@@ -1,4 +1,4 @@
-from mtproxy.sse import EventFramer, error_event
+from mtproxy.stream.sse import EventFramer, error_event
 
 
 def test_framer_passes_whole_events_and_holds_partial_ones():

@@ -10,9 +10,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtproxy.encoders import OpenAIStream
+from mtproxy.front.openai import OpenAIStream
 from mtproxy.runtimes import Report, runtime_for
-from mtproxy.runtimes.openai_compat import SSEDecoder, Template
+from mtproxy.stream.tap import SSEDecoder, Template
 from mtproxy.wire import CHAT, COMPLETIONS, from_payload
 
 TEXT = st.one_of(

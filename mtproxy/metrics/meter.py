@@ -24,7 +24,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtimes.base import Report
+from ..stream.events import Report
 
 # A decode step's chunks reach the proxy microseconds apart (llama-server writes the tokens of a
 # step one by one, back to back), the steps milliseconds apart. Measured on llama-server (CPU,

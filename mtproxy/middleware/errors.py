@@ -1,12 +1,17 @@
-"""Every error leaves the proxy in OpenAI's shape, with a log line; nothing crashes it."""
+"""Every error leaves the proxy in its client's shape (the route's client format), with a log
+line; nothing crashes it."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
 from ..errors import ProxyError
+from ..formats import ErrorShape
+
+ShapeOf = Callable[[web.Request], ErrorShape]
 
 log = logging.getLogger("mtproxy.errors")
 
@@ -17,28 +22,27 @@ _HTTP_TYPES = {
 }
 
 
-def error_response(request: web.Request, err: ProxyError) -> web.Response:
-    if request.path.startswith("/api/"):  # Ollama clients: {"error": "<text>"}
-        return web.json_response({"error": err.message}, status=err.status, headers=err.headers)
-    return web.Response(body=err.json(), status=err.status, content_type="application/json",
-                        headers=err.headers)
+def error_response(shape: ErrorShape, err: ProxyError) -> web.Response:
+    body, content_type = shape.error_body(err)
+    return web.Response(body=body, status=err.status, content_type=content_type, headers=err.headers)
 
 
-def answer_error(request: web.Request, exc: Exception) -> web.StreamResponse:
-    """The OpenAI-shaped answer to what a handler raised, logged; HTTP redirects pass on."""
+def answer_error(request: web.Request, exc: Exception, shape_of: ShapeOf) -> web.StreamResponse:
+    """The answer to what a handler raised, in the client's shape (``shape_of(request)``), logged;
+    HTTP redirects pass on."""
     if isinstance(exc, ProxyError):
         if exc.status < 500:
             log.info("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
         else:
             log.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
-        return error_response(request, exc)
+        return error_response(shape_of(request), exc)
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             raise exc
         type_, code = _HTTP_TYPES.get(exc.status, ("invalid_request_error", None))
         message = exc.text if exc.status == 413 and exc.text else exc.reason
         log.info("%s %s -> %d %s", request.method, request.path, exc.status, message)
-        return error_response(request, ProxyError(message, status=exc.status, type_=type_, code=code))
+        return error_response(shape_of(request), ProxyError(message, status=exc.status, type_=type_, code=code))
     log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
-    return error_response(request, ProxyError("The proxy hit an internal error; it has been logged.",
+    return error_response(shape_of(request), ProxyError("The proxy hit an internal error; it has been logged.",
                                               code="internal_error"))

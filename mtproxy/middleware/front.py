@@ -1,4 +1,4 @@
-"""The one middleware every request passes: CORS preflights, API keys, OpenAI-shaped errors.
+"""The one middleware every request passes: CORS preflights, API keys, errors in the client's shape.
 
 One middleware rather than three: each layer is one more coroutine and call per request
 (2.5 % of the proxy's instructions for a 16-token stream, callgrind).
@@ -13,11 +13,12 @@ from aiohttp.typedefs import Handler
 
 from .auth import Keys, bearer
 from .cors import OriginsOf, preflight
-from .errors import answer_error
+from .errors import ShapeOf, answer_error
 
 
-def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf) -> web.middleware:
-    """``keys_of(app)``: the :class:`Keys` in force; ``origins_of(app)``: the CORS origins."""
+def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf, shape_of: ShapeOf) -> web.middleware:
+    """``keys_of(app)``: the :class:`Keys` in force; ``origins_of(app)``: the CORS origins;
+    ``shape_of(request)``: the client format whose error body answers it."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -32,6 +33,6 @@ def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf
                     keys.check(request.path, bearer(request))
             return await handler(request)
         except Exception as exc:
-            return answer_error(request, exc)
+            return answer_error(request, exc, shape_of)
 
     return middleware

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .detect import family_of
-from .registry import REGISTRY
+from .registry import Support
 
 State = Literal["active", "capable", "off"]
 
@@ -42,9 +42,9 @@ class MtpStatus:
         return self.state == "active"
 
 
-def decide(runtime: str, version: str | None, model: str, trained: bool | None, probe: Evidence,
+def decide(support: Support, version: str | None, model: str, trained: bool | None, probe: Evidence,
            live: Evidence, configured: bool | None) -> MtpStatus:
-    support = REGISTRY[runtime]
+    """The MTP state of ``model`` on a backend whose runtime has ``support`` (its registry row)."""
     state, why = _state(support, version, model, trained, probe, live, configured)
     mismatch = configured is not None and configured != (state == "active")
     if mismatch:

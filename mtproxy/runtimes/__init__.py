@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import BackendHTTP, Probe, Report, Runtime
+from ..stream.events import Report
+from .base import BackendHTTP, Probe, Runtime
 from .llama_cpp_python import LlamaCppPython
 from .llamacpp import LlamaCpp
 from .mlx import MLX

@@ -2,22 +2,24 @@
 
 Nothing outside ``mtproxy/runtimes/`` branches on a runtime's name; it asks the backend's
 ``Runtime`` object instead. Everything a runtime hands back is in OpenAI's format by the time it
-leaves its adapter: SSE events as ``(raw bytes, parsed object)`` pairs, bodies as JSON bytes.
+leaves its adapter (``mtproxy.stream.events``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from .. import upstream
 from ..errors import UpstreamError
 from ..mtp.detect import Trained
+from ..mtp.registry import Support
 from ..mtp.state import Evidence
+from ..stream.events import Report, StreamDecoder
 from ..wire import ApiRequest
 
 
@@ -29,76 +31,6 @@ class Probe:
     detail: str = "ok"
     models: tuple[str, ...] | None = None  # None: not asked or not known
     version: str | None = None
-
-
-@dataclass(slots=True)
-class Report:
-    """What the runtime itself reported about one request. ``None`` means it did not say."""
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    draft_tokens: int | None = None  # speculative tokens proposed (MTP heads or a draft model)
-    accepted_tokens: int | None = None  # of those, accepted
-    tokens_per_step: float | None = None  # runtime's own tokens per decode iteration
-    prompt_seconds: float | None = None  # runtime's own prompt-processing time
-    decode_seconds: float | None = None  # runtime's own generation time
-
-
-class _Done:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "DONE"
-
-
-DONE: Any = _Done()  # the parsed form of `data: [DONE]`
-
-# One stream event in OpenAI's format: the bytes the runtime sent for it (None when the adapter
-# made the event up, e.g. translating NDJSON), and its parsed data: a dict, DONE, or None for
-# events without JSON data (comments, keep-alives).
-Event = tuple[bytes | None, Any]
-
-
-class _Plain:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "PLAIN"
-
-
-# The parsed form of an event the decoder did not need to parse: a plain content chunk.
-PLAIN: Any = _Plain()
-
-
-class Batch:
-    """The complete events one upstream read finished.
-
-    ``raw``: the runtime's bytes for them (None when the adapter made the events up);
-    ``events``: the events one by one, or None when every one is a plain content chunk (the
-    fast path: nothing in them needs the proxy's attention, and ``raw`` is relayed as it is);
-    ``content``: how many carry generated content.
-    """
-
-    __slots__ = ("raw", "events", "content")
-
-    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int) -> None:
-        self.raw = raw
-        self.events = events
-        self.content = content
-
-
-class StreamFailure(Exception):
-    """The runtime reported an error inside a stream that had already started."""
-
-
-class StreamDecoder(Protocol):
-    def feed(self, data: bytes) -> Batch | None:
-        """Upstream bytes in, the complete OpenAI events they finish out (None: none yet)."""
-        ...
-
-    def flush(self) -> Batch | None:
-        """At upstream EOF: whatever a trailing partial event still completes."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +77,12 @@ class BackendHTTP:
 class Runtime(Protocol):
     """What the core needs from a runtime adapter."""
 
-    name: str
+    name: ClassVar[str]  # the config's `runtime:` (runtimes/__init__.py ADAPTERS)
+    # Whether the model list is asked for again at every health check, or only when the backend
+    # first appears or comes back up (a runtime whose model listing disturbs running requests).
+    rediscover: ClassVar[bool]
+    # The MTP registry's row for this runtime (mtp/registry.py): since when, how it is switched on.
+    mtp_support: ClassVar[Support]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the
@@ -179,16 +116,7 @@ class Runtime(Protocol):
         ...
 
 
-PROBE_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
-
-
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description of a connection-level failure."""
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+PROBE_ERRORS = upstream.ERRORS  # what a probe's request can raise (upstream.py)
 
 
 def as_int(value: Any) -> int | None:

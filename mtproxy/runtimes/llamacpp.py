@@ -21,13 +21,40 @@ from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.registry import version_key
 from ..mtp.state import NO_EVIDENCE, Evidence
-from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
-from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
+from ..stream.events import Report
+from ..stream.tap import Observer
+from .base import PROBE_ERRORS, BackendHTTP, as_float, as_int
+from .openai_compat import USAGE, OpenAICompatible
+
+
+def observe_timings(timings: Any, report: Report) -> None:
+    """llama.cpp's ``timings``: prompt and decode figures, and draft counts with speculation."""
+    if timings.__class__ is not dict:
+        return
+    prompt_n = as_int(timings.get("prompt_n"))
+    if prompt_n is not None and report.prompt_tokens is None:
+        report.prompt_tokens = prompt_n
+    predicted_n = as_int(timings.get("predicted_n"))
+    if predicted_n is not None and report.completion_tokens is None:
+        report.completion_tokens = predicted_n
+    prompt_ms = as_float(timings.get("prompt_ms"))
+    if prompt_ms is not None:
+        report.prompt_seconds = prompt_ms / 1000
+    predicted_ms = as_float(timings.get("predicted_ms"))
+    if predicted_ms is not None:
+        report.decode_seconds = predicted_ms / 1000
+    draft_n = as_int(timings.get("draft_n"))
+    if draft_n is not None:
+        report.draft_tokens = draft_n
+        report.accepted_tokens = as_int(timings.get("draft_n_accepted"))
+
+
+TIMINGS = Observer("timings", lambda obj, report: observe_timings(obj.get("timings"), report))
 
 
 class LlamaCpp(OpenAICompatible):
     name = "llamacpp"
-    attention = (*ATTENTION, b'"timings"')  # timings: prompt/decode figures and draft counts
+    observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
 
@@ -45,31 +72,6 @@ class LlamaCpp(OpenAICompatible):
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         return await _props_probe(http)
-
-    def observe(self, obj: dict[str, Any], report: Report) -> None:
-        observe_usage(obj, report)
-        timings = obj.get("timings")
-        if timings:
-            observe_timings(timings, report)
-
-
-def observe_timings(timings: dict[str, Any], report: Report) -> None:
-    prompt_n = as_int(timings.get("prompt_n"))
-    if prompt_n is not None and report.prompt_tokens is None:
-        report.prompt_tokens = prompt_n
-    predicted_n = as_int(timings.get("predicted_n"))
-    if predicted_n is not None and report.completion_tokens is None:
-        report.completion_tokens = predicted_n
-    prompt_ms = as_float(timings.get("prompt_ms"))
-    if prompt_ms is not None:
-        report.prompt_seconds = prompt_ms / 1000
-    predicted_ms = as_float(timings.get("predicted_ms"))
-    if predicted_ms is not None:
-        report.decode_seconds = predicted_ms / 1000
-    draft_n = as_int(timings.get("draft_n"))
-    if draft_n is not None:
-        report.draft_tokens = draft_n
-        report.accepted_tokens = as_int(timings.get("draft_n_accepted"))
 
 
 def _types_evidence(types: str, where: str) -> Evidence:

@@ -12,17 +12,20 @@ Source: ollama/ollama server/routes.go (/api/chat, /api/generate, /api/embed, /a
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..ollama import wire
+from ..mtp.registry import REGISTRY, Support
+from ..stream.events import DONE, Batch, Event, Report, StreamFailure
+from ..stream.tap import content_count
 from ..wire import ApiRequest
-from .base import DONE, PROBE_ERRORS, BackendHTTP, Batch, Event, Probe, Report, StreamFailure, Upstream, describe
-from .openai_compat import has_content
+from . import ollama_wire as wire
+from ..upstream import describe
+from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
 
@@ -88,7 +91,7 @@ class NDJSONDecoder:
 
     @staticmethod
     def _batch(events: list[Event]) -> Batch | None:
-        return Batch(None, events, sum(has_content(obj) for _, obj in events)) if events else None
+        return Batch(None, events, sum(content_count(obj) for _, obj in events)) if events else None
 
     def _lines(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -134,7 +137,9 @@ class NDJSONDecoder:
 
 
 class Ollama:
-    name = "ollama"
+    name: ClassVar[str] = "ollama"
+    rediscover: ClassVar[bool] = True
+    mtp_support: ClassVar[Support] = REGISTRY["ollama"]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

@@ -13,8 +13,10 @@ import json
 from importlib import resources
 from typing import Any
 
-from .base import Report, as_float
-from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
+from ..stream.events import Report
+from ..stream.tap import Observer
+from .base import as_float
+from .openai_compat import USAGE, OpenAICompatible
 
 
 def _accepted_fields() -> dict[str, frozenset[str]]:
@@ -23,18 +25,19 @@ def _accepted_fields() -> dict[str, frozenset[str]]:
             "embeddings": frozenset(data.get("embeddings", ("model", "input")))}
 
 
+def observe_per_iter(obj: dict[str, Any], report: Report) -> None:
+    """``avg_decoded_tokens_per_iter`` of a choice: the runtime's own tokens per decode step."""
+    for choice in obj.get("choices") or ():
+        per_iter = as_float(choice.get("avg_decoded_tokens_per_iter")) if isinstance(choice, dict) else None
+        if per_iter is not None:
+            report.tokens_per_step = per_iter
+
+
 class TensorRTLLM(OpenAICompatible):
     name = "trtllm"
-    attention = (*ATTENTION, b"avg_decoded_tokens_per_iter")  # tokens per decode iteration
+    observers = (USAGE, Observer("avg_decoded_tokens_per_iter", observe_per_iter))  # tokens per decode step
     health_path = "/health"
     version_path = "/version"
 
     def __init__(self) -> None:
         self.accepted_fields = _accepted_fields()
-
-    def observe(self, obj: dict[str, Any], report: Report) -> None:
-        observe_usage(obj, report)
-        for choice in obj.get("choices") or ():
-            per_iter = as_float(choice.get("avg_decoded_tokens_per_iter")) if isinstance(choice, dict) else None
-            if per_iter is not None:
-                report.tokens_per_step = per_iter

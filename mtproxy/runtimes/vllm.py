@@ -17,8 +17,10 @@ import re
 from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
-from .base import PROBE_ERRORS, BackendHTTP, Report, as_float, as_int
-from .openai_compat import ATTENTION, OpenAICompatible, observe_usage
+from ..stream.events import Report
+from ..stream.tap import Observer
+from .base import PROBE_ERRORS, BackendHTTP, as_float, as_int
+from .openai_compat import USAGE, OpenAICompatible
 
 _DRAFTS = re.compile(r"^vllm:spec_decode_num_draft_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
 _ACCEPTED = re.compile(r"^vllm:spec_decode_num_accepted_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
@@ -38,9 +40,23 @@ def spec_decode_evidence(metrics_text: str) -> Evidence:
     return Evidence(speculating=True, why="/metrics spec_decode counters present, no drafts yet")
 
 
+def observe_metrics(obj: dict[str, Any], report: Report) -> None:
+    """vLLM's per-request ``metrics``: generation time and speculative decoding counts."""
+    metrics = obj.get("metrics")
+    if isinstance(metrics, dict):
+        generation_ms = as_float(metrics.get("generation_time_ms"))
+        if generation_ms is not None:
+            report.decode_seconds = generation_ms / 1000
+        spec = metrics.get("speculative_decoding")
+        if isinstance(spec, dict):
+            report.draft_tokens = as_int(spec.get("num_draft_tokens"))
+            report.accepted_tokens = as_int(spec.get("num_accepted_draft_tokens"))
+            report.tokens_per_step = as_float(spec.get("mean_acceptance_length"))
+
+
 class VLLM(OpenAICompatible):
     name = "vllm"
-    attention = (*ATTENTION, b'"metrics"')  # per-request metrics, with speculative_decoding
+    observers = (USAGE, Observer("metrics", observe_metrics))  # per-request metrics, with speculative_decoding
     health_path = "/health"
     version_path = "/version"
 
@@ -58,16 +74,3 @@ class VLLM(OpenAICompatible):
         except PROBE_ERRORS:
             return trained, NO_EVIDENCE
         return trained, spec_decode_evidence(text) if status == 200 else NO_EVIDENCE
-
-    def observe(self, obj: dict[str, Any], report: Report) -> None:
-        observe_usage(obj, report)
-        metrics = obj.get("metrics")
-        if isinstance(metrics, dict):
-            generation_ms = as_float(metrics.get("generation_time_ms"))
-            if generation_ms is not None:
-                report.decode_seconds = generation_ms / 1000
-            spec = metrics.get("speculative_decoding")
-            if isinstance(spec, dict):
-                report.draft_tokens = as_int(spec.get("num_draft_tokens"))
-                report.accepted_tokens = as_int(spec.get("num_accepted_draft_tokens"))
-                report.tokens_per_step = as_float(spec.get("mean_acceptance_length"))

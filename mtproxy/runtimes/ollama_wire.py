@@ -1,4 +1,6 @@
-"""Conversions between OpenAI's API and Ollama's native API (pure functions, no I/O).
+"""Conversions between OpenAI's API and Ollama's native API for an Ollama backend (pure functions,
+no I/O): OpenAI requests to Ollama's, Ollama's answers to OpenAI's. The other direction (an Ollama
+client of mtproxy) is front/ollama_wire.py, which shares the helpers here.
 
 Source: ollama/ollama api/types.go (ChatRequest, GenerateRequest, ChatResponse,
 GenerateResponse, Metrics, Options), openai/openai.go (how Ollama itself maps OpenAI parameters
@@ -32,12 +34,8 @@ _OPTION_OF = {
     "max_tokens": "num_predict",
     "max_completion_tokens": "num_predict",
 }
-_PARAM_OF = {"temperature": "temperature", "top_p": "top_p", "seed": "seed",
-             "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
-             "stop": "stop", "num_predict": "max_tokens"}
 
 FINISH_REASON = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
-DONE_REASON = {"stop": "stop", "length": "length", "tool_calls": "stop", "content_filter": "stop"}
 
 
 def now_iso() -> str:
@@ -48,25 +46,25 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def _wrong(field: str, what: str, at: str = "") -> InvalidRequest:
+def wrong(field: str, what: str, at: str = "") -> InvalidRequest:
     """The 400 for a field of the wrong type; ``at``: where the field's object is (``messages[2]``)."""
     field = f"{at}.{field}" if at else field
     return InvalidRequest(f"`{field}` must be {what}.", param=field)
 
 
-def _array(body: dict[str, Any], key: str) -> list[Any]:
+def array_field(body: dict[str, Any], key: str) -> list[Any]:
     value = body.get(key)
     if value is None:
         return []
     if value.__class__ is not list:
-        raise _wrong(key, "an array")
+        raise wrong(key, "an array")
     return value
 
 
-def _object(body: dict[str, Any], key: str) -> dict[str, Any] | None:
+def object_field(body: dict[str, Any], key: str) -> dict[str, Any] | None:
     value = body.get(key)
     if value is not None and value.__class__ is not dict:
-        raise _wrong(key, "an object")
+        raise wrong(key, "an object")
     return value
 
 
@@ -76,14 +74,14 @@ def options_from_openai(payload: dict[str, Any]) -> dict[str, Any]:
     options = {_OPTION_OF[k]: v for k, v in payload.items() if k in _OPTION_OF and v is not None}
     if isinstance(options.get("stop"), str):
         options["stop"] = [options["stop"]]
-    extra = _object(payload, "options")  # mtproxy extension: native options, e.g. draft_num_predict
+    extra = object_field(payload, "options")  # mtproxy extension: native options, e.g. draft_num_predict
     if extra:
         options.update(extra)
     return options
 
 
 def _format_from_openai(payload: dict[str, Any]) -> Any:
-    response_format = _object(payload, "response_format")
+    response_format = object_field(payload, "response_format")
     if response_format is None:
         return None
     if response_format.get("type") == "json_object":
@@ -91,7 +89,7 @@ def _format_from_openai(payload: dict[str, Any]) -> Any:
     if response_format.get("type") == "json_schema":
         schema = response_format.get("json_schema") or {}
         if schema.__class__ is not dict:
-            raise _wrong("response_format.json_schema", "an object")
+            raise wrong("response_format.json_schema", "an object")
         return schema.get("schema")
     return None
 
@@ -100,17 +98,17 @@ def _parts_to_ollama(parts: list[Any], at: str, out: dict[str, Any]) -> None:
     texts, images = [], []
     for j, part in enumerate(parts):
         if part.__class__ is not dict:
-            raise _wrong(f"content[{j}]", "an object", at)
+            raise wrong(f"content[{j}]", "an object", at)
         if part.get("type") == "text":
             text = part.get("text") or ""
             if text.__class__ is not str:
-                raise _wrong(f"content[{j}].text", "a string", at)
+                raise wrong(f"content[{j}].text", "a string", at)
             texts.append(text)
         elif part.get("type") == "image_url":
             image = part.get("image_url") or {}
             url = (image.get("url") or "") if image.__class__ is dict else None
             if url.__class__ is not str:
-                raise _wrong(f"content[{j}].image_url.url", "a string", at)
+                raise wrong(f"content[{j}].image_url.url", "a string", at)
             if url.startswith("data:") and "," in url:
                 images.append(url.split(",", 1)[1])
     out["content"] = "\n".join(texts)
@@ -120,10 +118,10 @@ def _parts_to_ollama(parts: list[Any], at: str, out: dict[str, Any]) -> None:
 
 def _call_to_ollama(call: Any, at: str) -> dict[str, Any]:
     if call.__class__ is not dict:
-        raise _wrong(at, "an object")
+        raise wrong(at, "an object")
     fn = call.get("function") or {}
     if fn.__class__ is not dict:
-        raise _wrong("function", "an object", at)
+        raise wrong("function", "an object", at)
     args = fn.get("arguments")
     if args.__class__ is str:  # OpenAI sends them as JSON text, Ollama as the object
         try:
@@ -137,7 +135,7 @@ def _call_to_ollama(call: Any, at: str) -> dict[str, Any]:
 
 def _message_to_ollama(msg: Any, i: int) -> dict[str, Any]:
     if msg.__class__ is not dict:
-        raise _wrong(f"messages[{i}]", "an object")
+        raise wrong(f"messages[{i}]", "an object")
     out: dict[str, Any] = {"role": msg.get("role", "user")}
     content = msg.get("content")
     if content.__class__ is list:
@@ -145,11 +143,11 @@ def _message_to_ollama(msg: Any, i: int) -> dict[str, Any]:
     elif content is None or content.__class__ is str:
         out["content"] = content or ""
     else:
-        raise _wrong("content", "a string, an array of parts or null", f"messages[{i}]")
+        raise wrong("content", "a string, an array of parts or null", f"messages[{i}]")
     calls = msg.get("tool_calls")
     if calls:
         if calls.__class__ is not list:
-            raise _wrong("tool_calls", "an array", f"messages[{i}]")
+            raise wrong("tool_calls", "an array", f"messages[{i}]")
         out["tool_calls"] = [_call_to_ollama(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(calls)]
     if msg.get("role") == "tool" and msg.get("name"):
         out["tool_name"] = msg["name"]
@@ -159,7 +157,7 @@ def _message_to_ollama(msg: Any, i: int) -> dict[str, Any]:
 def chat_request(payload: dict[str, Any], stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": payload["model"],
-        "messages": [_message_to_ollama(m, i) for i, m in enumerate(_array(payload, "messages"))],
+        "messages": [_message_to_ollama(m, i) for i, m in enumerate(array_field(payload, "messages"))],
         "stream": stream,
     }
     _common(payload, body)
@@ -173,7 +171,7 @@ def generate_request(payload: dict[str, Any], stream: bool) -> dict[str, Any]:
     if prompt.__class__ is list:  # OpenAI allows a batch; Ollama takes one prompt
         prompt = prompt[0] if prompt and isinstance(prompt[0], str) else ""
     elif prompt.__class__ is not str:
-        raise _wrong("prompt", "a string or an array")
+        raise wrong("prompt", "a string or an array")
     body: dict[str, Any] = {"model": payload["model"], "prompt": prompt, "raw": True, "stream": stream}
     if payload.get("suffix"):
         body["suffix"] = payload["suffix"]
@@ -210,7 +208,7 @@ def usage_of(obj: dict[str, Any]) -> dict[str, int] | None:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _tool_calls_to_openai(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def tool_calls_to_openai(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"index": i, "id": new_id("call"), "type": "function",
              "function": {"name": (c.get("function") or {}).get("name", ""),
                           "arguments": orjson.dumps((c.get("function") or {}).get("arguments") or {}).decode()}}
@@ -225,7 +223,7 @@ def chat_delta(obj: dict[str, Any], first: bool) -> dict[str, Any]:
     if msg.get("thinking"):
         delta["reasoning_content"] = msg["thinking"]
     if msg.get("tool_calls"):
-        delta["tool_calls"] = _tool_calls_to_openai(msg["tool_calls"])
+        delta["tool_calls"] = tool_calls_to_openai(msg["tool_calls"])
     return delta
 
 
@@ -242,7 +240,7 @@ def chat_body(obj: dict[str, Any], model: str) -> dict[str, Any]:
         message["reasoning_content"] = msg["thinking"]
     calls = msg.get("tool_calls")
     if calls:
-        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in _tool_calls_to_openai(calls)]
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in tool_calls_to_openai(calls)]
     body = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(obj, bool(calls))}]}
     usage = usage_of(obj)
@@ -266,131 +264,3 @@ def embeddings_body(obj: dict[str, Any], model: str) -> dict[str, Any]:
     prompt = obj.get("prompt_eval_count") or 0
     return {"object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
-
-
-# --- Ollama request → OpenAI request (an Ollama client of mtproxy) ----------------------------
-
-def _string(body: dict[str, Any], key: str, at: str = "") -> str:
-    value = body.get(key)
-    if value is None:
-        return ""
-    if value.__class__ is not str:
-        raise _wrong(key, "a string", at)
-    return value
-
-
-def _images(body: dict[str, Any], at: str = "") -> list[str]:
-    images = body.get("images") or []
-    if images.__class__ is not list or not all(image.__class__ is str for image in images):
-        raise _wrong("images", "an array of base64 strings", at)
-    return images
-
-
-def _flag(body: dict[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key)
-    if value is None:
-        return default
-    if value.__class__ is not bool:
-        raise _wrong(key, "a boolean")
-    return value
-
-
-def _checked_calls(calls: Any, at: str) -> list[dict[str, Any]]:
-    """An Ollama client's tool calls: objects whose ``function`` is an object."""
-    if calls.__class__ is not list:
-        raise _wrong("tool_calls", "an array", at)
-    for j, call in enumerate(calls):
-        if call.__class__ is not dict or (call.get("function") or {}).__class__ is not dict:
-            raise _wrong(f"tool_calls[{j}]", 'an object with a "function" object', at)
-    return calls
-
-
-def _message_to_openai(msg: Any, i: int) -> dict[str, Any]:
-    at = f"messages[{i}]"
-    if msg.__class__ is not dict:
-        raise _wrong(at, "an object")
-    out: dict[str, Any] = {"role": msg.get("role", "user")}
-    content = _string(msg, "content", at)
-    images = _images(msg, at)
-    if images:
-        parts: list[dict[str, Any]] = [{"type": "text", "text": content}]
-        parts += [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{img}"}} for img in images]
-        out["content"] = parts
-    else:
-        out["content"] = content
-    if msg.get("tool_calls"):
-        out["tool_calls"] = [{k: v for k, v in c.items() if k != "index"}
-                             for c in _tool_calls_to_openai(_checked_calls(msg["tool_calls"], at))]
-    if msg.get("tool_name"):
-        out["name"] = msg["tool_name"]
-    return out
-
-
-def _openai_common(body: dict[str, Any], payload: dict[str, Any]) -> None:
-    options = _object(body, "options")
-    if options is not None:
-        for key, value in options.items():
-            if key in _PARAM_OF and value is not None:
-                payload[_PARAM_OF[key]] = value
-        payload["options"] = options  # kept whole for Ollama backends; others never see it
-    fmt = body.get("format")
-    if fmt == "json":
-        payload["response_format"] = {"type": "json_object"}
-    elif fmt.__class__ is dict:
-        payload["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt}}
-    elif fmt is not None and fmt != "":
-        raise _wrong("format", '"json" or a JSON schema object')
-    for key in ("keep_alive", "think"):
-        if key in body:
-            payload[key] = body[key]
-
-
-def openai_chat_from_ollama(body: dict[str, Any]) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "model": body.get("model"),
-        "messages": [_message_to_openai(m, i) for i, m in enumerate(_array(body, "messages"))],
-        "stream": _flag(body, "stream", True),
-    }
-    if body.get("tools"):
-        payload["tools"] = body["tools"]
-    _openai_common(body, payload)
-    return payload
-
-
-def openai_from_generate(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """An Ollama /api/generate request as an OpenAI request; returns (payload, is_chat).
-
-    Without ``raw`` Ollama applies the model's chat template, as a chat completion does; with it
-    the prompt goes to the model as it is, as a text completion does.
-    """
-    stream = _flag(body, "stream", True)
-    prompt = _string(body, "prompt")
-    if _flag(body, "raw", False):
-        payload: dict[str, Any] = {"model": body.get("model"), "prompt": prompt, "stream": stream}
-        _openai_common(body, payload)
-        return payload, False
-    messages: list[dict[str, Any]] = []
-    system = _string(body, "system")
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append(_message_to_openai({"role": "user", "content": prompt, "images": _images(body)}, 0))
-    payload = {"model": body.get("model"), "messages": messages, "stream": stream}
-    _openai_common(body, payload)
-    return payload, True
-
-
-# --- OpenAI response → Ollama response (an Ollama client of mtproxy) --------------------------
-
-def final_fields(usage: dict[str, Any] | None, done_reason: str, total_ns: int,
-                 prompt_seconds: float | None, decode_seconds: float | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"done": True, "done_reason": done_reason, "total_duration": total_ns}
-    if usage:
-        if usage.get("prompt_tokens") is not None:
-            out["prompt_eval_count"] = usage["prompt_tokens"]
-        if prompt_seconds is not None:
-            out["prompt_eval_duration"] = int(prompt_seconds * 1e9)
-        if usage.get("completion_tokens") is not None:
-            out["eval_count"] = usage["completion_tokens"]
-        if decode_seconds is not None:
-            out["eval_duration"] = int(decode_seconds * 1e9)
-    return out

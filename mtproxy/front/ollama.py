@@ -1,7 +1,9 @@
 """The Ollama API served to Ollama clients, in front of any backend whatever its runtime.
 
-Requests are translated to OpenAI's format, routed like any other, and the OpenAI events the
-backend's adapter yields are written back as Ollama NDJSON (``application/x-ndjson``).
+Requests are translated to the proxy's (OpenAI-shaped) request (front/ollama_wire.py), routed like
+any other, and the OpenAI events the backend's adapter yields are written back as Ollama NDJSON
+(``application/x-ndjson``); errors are ``{"error": "<text>"}``.
+May import: the proxy's layers below (formats, wire, stream, errors, state).
 """
 
 from __future__ import annotations
@@ -13,11 +15,20 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..errors import InvalidRequest
-from ..runtimes.base import DONE, Batch, Report
+from ..errors import InvalidRequest, ProxyError
+from ..runtimes.ollama_wire import now_iso
 from ..state import POOL, PROXY
-from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, deeply_nested, from_payload, too_deep
-from . import wire
+from ..stream.events import DONE, Batch, Report
+from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Endpoint, deeply_nested, from_payload, load_request, too_deep
+from . import ollama_wire as wire
+
+PREFIX = "/api/"  # the routes answered in this format, errors included
+JSON = "application/json"
+
+
+def error_body(err: ProxyError) -> tuple[bytes, str]:
+    """Ollama's error shape: ``{"error": "<text>"}``."""
+    return orjson.dumps({"error": err.message}), JSON
 
 
 class OllamaStream:
@@ -36,7 +47,7 @@ class OllamaStream:
         self.tool_calls: dict[int, dict[str, Any]] = {}
 
     def _line(self, text: str = "", thinking: str = "", **extra: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model, "created_at": wire.now_iso()}
+        out: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
         if self.generate:
             out["response"] = text
             if thinking:
@@ -104,10 +115,31 @@ def _json_or_empty(text: str) -> Any:
 
 
 class OllamaFormat:
+    """/api/chat (``generate`` False) and /api/generate."""
+
     parse_all = True  # every event is rewritten as an NDJSON line
+    error_body = staticmethod(error_body)
 
     def __init__(self, generate: bool) -> None:
         self.generate = generate
+
+    def parse(self, raw: bytes, endpoint: Endpoint) -> ApiRequest:
+        body = _json(raw)
+        if not self.generate:
+            if not body.get("messages"):  # Ollama loads the model and answers "load"
+                return load_request(body["model"], endpoint)
+            return from_payload(_with_usage(wire.openai_chat_from_ollama(body)), CHAT)
+        if not body.get("prompt") and not body.get("images"):
+            return load_request(body["model"], endpoint)
+        payload, is_chat = wire.openai_from_generate(body)
+        return from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
+
+    def loaded(self, req: ApiRequest) -> bytes:
+        """Ollama answers a request with no input by loading the model; here it is always ready."""
+        out: dict[str, Any] = {"model": req.model, "created_at": now_iso()}
+        out.update({"response": ""} if self.generate else {"message": {"role": "assistant", "content": ""}})
+        out.update({"done_reason": "load", "done": True})
+        return orjson.dumps(out)
 
     def stream_encoder(self, req: ApiRequest, report: Report) -> OllamaStream:
         return OllamaStream(req.model, self.generate, report)
@@ -131,15 +163,14 @@ class OllamaFormat:
             out["message"]["content"] = text or ""
         if thinking:
             (out if self.generate else out["message"])["thinking"] = thinking
-        return orjson.dumps(out), "application/json"
+        return orjson.dumps(out), JSON
 
 
 CHAT_FORMAT = OllamaFormat(generate=False)
 GENERATE_FORMAT = OllamaFormat(generate=True)
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+def _json(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -155,14 +186,6 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _loaded(model: str, generate: bool) -> web.Response:
-    """Ollama answers a request with no input by loading the model; here it is always ready."""
-    out: dict[str, Any] = {"model": model, "created_at": wire.now_iso()}
-    out.update({"response": ""} if generate else {"message": {"role": "assistant", "content": ""}})
-    out.update({"done_reason": "load", "done": True})
-    return web.json_response(out)
-
-
 def _with_usage(payload: dict[str, Any]) -> dict[str, Any]:
     if payload.get("stream"):
         payload["stream_options"] = {"include_usage": True}  # the final line carries the counts
@@ -170,35 +193,33 @@ def _with_usage(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    async def build() -> ApiRequest | web.Response:
-        body = await _json(request)
-        if not body.get("messages"):
-            request.app[PROXY].router.resolve(body["model"])
-            return _loaded(body["model"], generate=False)
-        return from_payload(_with_usage(wire.openai_chat_from_ollama(body)), CHAT)
-
-    return await request.app[PROXY].serve(request, CHAT, build, CHAT_FORMAT)
+    return await request.app[PROXY].serve(request, CHAT, CHAT_FORMAT)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    async def build() -> ApiRequest | web.Response:
-        body = await _json(request)
-        if not body.get("prompt") and not body.get("images"):
-            request.app[PROXY].router.resolve(body["model"])
-            return _loaded(body["model"], generate=True)
-        payload, is_chat = wire.openai_from_generate(body)
-        return from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
-
-    return await request.app[PROXY].serve(request, COMPLETIONS, build, GENERATE_FORMAT)
+    return await request.app[PROXY].serve(request, COMPLETIONS, GENERATE_FORMAT)
 
 
 class OllamaEmbedFormat:
-    parse_all = True
     """OpenAI embeddings → /api/embed ({"embeddings": [...]}) or legacy /api/embeddings
     ({"embedding": [...]})."""
 
+    parse_all = True
+    error_body = staticmethod(error_body)
+
     def __init__(self, legacy: bool) -> None:
         self.legacy = legacy
+
+    def parse(self, raw: bytes, endpoint: Endpoint) -> ApiRequest:
+        body = _json(raw)
+        payload = {"model": body["model"],
+                   "input": body.get("prompt", "") if self.legacy else body.get("input", "")}
+        if body.get("dimensions"):
+            payload["dimensions"] = body["dimensions"]
+        return from_payload(payload, EMBEDDINGS)
+
+    def loaded(self, req: ApiRequest) -> bytes:  # pragma: no cover (parse never asks for it)
+        raise InvalidRequest("embeddings need input")
 
     def stream_encoder(self, req: ApiRequest, report: Report) -> OllamaStream:  # pragma: no cover
         raise InvalidRequest("embeddings do not stream")
@@ -207,23 +228,18 @@ class OllamaEmbedFormat:
         data = orjson.loads(body)
         vectors = [d.get("embedding") for d in data.get("data") or ()]
         if self.legacy:
-            return orjson.dumps({"embedding": vectors[0] if vectors else []}), "application/json"
+            return orjson.dumps({"embedding": vectors[0] if vectors else []}), JSON
         return orjson.dumps({"model": req.model, "embeddings": vectors,
-                             "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens")}), \
-            "application/json"
+                             "prompt_eval_count": (data.get("usage") or {}).get("prompt_tokens")}), JSON
+
+
+EMBED_FORMAT = OllamaEmbedFormat(legacy=False)
+LEGACY_EMBED_FORMAT = OllamaEmbedFormat(legacy=True)
 
 
 async def embed(request: web.Request) -> web.StreamResponse:
-    legacy = request.path == "/api/embeddings"
-
-    async def build() -> ApiRequest:
-        body = await _json(request)
-        payload = {"model": body["model"], "input": body.get("prompt", "") if legacy else body.get("input", "")}
-        if body.get("dimensions"):
-            payload["dimensions"] = body["dimensions"]
-        return from_payload(payload, EMBEDDINGS)
-
-    return await request.app[PROXY].serve(request, EMBEDDINGS, build, OllamaEmbedFormat(legacy))
+    fmt = LEGACY_EMBED_FORMAT if request.path == "/api/embeddings" else EMBED_FORMAT
+    return await request.app[PROXY].serve(request, EMBEDDINGS, fmt)
 
 
 def _tag(name: str) -> dict[str, Any]:
@@ -241,7 +257,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    model = (await _json(request))["model"]
+    model = _json(await request.read())["model"]
     shown = await request.app[PROXY].show(model)
     if shown is None:
         shown = {"modelfile": "", "parameters": "", "template": "", "details": _tag(model)["details"],

@@ -1,0 +1,35 @@
+"""Client formats: one module per API the proxy serves (openai, ollama).
+
+Each parses its client's request into the proxy's one internal request (wire.ApiRequest) and
+encodes the proxy's one internal event stream back into its client's wire format, errors
+included (the ClientFormat protocol, formats.py); its handlers parse, then call the proxy, which
+never knows the client's format. The OpenAI relay of a runtime's own bytes stays the fast path.
+
+May import: every layer below (proxy, backends, state, formats, wire, stream, errors); nothing
+imports front/ but the app factory.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..formats import ErrorShape
+from . import ollama, openai
+
+# Which format answers a path's errors: the first prefix that matches, else OpenAI's.
+_SHAPES: tuple[tuple[str, ErrorShape], ...] = ((ollama.PREFIX, ollama.CHAT_FORMAT),)
+
+
+def error_shape(request: web.Request) -> ErrorShape:
+    """The client format whose error body answers ``request`` (a route of its, or a path under
+    its prefix that matched no route)."""
+    path = request.path
+    for prefix, shape in _SHAPES:
+        if path.startswith(prefix):
+            return shape
+    return openai.OPENAI
+
+
+def add_routes(app: web.Application) -> None:
+    openai.add_routes(app)
+    ollama.add_routes(app)
