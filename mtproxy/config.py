@@ -50,6 +50,9 @@ class ServerConfig(_Strict):
     cors_origins: list[str] = []  # CORS is off unless origins are listed ("*" allows any)
     shutdown_grace: float = Field(30.0, ge=0, description="seconds in-flight requests may finish")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    receive_timeout: float = Field(30.0, gt=0, description="seconds a client has to send a whole request "
+                                   "(headers and body), from its first byte or from connecting")
+    max_connections: int = Field(1024, gt=0, description="client connections open at once; more get 503")
 
 
 class TimeoutsConfig(_Strict):

@@ -10,9 +10,10 @@ import signal
 from aiohttp import web
 
 from .app import create_app
+from .clients import ClientRunner
 from .reload import reload
 from .config import Config
-from .runner import Runner
+from .state import METRICS, POOL
 
 log = logging.getLogger("mtproxy")
 
@@ -22,8 +23,11 @@ async def start(app: web.Application, host: str, port: int, *, shutdown_grace: f
 
     Used by ``serve`` and by the tests, so both run the app the same way.
     """
-    runner = Runner(
+    runner = ClientRunner(
         app,
+        # client connections: capped, and each request received whole in time (clients.py)
+        settings=lambda: app[POOL].config.server,
+        metrics=app[METRICS],
         handle_signals=False,
         # a client that disconnects cancels its handler, which closes the upstream request
         handler_cancellation=True,

@@ -10,6 +10,7 @@ def test_defaults():
     assert cfg.server.port == 8088 and cfg.server.api_keys == []
     assert cfg.routing.mtp == "prefer"
     assert cfg.timeouts.first_token != 300 and cfg.timeouts.idle != 300
+    assert cfg.server.receive_timeout == 30 and cfg.server.max_connections == 1024
 
 
 def test_env_interpolation_with_defaults_and_paths():
@@ -25,6 +26,8 @@ def test_env_interpolation_with_defaults_and_paths():
     ("models: {m: {aliases: [n]}, n: {}}\n", "models.m.aliases: 'n' is also a model name"),
     ("routing: {mtp: sometimes}\n", "routing.mtp: Input should be 'prefer', 'require' or 'ignore'"),
     ("timeouts: {idle: 0}\n", "timeouts.idle: Input should be greater than 0"),
+    ("server: {receive_timeout: 0}\n", "server.receive_timeout: Input should be greater than 0"),
+    ("server: {max_connections: 0}\n", "server.max_connections: Input should be greater than 0"),
     ("bogus: 1\n", "bogus: unknown field"),
     ("models: {m: {aliases: [on]}}\n", "models.m.aliases[0]: Input should be a valid string (YAML reads"),
 ])

@@ -9,7 +9,7 @@ GenAI semantic-convention names with their advised buckets (extended at the top 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -40,6 +40,7 @@ TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 419
                67108864)  # OTel advised
 
 LABELS = ("backend", "runtime", "model", "mtp", "endpoint", "stream")
+CUT_REASONS = ("header_timeout", "body_timeout", "too_many")  # client connections cut (clients.py)
 OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
@@ -83,6 +84,13 @@ class Metrics:
         self.retries = ClientCounter("mtproxy_upstream_retries",
                                      "Requests moved to another backend before their first byte.",
                                      ("backend", "runtime"), registry=r)
+        self.client_cuts = ClientCounter(
+            "mtproxy_client_connections_cut",
+            "Client connections closed without a whole request within server.receive_timeout "
+            "(header_timeout, body_timeout) or refused beyond server.max_connections (too_many).",
+            ("reason",), registry=r)
+        self._cuts = {reason: self.client_cuts.labels(reason) for reason in CUT_REASONS}  # at 0 from the start
+        self.clients_open = 0  # client connections open now: kept by clients.ClientServer
         # OpenTelemetry GenAI semantic conventions (metrics, status: Development)
         self.otel_ttft = hist("gen_ai_server_time_to_first_token_seconds", "OTel: time to first token.",
                               TTFT, OTEL_LABELS)
@@ -92,7 +100,7 @@ class Metrics:
                                   DURATION, OTEL_LABELS)
         self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
                                     (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE, r)
-        self.state = StateCollector(pool, window)
+        self.state = StateCollector(pool, window, lambda: self.clients_open)
         r.register(self.state)
         # the families /metrics renders apart from prometheus_client's exposition (metrics/export.py)
         self.lean: list[Histogram | Counter] = [v for v in vars(self).values() if isinstance(v, (Histogram, Counter))]
@@ -100,6 +108,9 @@ class Metrics:
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
+
+    def client_cut(self, reason: str) -> None:
+        self._cuts[reason].inc()
 
     def finish(self, meter: RequestMeter) -> Measurement:
         """Observe one finished request (called after the client got its last byte). A series
@@ -191,15 +202,17 @@ class Bound:
 
 class StateCollector(Collector):
     """State read at scrape time: backend health, version, MTP state, in-flight requests, the
-    token window and the event loop's tasks. Nothing on the request path updates these.
+    token window, open client connections and the event loop's tasks. Nothing on the request
+    path updates these.
 
     ``/metrics`` renders in a worker thread; what belongs to the event loop is read on it first
     (:meth:`snapshot`), and that thread renders the snapshot. Collected on the loop's thread
     itself, it is read afresh."""
 
-    def __init__(self, pool: BackendPool, window: TokenWindow) -> None:
+    def __init__(self, pool: BackendPool, window: TokenWindow, clients_open: Callable[[], int]) -> None:
         self.pool = pool
         self.window = window
+        self.clients_open = clients_open
         self._snapshot: list[Metric] | None = None
 
     def snapshot(self) -> None:
@@ -237,7 +250,9 @@ class StateCollector(Collector):
             for model, status in b.mtp.items():
                 active.add_metric((b.name, runtime, model), 1.0 if status.on else 0.0)
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
-        families: list[Metric] = [up, in_flight, info, active, mismatch, window]
+        clients = GaugeMetricFamily("mtproxy_client_connections", "Client connections open.",
+                                    value=self.clients_open())
+        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients]
         if loop is not None:
             for (backend, model), rate in self.window.rates(perf_counter()):  # the meter's clock
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
