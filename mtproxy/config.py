@@ -25,8 +25,10 @@ from pydantic import (
 )
 from yarl import URL
 
-RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "mlx", "trtllm", "llama-cpp-python", "openai")
-Runtime = Literal["vllm", "sglang", "llamacpp", "ollama", "mlx", "trtllm", "llama-cpp-python", "openai"]
+from .runtimes import ADAPTERS
+
+# The runtimes a backend may name: one adapter each (runtimes/__init__.py), spelled there only.
+RUNTIMES = tuple(ADAPTERS)
 MtpPolicy = Literal["prefer", "require", "ignore"]
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -93,7 +95,7 @@ class MetricsConfig(_Strict):
 
 class BackendConfig(_Strict):
     name: str = Field(min_length=1)
-    runtime: Runtime
+    runtime: str
     url: str
     models: list[str] | None = None
     mtp: bool | None = None
@@ -108,6 +110,14 @@ class BackendConfig(_Strict):
     idle_stop: float | None = Field(None, gt=0)
     env: dict[str, str] = {}  # extra environment for the launched process
     max_concurrent: int | None = Field(None, gt=0, description="requests at once on this backend")
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in ADAPTERS:
+            names = ", ".join(f"'{n}'" for n in RUNTIMES[:-1]) + f" or '{RUNTIMES[-1]}'"
+            raise ValueError(f"Input should be {names}")
+        return value
 
     @field_validator("launch", mode="before")
     @classmethod

@@ -5,7 +5,7 @@ source is cited in that directory's SOURCE.md. The main ones:
 - vllm: vllm-project/vllm vllm/entrypoints/openai/chat_completion/serving.py, protocol.py,
   vllm/entrypoints/generate/base/protocol.py (PerRequestMetrics);
 - sglang: sgl-project/sglang python/sglang/srt/entrypoints/openai/serving_chat.py, protocol.py;
-- llamacpp: real captures of llama-server b1-0c1e570 (../shared/reference/transcripts/llama-server);
+- llamacpp: real captures of llama-server b1-0c1e570 (tests/data/llamacpp, SOURCE.md);
 - ollama: ollama/ollama api/types.go, server/routes.go;
 - mlx: ml-explore/mlx-lm mlx_lm/server.py;
 - trtllm: NVIDIA/TensorRT-LLM tensorrt_llm/serve/openai_server.py, openai_protocol.py,

@@ -1,7 +1,7 @@
 """Is a model MTP-trained? Read from the files that define it, or from its family name.
 
 HF ``config.json`` keys per vLLM's SpeculativeConfig.hf_config_override and
-../shared/reference/runtimes.md §2; GGUF metadata per gguf-py (``Keys.LLM.NEXTN_PREDICT_LAYERS``
+docs/runtimes.md §2; GGUF metadata per gguf-py (``Keys.LLM.NEXTN_PREDICT_LAYERS``
 = ``<arch>.nextn_predict_layers``, tensors ``blk.N.nextn.*``; legacy Qwen3.5 GGUFs carry
 ``mtp.*`` tensors without the key). A config key is not proof the weights are there: a GGUF
 converted with ``--no-mtp`` keeps the architecture but drops the layers, which the GGUF check sees.

@@ -1,7 +1,7 @@
 """Which runtimes can run Multi-Token Prediction, since when, how it is switched on, and where
 each claim comes from.
 
-Source of record: ../shared/reference/runtimes.md §1 (gathered from each runtime's own source).
+Source of record: docs/runtimes.md §1 (gathered from each runtime's own source).
 Several popular summary tables are wrong here: llama.cpp got MTP in PR #22673 / b9180 (not
 #5742 / b9148), vLLM has had it since v0.7.3 (not v0.20), Ollama runs it since v0.30 through
 llama-server (not "partial"), MLX-LM has no native MTP (not "planned and working").

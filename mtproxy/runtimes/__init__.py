@@ -1,4 +1,9 @@
-"""Runtime adapters: one module per runtime, all behind :class:`~.base.Runtime`."""
+"""Runtime adapters: one module per runtime, all behind :class:`~.base.Runtime`.
+
+``ADAPTERS`` is the one list of runtimes: the config's ``runtime:`` names come from it, and each
+adapter points at its row of the MTP registry (``mtp_support``).
+May import: stream/, wire, upstream, errors, mtp/, embedded (the layers below).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """llama.cpp's llama-server.
 
 Source: ggml-org/llama.cpp tools/server (server.cpp, README.md); real captures of build
-b1-0c1e570 in ../shared/reference/transcripts/llama-server/.
+b1-0c1e570 in tests/data/llamacpp/ (SOURCE.md).
 - health: GET /health → 200 {"status":"ok"}, 503 while the model loads;
 - version: GET /props → "build_info": "b<N>-<hash>"; the embedded runtime (mtproxy/embedded.py,
   xllamacpp) reports "b0-unknown" there and the llama.cpp build it packages in

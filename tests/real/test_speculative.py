@@ -27,7 +27,7 @@ from .helpers import backend, client, metrics, value
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# ../shared/reference/transcripts/llama-server/request_repeat_paragraph.json: with speculation the
+# tests/data/llamacpp/request_repeat_paragraph.json: with speculation the
 # transcript shows timings.draft_n 85, draft_n_accepted 58 for its 73 output tokens.
 REPEAT = ("Repeat the following text exactly, word for word: The quick brown fox jumps over the lazy dog. "
           "The proxy forwards every request to the upstream runtime, measures the latency of each streamed "
