@@ -14,7 +14,7 @@ import orjson
 
 from .errors import InvalidRequest
 
-Kind = Literal["chat", "completions", "embeddings"]
+Kind = Literal["chat", "completions", "embeddings", "messages", "responses"]
 
 # The deepest nesting of objects and arrays a request may have: every encoder on the way out must
 # take what was accepted. orjson, the proxy's, writes at most 254 levels (and reads 1024);
@@ -33,6 +33,10 @@ class Endpoint:
 CHAT = Endpoint("chat", "/v1/chat/completions", streams=True)
 COMPLETIONS = Endpoint("completions", "/v1/completions", streams=True)
 EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", streams=False)
+# Client APIs served by translation to chat completions, or relayed to a runtime that speaks them
+# natively (Runtime.native_apis): the endpoint a request arrived at labels its metrics.
+MESSAGES = Endpoint("messages", "/v1/messages", streams=True)  # Anthropic Messages
+RESPONSES = Endpoint("responses", "/v1/responses", streams=True)  # OpenAI Responses
 
 
 @dataclass(slots=True)

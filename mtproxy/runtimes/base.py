@@ -83,6 +83,10 @@ class Runtime(Protocol):
     rediscover: ClassVar[bool]
     # The MTP registry's row for this runtime (mtp/registry.py): since when, how it is switched on.
     mtp_support: ClassVar[Support]
+    # Client APIs besides chat/completions/embeddings the runtime serves itself ("messages":
+    # Anthropic Messages, "responses": OpenAI Responses) -> the first version that serves it
+    # ("" when every version the adapter supports does, or none is recorded).
+    native_apis: ClassVar[dict[str, str]]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the

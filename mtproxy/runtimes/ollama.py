@@ -140,6 +140,7 @@ class Ollama:
     name: ClassVar[str] = "ollama"
     rediscover: ClassVar[bool] = True
     mtp_support: ClassVar[Support] = REGISTRY["ollama"]
+    native_apis: ClassVar[dict[str, str]] = {}  # (Ollama serves both since 0.13.3/0.14.0; not used yet)
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

@@ -68,6 +68,8 @@ class OpenAICompatible:
     rediscover: ClassVar[bool] = True
     # What the MTP registry (mtp/registry.py) says of this runtime: since when, how it is switched on.
     mtp_support: ClassVar[Support] = REGISTRY["openai"]
+    # Client APIs the runtime serves itself besides the OpenAI ones (Runtime.native_apis).
+    native_apis: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
