@@ -6,11 +6,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.fake_runtime import Behaviour, FakeRuntime
 from mtproxy.app import create_app
 from mtproxy.config import Config
 from mtproxy.server import start
-
-from .fakes import Behaviour, FakeRuntime
 
 
 def make_config(backends: list[dict[str, Any]], **extra: Any) -> Config:
