@@ -9,7 +9,7 @@ an OpenAI runtime (vLLM-flavoured) does, or replays a runtime's golden transcrip
 unary and SSE; its :class:`Behaviour` sets what it answers and how: tokens, pacing, faults.
 :class:`ReplayRuntime` serves a directory of golden transcripts (tests/data/<runtime>/) as that
 runtime writes them. The tests start them in their own event loop on port 0; the bench, the soak
-(bench/faulty_runtime.py builds on this one) and the tests' managed backends run the command
+(bench/soak/faulty_runtime.py builds on this one) and the tests' managed backends run the command
 above, which prints ``LISTENING <port> [<port> …]`` once it accepts connections (``--ports 8``:
 eight listening ports in one process, eight backends) and answers as each request asks
 (:attr:`Behaviour.from_body`):

@@ -1,6 +1,6 @@
-"""A fake OpenAI runtime (vLLM-flavoured) that misbehaves on purpose, for the soak (bench/soak.py).
+"""A fake OpenAI runtime (vLLM-flavoured) that misbehaves on purpose, for the soak (bench/soak/run.py).
 
-    python -m bench.faulty_runtime [--ports 3] [--seed 0] [--stall 30]
+    python -m bench.soak.faulty_runtime [--ports 3] [--seed 0] [--stall 30]
 
 Serves ``/health``, ``/version``, ``/metrics``, ``/v1/models``, ``POST /v1/chat/completions`` and
 ``POST /v1/completions`` on ``--ports`` ports, one backend each (the server and the answers of
@@ -44,8 +44,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-if __package__ in (None, ""):  # `python bench/faulty_runtime.py`
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/soak/faulty_runtime.py`
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
 from bench.common import LoopLag, run_loop
 from bench.fake_runtime import SSE_HEADERS, FakeRuntime, Kind, Shape, as_asked, reset, stream_events, unary_body
@@ -322,7 +322,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.faulty_runtime", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.soak.faulty_runtime", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0, help="first port; 0 = any free ports (printed)")
     p.add_argument("--ports", type=int, default=3, help="how many ports to listen on (backends)")
     p.add_argument("--seed", type=int, default=0)
