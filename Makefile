@@ -72,8 +72,8 @@ test: real-runtimes prometheus
 bench: $(VENV)/.installed
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# The soak (bench/README.md, not in CI): 10 minutes of mixed traffic with faults and disconnects,
-# then the leak checks; report in bench/results/. SOAK_ARGS=--minutes 1 for a short run.
+# The soak (bench/soak/, bench/README.md; not in CI): 10 minutes of mixed traffic with faults and
+# disconnects, then the leak checks; report in bench/results/. SOAK_ARGS=--minutes 1 for a short run.
 soak: $(VENV)/.installed
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 

@@ -52,12 +52,6 @@ class LoopLag:
         return max((lag for due, lag in self.late if due <= end and due + lag >= start), default=0.0)
 
 
-def loop_name() -> str:
-    import importlib.util
-
-    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-
-
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (the caller binds it soon after)."""
     with socket.socket() as s:

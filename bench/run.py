@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -41,8 +38,9 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-from bench.common import CLK_TCK, CpuClock, loop_name, rss_bytes, run_loop
+from bench.common import CpuClock, rss_bytes, run_loop
 from bench.loadgen import LoadResult, LoadSpec, client_session, request_body, run_load
+from bench.machine import OtherLoad, describe, git_commit, wait_quiet
 from bench.report import DIRECT, FLOOR, MB, PROXY, Memory, Results, Segment
 from bench.scenarios import Scenario, default_scenarios, quick_scenarios
 
@@ -66,66 +64,6 @@ def baseline_name(rev: str) -> str:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# --- the machine ---------------------------------------------------------------------------------
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=procs.ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD") or "unknown"
-        dirty = git("status", "--porcelain", "--", "mtproxy", "pyproject.toml")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + (" + uncommitted changes in mtproxy/" if dirty else "")
-
-
-def busy_ticks() -> int:
-    """CPU ticks spent busy on the whole machine (/proc/stat)."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return user + nice + system + irq + softirq + steal
-
-
-def wait_quiet(max_wait: float, cores: float = 0.3) -> float:
-    """Wait (up to ``max_wait`` s) until the machine's other load is below ``cores``; returns the
-    load last seen. Nothing of the bench runs yet, so all busy time is someone else's."""
-    start = time.monotonic()
-    told = -30.0
-    while True:
-        b0, t0 = busy_ticks(), time.monotonic()
-        time.sleep(2.0)
-        load = (busy_ticks() - b0) / CLK_TCK / (time.monotonic() - t0)
-        waited = time.monotonic() - start
-        if load < cores or waited >= max_wait:
-            return load
-        if waited - told >= 30:
-            told = waited
-            log(f"machine busy ({load:.2f} cores used by other processes); waiting up to "
-                f"{max_wait - waited:.0f} s more for it to calm down")
-
-
-def own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -262,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"other load before starting: {before:.2f} cores")
     started = time.perf_counter()
     started_at = datetime.now()
-    busy0, own0 = busy_ticks(), own_cpu()
-    load0 = os.getloadavg()
+    other = OtherLoad()
     workdir = Path(tempfile.mkdtemp(prefix="mtproxy-bench-"))
     log(f"work directory (configs, logs): {workdir}")
     services: list[procs.Service] = []
@@ -321,9 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in reversed(services):
             s.stop()
     wall = time.perf_counter() - started
-    t = os.times()  # the children's CPU is counted once they are waited for (stopped above)
-    ours = (t.user + t.system + t.children_user + t.children_system) - own0
-    foreign = max(0.0, (busy_ticks() - busy0) / CLK_TCK - ours) / wall
+    foreign = other.cores()  # the children's CPU counts once they are waited for (stopped above)
     mode = "memory" if args.memory_only else ("quick" if args.quick else "default")
     suffix = "" if mode == "default" else f"-{mode}"
     if args.only and not args.memory_only:
@@ -338,12 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- mtproxy commit: {git_commit()}"
         + (f" (and {baseline_name(args.baseline)}, {_rev(args.baseline)})" if args.baseline else "")
         + f"; runtime adapter for the fake backends: `{args.runtime}`",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores; Linux {platform.release()}",
-        f"- Python {platform.python_version()}, aiohttp {_version('aiohttp')}, uvloop {_version('uvloop')}, "
-        f"orjson {_version('orjson')} (event loop in the bench processes: {loop_name()})"
-        + (f"; litellm {_litellm_version(peer_python)}" if peer_python else ""),
+        *describe(more=f"; litellm {_litellm_version(peer_python)}" if peer_python else ""),
         f"- other load on the machine during the run: {foreign:.2f} cores on average "
-        f"(load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after)"
+        f"(load average {other.loadavg0:.2f} before, {os.getloadavg()[0]:.2f} after)"
         + (" — **too busy: these numbers are not reliable; rerun on a quiet machine "
            "(`--wait-quiet 300`)**" if foreign > 0.3 and scenarios else ""),
         "- direct: client → fake runtime; floor: client → bench/floor_proxy.py (aiohttp pass-through, "

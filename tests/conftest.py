@@ -1,22 +1,31 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from bench.fake_runtime import Behaviour, FakeRuntime
 from mtproxy.app import create_app
 from mtproxy.config import Config
 from mtproxy.server import start
-
-from .fakes import Behaviour, FakeRuntime
 
 
 def make_config(backends: list[dict[str, Any]], **extra: Any) -> Config:
     data: dict[str, Any] = {"backends": backends, "health": {"interval": 0.2, "timeout": 1}}
     data.update(extra)
     return Config.model_validate(data)
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, at most ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
 
 
 class Proxy:

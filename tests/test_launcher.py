@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from bench import fake_runtime
 from mtproxy.config import ConfigError, load_config_text
 from mtproxy.state import POOL
 
 from .conftest import make_config
 
-SERVER = str(Path(__file__).resolve().parent / "fake_server.py")
+# the fake runtime as a process of its own (stops on SIGTERM)
+FAKE = str(Path(fake_runtime.__file__).resolve())
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -28,7 +30,8 @@ def free_port() -> int:
 
 def managed(port: int, **extra) -> dict:
     return {"name": "child", "runtime": "vllm", "url": f"http://127.0.0.1:{port}", "models": ["m1"],
-            "launch": [sys.executable, SERVER, "--port", str(port)], "ready_timeout": 30, **extra}
+            "launch": [sys.executable, FAKE, "--port", str(port), "--models", "m1", "--version", "0.11.0"],
+            "ready_timeout": 30, **extra}
 
 
 def alive(pid: int) -> bool:
@@ -57,7 +60,7 @@ async def test_started_on_first_request_restarted_when_it_dies_stopped_on_exit(p
         assert "starts on the first request" in (await resp.json())["backends"][0]["detail"]
     async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
         assert resp.status == 200
-        assert (await resp.json())["choices"][0]["message"]["content"] == "Hello world"
+        assert (await resp.json())["choices"][0]["message"]["content"] == fake_runtime.words(16)
     pid = backend.process.pid
     assert pid is not None and alive(pid)
     async with http.get(proxy.url + "/mtproxy/backends") as resp:

@@ -237,9 +237,9 @@ async def test_routing_policies_with_backends_going_down_and_back(runtime_factor
 
 
 async def test_detection_order_and_runtime_reports(runtime_factory, proxy_factory, tmp_path):
-    from .replay import ReplayRuntime
+    from .transcripts import replay
 
-    ollama = await ReplayRuntime("ollama").start()  # /api/show: nextn_predict_layers 1, draft_num_predict 4
+    ollama = await replay("ollama").start()  # /api/show: nextn_predict_layers 1, draft_num_predict 4
     plain_file = write_gguf(tmp_path / "plain.gguf", "llama", nextn=None, tensors=["token_embd.weight"])
     mtp_dir = write_config(tmp_path, "ckpt", {"num_nextn_predict_layers": 1})
     a = await runtime_factory("a", models=["deepseek-v3-local"])

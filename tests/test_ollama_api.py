@@ -7,8 +7,10 @@ import json
 import ollama
 import pytest
 
+from bench.fake_runtime import ReplayRuntime
+
 from .conftest import make_config
-from .replay import ReplayRuntime
+from .transcripts import replay
 
 
 @pytest.fixture
@@ -16,7 +18,7 @@ async def ollama_client(proxy_factory, runtime_factory):
     started: list[ReplayRuntime] = []
 
     async def factory(runtime: str, **kw):
-        rt = await ReplayRuntime(runtime, **kw).start()
+        rt = await replay(runtime, **kw).start()
         started.append(rt)
         emb = await runtime_factory("emb", models=["embedder"])
         proxy = await proxy_factory(make_config([

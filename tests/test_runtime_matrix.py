@@ -8,8 +8,10 @@ import json
 import openai
 import pytest
 
+from bench.fake_runtime import ReplayRuntime
+
 from .conftest import make_config
-from .replay import RUNTIMES, ReplayRuntime, meta
+from .transcripts import RUNTIMES, meta, replay
 
 MODES = ("unary", "stream", "stream+usage")
 
@@ -26,7 +28,7 @@ async def through_proxy(proxy_factory):
     started: list[ReplayRuntime] = []
 
     async def factory(runtime: str, **kw) -> tuple[ReplayRuntime, openai.AsyncOpenAI]:
-        rt = await ReplayRuntime(runtime, **kw).start()
+        rt = await replay(runtime, **kw).start()
         started.append(rt)
         proxy = await proxy_factory(make_config([{"name": f"{runtime}-1", "runtime": runtime, "url": rt.url}]))
         return rt, openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)

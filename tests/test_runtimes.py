@@ -10,7 +10,7 @@ from mtproxy.runtimes import ADAPTERS, Report, runtime_for
 from mtproxy.stream.events import DONE
 from mtproxy.wire import CHAT, COMPLETIONS, from_payload, parse_request
 
-from .replay import DATA, RUNTIMES, ReplayRuntime, events_of, meta
+from .transcripts import DATA, RUNTIMES, meta, replay
 
 
 def decode_batches(runtime: str, name: str, kind=CHAT, read_size: int = 7, parse_all: bool = True):
@@ -134,7 +134,7 @@ async def test_probe_reads_health_version_and_models(runtime):
 
     from mtproxy.runtimes import BackendHTTP
 
-    rt = await ReplayRuntime(runtime).start()
+    rt = await replay(runtime).start()
     try:
         async with aiohttp.ClientSession() as session:
             probe = await runtime_for(runtime).probe(BackendHTTP(session, URL(rt.url), {}, 5), discover=True)

@@ -1,6 +1,8 @@
 """The stream decoder's fast paths (content template, marker scans) against parsing every event:
 same bytes to the client, same content count, same report, for streams of every shape cut into
-reads of every size."""
+reads of every size: reads shorter than ``SSEDecoder.TEMPLATE_MIN`` take the marker scans (and,
+one event each, the template learnt from them), longer ones the template's run, which the long
+runs of content chunks below reach."""
 
 from __future__ import annotations
 
@@ -40,8 +42,11 @@ def streams(draw, kind=CHAT):
         events.append(chunk(created, {"role": "assistant", "content": ""}))
     for _ in range(draw(st.integers(0, 40))):
         what = draw(st.sampled_from(["content"] * 6 + ["reasoning", "tool", "tick", "keepalive", "empty",
-                                                        "error", "null_usage"]))
-        if what == "content":
+                                                        "error", "null_usage", "run"]))
+        if what == "run":  # 120 plain content chunks, 15-20 kB: longer than TEMPLATE_MIN
+            texts = draw(st.lists(TEXT, min_size=1, max_size=4))
+            events += [chunk(created, {"content": texts[j % len(texts)]}, kind=kind) for j in range(120)]
+        elif what == "content":
             events.append(chunk(created, {"content": draw(TEXT)}, kind=kind))
         elif what == "reasoning" and kind is CHAT:
             events.append(chunk(created, {"reasoning_content": draw(TEXT)}))
@@ -70,18 +75,11 @@ def streams(draw, kind=CHAT):
     return b"\n\n".join(out) + b"\n\n"
 
 
-def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT, template_min: int = 0):
+def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT):
+    """(report, batches, bytes sent to the client, finished) of ``raw`` read in pieces cut at ``cuts``."""
     req = from_payload({"model": "m", "stream": True}, kind)
     report = Report()
     decoder = runtime_for("vllm").stream_decoder(req, report, parse_all=parse_all)
-    type(decoder).TEMPLATE_MIN, saved = template_min, type(decoder).TEMPLATE_MIN
-    try:
-        return _decode(decoder, report, raw, cuts)
-    finally:
-        type(decoder).TEMPLATE_MIN = saved
-
-
-def _decode(decoder, report, raw, cuts):
     encoder = OpenAIStream(strip_usage=True)
     batches, bounds = [], sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
     for a, b in zip(bounds, bounds[1:]):
@@ -92,10 +90,21 @@ def _decode(decoder, report, raw, cuts):
     return report, batches, sent, encoder.finished
 
 
+def reads(raw: bytes, cuts: list[int]) -> list[list[int]]:
+    """Ways to cut ``raw`` into reads: at ``cuts``; all of it in one read; one event per read (a
+    paced stream's); reads a little longer than ``TEMPLATE_MIN``, cut mid-event."""
+    events, at = [], raw.find(b"\n\n")
+    while at >= 0:
+        events.append(at + 2)
+        at = raw.find(b"\n\n", at + 2)
+    longer = SSEDecoder.TEMPLATE_MIN * 9 // 8
+    return [cuts, [], events, list(range(longer, len(raw), longer))]
+
+
 def check(raw: bytes, cuts: list[int], kind=CHAT) -> None:
-    full_report, full, full_sent, full_done = decode(raw, cuts, True, kind)
-    for template_min in (0, SSEDecoder.TEMPLATE_MIN):  # every read a template's, or only long ones
-        fast_report, fast, fast_sent, fast_done = decode(raw, cuts, False, kind, template_min)
+    for plan in reads(raw, cuts):
+        full_report, full, full_sent, full_done = decode(raw, plan, True, kind)
+        fast_report, fast, fast_sent, fast_done = decode(raw, plan, False, kind)
         assert b"".join(b.raw for b in fast) == raw
         assert fast_sent == full_sent
         assert fast_done == full_done
@@ -115,20 +124,16 @@ def test_completions_fast_paths_agree_with_parsing_everything(raw, cuts):
     check(raw, cuts, COMPLETIONS)
 
 
-def test_a_run_of_content_chunks_is_counted_by_the_template():
-    """The template is learnt from the first read and then carries whole reads."""
+def test_a_run_of_content_chunks_is_counted_without_parsing():
+    """A short read (the marker scans), then long ones (a template learnt from the first of them
+    carries them): the events pass as one plain block each, every chunk with a text counted."""
     events = [b"data: " + orjson.dumps(chunk(1, {"content": t})) + b"\n\n" for t in ["a", "", "b c", "d"] * 200]
+    pieces = [b"".join(events[:4]), b"".join(events[4:100]), b"".join(events[100:])]
+    assert len(pieces[0]) < SSEDecoder.TEMPLATE_MIN <= len(pieces[1])
     req = from_payload({"model": "m", "stream": True}, CHAT)
     decoder = runtime_for("vllm").stream_decoder(req, Report())
-    small = decoder.feed(b"".join(events[:4]))  # a short read: the marker scans
-    assert small.events is None and small.content == 3 and decoder._template is None
-    first = decoder.feed(b"".join(events[4:100]))
-    assert first.events is None and first.content == 72
-    assert decoder._template is not None
-    rest = b"".join(events[100:])
-    batch = decoder.feed(rest)
-    assert batch.events is None and batch.content == 525
-    assert decoder._template.run(rest) == (0, len(rest), 525)
+    batches = [decoder.feed(piece) for piece in pieces]
+    assert [(b.raw, b.events, b.content) for b in batches] == [(p, None, n) for p, n in zip(pieces, [3, 72, 525])]
 
 
 def test_the_template_refuses_what_it_cannot_vouch_for():
@@ -146,10 +151,10 @@ def test_the_template_refuses_what_it_cannot_vouch_for():
                           (b'content":"',)) is None
 
 
-def test_a_paced_stream_read_event_by_event_is_counted_by_the_template(monkeypatch):
-    """One event per read (a paced stream): after the first plain content chunk, the template
-    alone counts the reads it fits; a quote in a text, a new `created` and the stream's tail go to
-    the marker scans, which relearn the template."""
+def test_a_paced_stream_read_event_by_event_is_counted_right():
+    """One event per read (a paced stream): after the first plain content chunk, a template counts
+    the reads it fits; a quote in a text, a new `created` and the stream's tail it does not fit
+    (the marker scans count them, and learn the template again)."""
     events = [chunk(1, {"role": "assistant", "content": ""})]
     events += [chunk(1, {"content": t}) for t in ["a", "b", "", "c", 'q"uote', "d", "e"]]
     events += [chunk(2, {"content": t}) for t in ["f", "g", "h"]]
@@ -158,13 +163,7 @@ def test_a_paced_stream_read_event_by_event_is_counted_by_the_template(monkeypat
     raw = b"".join(lines)
     cuts = [sum(len(line) for line in lines[:i]) for i in range(1, len(lines))]
     check(raw, cuts)
-
-    scanned = []
-    scan = SSEDecoder._scan
-    monkeypatch.setattr(SSEDecoder, "_scan", lambda self, data, markers=None: scanned.append(data) or scan(self, data, markers))
-    report, batches, _, done = decode(raw, cuts, False, template_min=SSEDecoder.TEMPLATE_MIN)
+    report, batches, _, done = decode(raw, cuts, False)
     assert done and report.completion_tokens == 11
+    assert [b.raw for b in batches] == lines
     assert [b.content for b in batches] == [0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
-    # scanned: the role chunk, the first content chunk (learnt), the quote, the first chunk with
-    # created=2 (relearnt), the finish chunk, the usage chunk and [DONE]
-    assert scanned == [lines[i] for i in (0, 1, 5, 8, 11, 12, 13)]

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 import uvloop
 
+from bench.fake_runtime import Behaviour, FakeRuntime
 from mtproxy.app import create_app
 from mtproxy.metrics.meter import count_bursts
 from mtproxy.server import start
 
 from .conftest import Proxy, make_config
-from .fakes import Behaviour, FakeRuntime
 from .promtext import scrape, value
 
 TRACES = json.loads((Path(__file__).parent / "data" / "llamacpp" / "read_times.json").read_text())["traces"]

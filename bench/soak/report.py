@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from bench.common import LoopLag
 from bench.report import MB
-from bench.soak_analysis import Closes, Cuts, Upstream, quantiles
-from bench.soak_traffic import BUG, CATEGORIES, DISCONNECT, OK, PHASES, SOAK, Tally
-from bench.soak_watch import HealthProbe, ProxyMetrics, Sample, SchedWatch, Sockets
+from bench.soak.analysis import Closes, Cuts, Upstream, quantiles
+from bench.soak.traffic import BUG, CATEGORIES, DISCONNECT, OK, PHASES, SOAK, Tally
+from bench.soak.watch import HealthProbe, ProxyMetrics, Sample, SchedWatch, Sockets
 
 CLOSE_LIMIT = 0.100  # seconds: a client's disconnect closes its upstream request within this (issue 9)
 RSS_GROWTH_MAX = 0.10  # RSS at the end over RSS after the warm-up (issue 8's bound for 100,000 requests)

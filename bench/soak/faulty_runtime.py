@@ -1,11 +1,12 @@
-"""A fake OpenAI runtime (vLLM-flavoured) that misbehaves on purpose, for the soak (bench/soak.py).
+"""A fake OpenAI runtime (vLLM-flavoured) that misbehaves on purpose, for the soak (bench/soak/run.py).
 
-    python -m bench.faulty_runtime [--ports 3] [--seed 0] [--stall 30]
+    python -m bench.soak.faulty_runtime [--ports 3] [--seed 0] [--stall 30]
 
 Serves ``/health``, ``/version``, ``/metrics``, ``/v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions`` (the answers of bench/fake_runtime.py) on ``--ports`` ports, one backend
-each, and prints ``LISTENING <port> …``. It starts well-behaved; ``POST /soak/start`` switches the
-faults on, ``POST /soak/stop`` off again. While on, each completion request draws one fault:
+``POST /v1/completions`` on ``--ports`` ports, one backend each (the server and the answers of
+bench/fake_runtime.py, which it extends), and prints ``LISTENING <port> …``. It starts
+well-behaved; ``POST /soak/start`` switches the faults on, ``POST /soak/stop`` off again. While
+on, each completion request draws one fault:
 
 - ``error_503``: HTTP 503 before the first byte;
 - ``reset_before``: the connection reset (RST) before the first byte;
@@ -34,8 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
-import struct
 import sys
 import time
 from collections import Counter
@@ -45,11 +44,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-if __package__ in (None, ""):  # `python bench/faulty_runtime.py`
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # `python bench/soak/faulty_runtime.py`
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 
-from bench.common import LOCALHOST, LoopLag, run_loop
-from bench.fake_runtime import SSE_HEADERS, Kind, RuntimeInfo, Shape, stream_events, unary_body
+from bench.common import LoopLag, run_loop
+from bench.fake_runtime import SSE_HEADERS, FakeRuntime, Kind, Shape, as_asked, reset, stream_events, unary_body
 
 FAULTS = ("error_503", "reset_before", "stall_first", "stall_mid", "reset_mid")
 NONE = "none"
@@ -123,17 +122,6 @@ class Faults:
             await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.rates.flap_every)
 
 
-def _reset(request: web.Request) -> None:
-    """Close the connection with a RST (SO_LINGER 0), as a crashed runtime's kernel would."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
 def _port(request: web.Request, which: str = "sockname") -> int:
     """The local port (the backend this request came to) or the peer's port."""
     transport = request.transport
@@ -141,10 +129,13 @@ def _port(request: web.Request, which: str = "sockname") -> int:
     return int(address[1]) if address else 0
 
 
-class FaultyRuntime:
-    def __init__(self, faults: Faults, ports: list[int], model: str, stall: float) -> None:
+class FaultyRuntime(FakeRuntime):
+    """The fake runtime's server (its ports, ``/health``, ``/version``, ``/metrics``, ``/v1/models``)
+    with faults drawn per completion request, flaps, and the soak's endpoints."""
+
+    def __init__(self, faults: Faults, ports: int, model: str, stall: float) -> None:
+        super().__init__("soak", as_asked([model], "0.0.0-soak"), ports=ports)
         self.faults = faults
-        self.ports = ports  # filled in once the sites listen
         self.flapper: asyncio.Task[None] | None = None
         self.model = model
         self.stall = stall
@@ -152,15 +143,14 @@ class FaultyRuntime:
         self.live = 0  # completion handlers running now
         self.last_request: dict[int, float] = {}  # peer port -> time of its connection's last request
         self.lag = LoopLag()  # when this fake itself was late: its close times are late as much
-        self.info = RuntimeInfo(model, "0.0.0-soak")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self.flap_middleware])
-        self.info.add_routes(app)
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/soak/start", self.start)
-        app.router.add_post("/soak/stop", self.stop)
+        self.add_info_routes(app)
+        app.router.add_post("/v1/chat/completions", self.generate)
+        app.router.add_post("/v1/completions", self.generate)
+        app.router.add_post("/soak/start", self.start_faults)
+        app.router.add_post("/soak/stop", self.stop_faults)
         app.router.add_get("/soak/records", self.get_records)
         app.router.add_get("/soak/live", self.get_live)
         return app
@@ -187,13 +177,13 @@ class FaultyRuntime:
         now = time.monotonic()
         return Record(rid, _port(request), FLAP, stream, now, now, now, "fault")
 
-    async def start(self, request: web.Request) -> web.Response:
+    async def start_faults(self, request: web.Request) -> web.Response:
         self.faults.on = True
         if self.flapper is None:
             self.flapper = asyncio.create_task(self.faults.flap_loop(self.ports), name="flaps")
         return web.json_response({"faults": "on"})
 
-    async def stop(self, request: web.Request) -> web.Response:
+    async def stop_faults(self, request: web.Request) -> web.Response:
         await self.stop_flapping()
         self.faults.on = False
         self.faults.flapping.clear()
@@ -217,13 +207,8 @@ class FaultyRuntime:
         return web.Response(body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
                             content_type="application/json")
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, "chat")
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.answer(request, "completions")
-
-    async def answer(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        kind: Kind = "chat" if request.path.endswith("/chat/completions") else "completions"
         rec = Record("", _port(request), NONE, False, time.monotonic())
         self.live += 1
         try:
@@ -267,7 +252,7 @@ class FaultyRuntime:
     def _cut(self, request: web.Request, resp: web.StreamResponse, rec: Record) -> web.StreamResponse:
         rec.t_fault = rec.t_end = time.monotonic()
         rec.end = "fault"
-        _reset(request)
+        reset(request)
         return resp  # aiohttp's write to the closed transport fails quietly
 
     async def _stall(self, rec: Record) -> None:
@@ -323,28 +308,21 @@ class FaultyRuntime:
 
 async def serve(args: argparse.Namespace) -> None:
     rates = FaultRates(flap_every=args.flap_every)
-    faults = Faults(rates, random.Random(args.seed))
-    ports: list[int] = []
-    fake = FaultyRuntime(faults, ports, args.model, args.stall)
-    runner = web.AppRunner(fake.app(), access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    for i in range(args.ports):
-        site = web.TCPSite(runner, args.host, args.port + i if args.port else 0, backlog=1024)
-        await site.start()
-        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    fake = FaultyRuntime(Faults(rates, random.Random(args.seed)), args.ports, args.model, args.stall)
+    fake.port = args.port
+    await fake.start()
     watch = asyncio.create_task(fake.lag.watch(), name="loop-lag")
-    print("LISTENING", *ports, flush=True)
+    print("LISTENING", *fake.ports, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         watch.cancel()
         await fake.stop_flapping()
-        await runner.cleanup()
+        await fake.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.faulty_runtime", description=__doc__.split("\n")[0])
-    p.add_argument("--host", default=LOCALHOST)
+    p = argparse.ArgumentParser(prog="python -m bench.soak.faulty_runtime", description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, default=0, help="first port; 0 = any free ports (printed)")
     p.add_argument("--ports", type=int, default=3, help="how many ports to listen on (backends)")
     p.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ when it is planned to disconnect, over a raw connection the client closes at the
   any byte of the answer;
 - ``mid_stream``: closed after a few SSE events of the answer.
 
-Half the closes are a FIN, half a RST, sent within the close call (bench/rawhttp.py). The
+Half the closes are a FIN, half a RST, sent within the close call (bench/soak/rawhttp.py). The
 moment of each close is taken with ``time.monotonic()`` right before it, for the soak to compare
 with the fake runtime's record of when the proxy closed the upstream request.
 """
@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 
 from bench.fake_runtime import event_count
-from bench.rawhttp import Malformed, RawConnection, RawResponse
+from bench.soak.rawhttp import Malformed, RawConnection, RawResponse
 
 PHASES = ("before_routing", "first_token", "mid_stream")
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

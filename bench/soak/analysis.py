@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import percentile
-from bench.soak_traffic import PHASES, Disconnect
+from bench.soak.traffic import PHASES, Disconnect
 
 STALLS = ("stall_first", "stall_mid")
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """One request the fake runtime received (a record of bench/faulty_runtime.py)."""
+    """One request the fake runtime received (a record of bench/soak/faulty_runtime.py)."""
 
     rid: str
     port: int

@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import CLK_TCK, cpu_seconds, rss_bytes
-from bench.run import busy_ticks
+from bench.machine import busy_ticks
 
 # /proc/net/tcp states (include/net/tcp_states.h)
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
