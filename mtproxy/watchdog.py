@@ -59,6 +59,11 @@ class Watchdog:
         self._handle: asyncio.TimerHandle | None = None
         self.tick = self.MAX_TICK
 
+    @property
+    def ticking(self) -> bool:
+        """Whether the shared tick is armed (only while something is watched)."""
+        return self._handle is not None
+
     def set_shortest(self, limit: float) -> None:
         """The shortest limit any watch will have (a reloaded config's)."""
         self.tick = min(self.MAX_TICK, max(self.MIN_TICK, limit / 20))

@@ -35,9 +35,9 @@ async def test_the_tick_runs_only_while_something_is_watched():
     dog = Watchdog()
     dog.set_shortest(0.1)
     with dog.watch(60, perf_counter()):
-        assert dog._handle is not None
+        assert dog.ticking
     await asyncio.sleep(dog.tick * 3)
-    assert dog._handle is None
+    assert not dog.ticking
 
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation():
