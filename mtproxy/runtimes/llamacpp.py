@@ -47,6 +47,11 @@ def observe_timings(timings: Any, report: Report) -> None:
     if draft_n is not None:
         report.draft_tokens = draft_n
         report.accepted_tokens = as_int(timings.get("draft_n_accepted"))
+    elif predicted_n is not None:
+        # llama-server writes draft_n / draft_n_accepted only when the request drafted something
+        # (tools/server/server-common.cpp, `if (n_draft_tokens > 0)`): without them every decode
+        # step yielded one token, exactly
+        report.tokens_per_step = 1.0
 
 
 TIMINGS = Observer("timings", lambda obj, report: observe_timings(obj.get("timings"), report))
