@@ -26,8 +26,10 @@ log = logging.getLogger("mtproxy")
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                config_path: str | None = None) -> web.Application:
-    """The proxy as an aiohttp app. Metrics go to ``registry`` (a fresh one by default, so apps
-    and tests never share state through a module global); ``config_path`` is what a reload
+    """The proxy as an aiohttp app. prometheus_client's metrics go to ``registry`` (a fresh one
+    by default, so apps and tests never share state through a module global), the request
+    families to a registry of their own (metrics/lean.py), and ``/metrics`` serves both; the
+    metrics read the backend pool handed to them here. ``config_path`` is what a reload
     (SIGHUP, ``POST /mtproxy/reload``) reads again."""
     app = web.Application(middlewares=[front_door(_keys, _cors_origins, front.error_shape)],
                           client_max_size=config.server.max_body_bytes)

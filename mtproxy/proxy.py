@@ -23,9 +23,9 @@ from .formats import ClientFormat, StreamEncoder
 from . import upstream
 from .errors import ProxyError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
 from .metrics.instruments import Metrics
-from .metrics.meter import RequestMeter
+from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
 from .limits import Gate, Waiters
-from .router import Busy, Route, Router
+from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .stream.events import StreamDecoder, StreamFailure
 from .watchdog import Watchdog
@@ -89,8 +89,7 @@ class Proxy:
     async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat) -> web.StreamResponse:
         """Parse (in the client's format ``fmt``), forward and account for one request, whatever
         its outcome."""
-        meter = RequestMeter(perf_counter(), endpoint.kind)
-        backend: Backend | None = None
+        meter: RequestMeter[Backend] = RequestMeter(perf_counter(), endpoint.kind)
         gate = self.gate
         held = False
         try:
@@ -98,23 +97,20 @@ class Proxy:
             if built.load_only:  # nothing to generate: the model must exist, and is ready
                 self.router.resolve(built.model)
                 return web.Response(body=fmt.loaded(built), content_type="application/json")
-            meter.stream = built.stream
+            meter.labels = unrouted(endpoint.kind, built.stream)
             if not gate.try_acquire():
                 await gate.acquire()
             held = True
             self.in_flight += 1
-            resp = await self.forward(request, built, fmt, meter)
-            if meter.status == "200":
-                meter.status = str(resp.status)
-            return resp
+            return await self.forward(request, built, fmt, meter)
         except ProxyError as err:
-            meter.status = str(err.status)
+            meter.answered(err.status)
             raise
         except asyncio.CancelledError:
-            meter.status = "client_closed"
+            meter.outcome = CLIENT_CLOSED
             raise
         except Exception:
-            meter.status = "500"
+            meter.answered(500)
             raise
         finally:
             if held:
@@ -125,10 +121,10 @@ class Proxy:
             measured = self.metrics.finish(meter)
             backend = meter.target
             if backend is not None:
-                self.pool.record(backend, meter.model, meter.report, measured.tokens_per_step)
+                self.pool.record(backend, meter.labels.model, meter.report, measured.tokens_per_step)
 
     async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
-                      meter: RequestMeter) -> web.StreamResponse:
+                      meter: RequestMeter[Backend]) -> web.StreamResponse:
         requested = req.model
         route = self.router.resolve(requested)
         req.set_model(route.model)
@@ -144,7 +140,8 @@ class Proxy:
                     req.set_model(route.model)
                     continue
                 tried.append(backend)
-                self._label(meter, route, backend)
+                meter.route(backend, backend.name, backend.runtime.name, route.model,
+                            self.router.mtp_on(route, backend))
                 backend.outstanding += 1
                 try:
                     if backend.process is not None:
@@ -154,7 +151,7 @@ class Proxy:
                     else:
                         resp = await self._unary(request, req, fmt, backend, meter)
                     # a stream cut by a reset or a silence after its first byte is a failure too
-                    self.pool.answered(backend, 502 if meter.status == "stream_error" else resp.status)
+                    self.pool.answered(backend, 502 if meter.outcome is STREAM_ERROR else resp.status)
                     return resp
                 except _Retry as retry:
                     self.pool.answered(backend, retry.error.status)
@@ -201,15 +198,11 @@ class Proxy:
         http = BackendHTTP(self.session, backend.base_url, backend.headers, self.config.health.timeout)
         return await backend.runtime.show(http, route.model)
 
-    def _label(self, meter: RequestMeter, route: Route, backend: Backend) -> None:
-        meter.backend, meter.runtime, meter.model = backend.name, backend.runtime.name, route.model
-        meter.mtp = "on" if self.router.mtp_on(route, backend) else "off"
-        meter.target = backend
-
     @staticmethod
-    def _headers(meter: RequestMeter) -> dict[str, str]:
-        """The response headers naming the backend chosen (``_label``)."""
-        return {"x-mtproxy-backend": meter.backend, "x-mtproxy-mtp": meter.mtp}
+    def _headers(meter: RequestMeter[Backend]) -> dict[str, str]:
+        """The response headers naming the backend chosen (``meter.route``)."""
+        labels = meter.labels
+        return {"x-mtproxy-backend": labels.backend, "x-mtproxy-mtp": labels.mtp}
 
     def _failed(self, backend: Backend, exc: BaseException) -> _Retry:
         """A connection-level failure before the first byte. A backend that cannot be connected
@@ -221,14 +214,14 @@ class Proxy:
             backend.mark_down(upstream.describe(exc))
         return _Retry(err)
 
-    def _error_status(self, meter: RequestMeter, backend: Backend, status: int, data: bytes) -> Exception:
+    def _error_status(self, meter: RequestMeter[Backend], backend: Backend, status: int, data: bytes) -> Exception:
         err = backend.runtime.upstream_error(status, data)
         err.headers = self._headers(meter)
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
         return _Retry(err) if err.status in RETRY_STATUSES else err
 
     async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
-                     meter: RequestMeter) -> web.Response:
+                     meter: RequestMeter[Backend]) -> web.Response:
         prepared = backend.runtime.prepare(req)
         meter.t_sent = perf_counter()
         try:
@@ -247,16 +240,17 @@ class Proxy:
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
                            content_type=content_type)
+        meter.http_status = out.status
         meter.t_out = perf_counter()
         try:  # sent here, so the client does not wait for the metrics
             await out.prepare(request)
             await out.write_eof()
         except ConnectionResetError:
-            meter.status = "client_closed"
+            meter.outcome = CLIENT_CLOSED
         return out
 
     async def _stream(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
-                      meter: RequestMeter) -> web.StreamResponse:
+                      meter: RequestMeter[Backend]) -> web.StreamResponse:
         prepared = backend.runtime.prepare(req)
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -276,8 +270,7 @@ class Proxy:
             if not first:
                 raise self._failed(backend, ConnectionResetError("empty response"))
             meter.t_in = perf_counter()
-            meter.window_key = (meter.backend, meter.model)
-            meter.window = self.metrics.window
+            meter.count_live(self.metrics.window)
 
             decoder = backend.runtime.stream_decoder(req, meter.report, parse_all=fmt.parse_all)
             encoder = fmt.stream_encoder(req, meter.report)
@@ -287,7 +280,7 @@ class Proxy:
             try:
                 await self._relay(resp, out, first, backend, decoder, encoder, meter)
             except ConnectionResetError:
-                meter.status = "client_closed"
+                meter.outcome = CLIENT_CLOSED
                 log.info("client went away mid-stream; closing the request to %s", backend.name)
             return out
         finally:
@@ -297,7 +290,7 @@ class Proxy:
 
     async def _relay(self, resp: aiohttp.ClientResponse, out: web.StreamResponse, data: bytes,
                      backend: Backend, decoder: StreamDecoder, encoder: StreamEncoder,
-                     meter: RequestMeter) -> None:
+                     meter: RequestMeter[Backend]) -> None:
         """Copy upstream events to the client as they come. Client write errors propagate."""
         failure: str | None = None
         code = "upstream_stream_error"
@@ -340,7 +333,7 @@ class Proxy:
             failure = f"Backend {backend.name} reported an error mid-stream: {exc}"
         meter.t_end = perf_counter()
         if failure is not None:
-            meter.status = "stream_error"
+            meter.outcome = STREAM_ERROR
             log.warning("%s", failure)
             last += encoder.error(error_body(failure, "upstream_error", code=code))
         await out.write_eof(last)

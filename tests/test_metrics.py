@@ -61,8 +61,7 @@ def test_a_read_that_brings_many_chunks_after_a_long_gap_is_one_step():
 
 
 def test_meter_formulas():
-    m = RequestMeter(t0=10.0, endpoint="chat")
-    m.stream = True
+    m = RequestMeter(t0=10.0, endpoint="chat", stream=True)
     m.t_sent, m.t_in, m.t_out = 10.001, 10.2, 10.2002
     for i in range(11):  # 11 one-token chunks, 50 ms apart, the first 0.3 s after the request
         m.content(10.3 + 0.05 * i, 1)
@@ -300,11 +299,11 @@ def test_lean_instruments_export_what_prometheus_client_would():
     rnd = random.Random(7)
     requests = [[rnd.choice([0.0, *INTER_TOKEN, 9.0, rnd.uniform(0, 6)]) for _ in range(rnd.randint(1, 60))]
                 for _ in range(40)]
-    reference, ours = CollectorRegistry(), CollectorRegistry()
+    reference, ours = CollectorRegistry(), lean.LeanRegistry()
     h = Histogram("gaps_seconds", "d", ("backend",), buckets=INTER_TOKEN, registry=reference)
     c = Counter("tokens", "d", ("backend",), registry=reference)
-    lh = lean.Histogram("gaps_seconds", "d", ("backend",), INTER_TOKEN, ours)
-    lc = lean.Counter("tokens", "d", ("backend",), ours)
+    lh = ours.histogram("gaps_seconds", "d", ("backend",), INTER_TOKEN)
+    lc = ours.counter("tokens", "d", ("backend",))
     for i, values in enumerate(requests):
         name = f"b{i % 3}"
         for v in values:
@@ -317,12 +316,12 @@ def test_lean_instruments_export_what_prometheus_client_would():
             for v in values:
                 lh.labels(name).observe(v)
 
-    def samples(registry):
+    def samples(text: str):
         return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for family in text_string_to_metric_families(text)
                 for s in family.samples if not s.name.endswith("_created")}
 
-    expected, got = samples(reference), samples(ours)
+    expected, got = samples(generate_latest(reference).decode()), samples(ours.text())
     assert set(got) == set(expected)
     for key, v in expected.items():
         assert got[key] == pytest.approx(v), key
@@ -330,11 +329,50 @@ def test_lean_instruments_export_what_prometheus_client_would():
         lh.labels("a", "b")
 
 
+def test_a_series_is_exported_once_observed_and_records_its_twin():
+    """A series made but never observed has no lines (a figure never reported has no series);
+    an increment by 0 exports it; one increment records the twin (its OpenTelemetry name) too."""
+    from mtproxy.metrics import lean
+
+    ours = lean.LeanRegistry()
+    usage = lean.Histogram("usage", "d", ("model", "type"), (1, 16))
+    tokens = ours.counter("tokens", "d", ("model",), twin=lean.Twin(usage, lambda values: (*values, "input")))
+    ours.add(usage)
+    tokens.labels("never")
+    tokens.labels("zero").inc(0)
+    tokens.labels("some").inc(5)
+    s = scrape(ours.text())
+    assert value(s, "tokens_total", model="never") is None and value(s, "usage_count", model="never") is None
+    assert value(s, "tokens_total", model="zero") == 0 and value(s, "usage_count", model="zero") == 1
+    assert value(s, "tokens_total", model="some") == 5 and value(s, "usage_sum", model="some", type="input") == 5
+    assert value(s, "usage_bucket", model="some", le="1.0") == 0 and value(s, "usage_bucket", model="some", le="16.0") == 1
+
+
+def test_metrics_imports_nothing_above_it():
+    """metrics/ lies under the backends, the runtimes and the proxy (which import it): it may
+    import stream/, errors and prometheus_client, and reads the backend pool through a protocol."""
+    import ast
+    from pathlib import Path
+
+    import mtproxy
+
+    package = Path(mtproxy.__file__).parent
+    for path in sorted((package / "metrics").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > 1:  # from ..x import y
+                assert (node.module or "").split(".")[0] in {"stream", "errors"}, (path.name, node.module)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                assert node.module.split(".")[0] != "mtproxy", (path.name, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "mtproxy" for a in node.names), path.name
+
+
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
 def test_metrics_page_is_prometheus_clients_own_exposition(openmetrics):
-    """/metrics renders the request families from cached per-series prefixes
-    (metrics/export.py): line for line what prometheus_client's exposition writes for the same
-    registry, label values needing escapes, big counts and an empty family included."""
+    """/metrics renders the request families from cached per-series prefixes after
+    prometheus_client's registry (metrics/export.py): line for line what prometheus_client's
+    exposition writes for both, label values needing escapes, big counts and an empty family
+    included."""
     from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
     from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -342,6 +380,7 @@ def test_metrics_page_is_prometheus_clients_own_exposition(openmetrics):
     from mtproxy.config import Config
     from mtproxy.metrics.export import render
     from mtproxy.metrics.instruments import Metrics
+    from mtproxy.metrics.meter import Outcome
 
     config = Config.model_validate({"backends": [
         {"name": name, "runtime": "vllm", "url": f"http://127.0.0.1:{9000 + i}", "models": ['m"1', "m\\2"]}
@@ -351,19 +390,26 @@ def test_metrics_page_is_prometheus_clients_own_exposition(openmetrics):
     metrics = Metrics(registry, BackendPool(config), TokenWindow())
     rnd = random.Random(3)
     for i in range(60):
-        meter = RequestMeter(0.0, rnd.choice(["chat", "completions"]))
-        meter.stream = rnd.random() < 0.6
-        meter.backend, meter.runtime, meter.model = rnd.choice(["a", "b\nc"]), "vllm", rnd.choice(['m"1', "m\\2"])
-        meter.status = rnd.choice(["200", "502", "client_closed"])
+        meter = RequestMeter(0.0, rnd.choice(["chat", "completions"]), stream=rnd.random() < 0.6)
+        meter.route(None, rnd.choice(["a", "b\nc"]), "vllm", rnd.choice(['m"1', "m\\2"]), False)
+        outcome = rnd.choice([200, 502, Outcome.CLIENT_CLOSED])
+        if isinstance(outcome, int):
+            meter.answered(outcome)
+        else:
+            meter.outcome = outcome
         meter.t_sent, meter.t_in, meter.t_out, meter.t_end = 0.001, 0.01, 0.011, rnd.uniform(0.05, 900)
         meter.report.prompt_tokens = rnd.choice([1, 3, 2_000_000])
         meter.report.completion_tokens = rnd.randint(2, 40)
-        if meter.stream:
+        if meter.labels.stream:
             meter.times = sorted(rnd.uniform(0.02, 0.04) for _ in range(rnd.randint(1, 30)))
             meter.counts = [1] * len(meter.times)
         metrics.finish(meter)
     metrics.retry("a", "vllm")
-    reference = (generate_openmetrics if openmetrics else generate_latest)(registry).decode()
+    assert "mtproxy_request_duration_seconds" not in generate_latest(registry).decode()  # apart
+    both = CollectorRegistry()  # what prometheus_client would write with the families registered
+    both.register(registry)
+    both.register(metrics.lean)
+    reference = (generate_openmetrics if openmetrics else generate_latest)(both).decode()
     page = render(registry, metrics.lean, openmetrics).decode()
     assert "process_cpu_seconds_total" in page and "mtproxy_request_duration_seconds_bucket" in page
     assert "mtproxy_spec_decode_draft_tokens" in page  # no series yet: HELP and TYPE only

@@ -3,17 +3,17 @@
 prometheus_client's exposition formats every sample anew in pure Python: ~90 ms of CPU for the
 ~3,000 samples a few backends and models make (a 400 kB page), and a thread rendering that holds
 the GIL against the event loop in 5 ms turns (the soak saw upstream closes wait behind scrapes).
-So the request families (metrics/lean.py) render their own text from cached per-series prefixes,
-prometheus_client renders the rest (process, backend state, retries), and gzip, when the scraper
-accepts it, is done in the same thread. The collectors read plain Python values; what belongs to
-the event loop (the token window, its tasks) is snapshot on the loop first.
+So the request families (metrics/lean.py, a registry of their own) render their own text from
+cached per-series prefixes, appended to what prometheus_client renders of its registry (process,
+backend state, retries), and gzip, when the scraper accepts it, is done in the same thread. The
+collectors read plain Python values; what belongs to the event loop (the token window, its tasks)
+is snapshot on the loop first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Sequence
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,32 +21,28 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from .instruments import Metrics
-from .lean import RENDERED_APART, Family
+from .lean import LeanRegistry
 
 OPENMETRICS_EOF = b"# EOF\n"
 
 
-def render(registry: CollectorRegistry, families: Sequence[Family], openmetrics: bool) -> bytes:
-    """The whole registry in the text format (or OpenMetrics); ``families`` render themselves."""
-    token = RENDERED_APART.set(True)
-    try:
-        rest = (generate_openmetrics if openmetrics else generate_latest)(registry)
-    finally:
-        RENDERED_APART.reset(token)
-    parts = [rest.removesuffix(OPENMETRICS_EOF) if openmetrics else rest]
-    parts.extend(f.text(openmetrics).encode() for f in families)
+def render(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool) -> bytes:
+    """prometheus_client's ``registry`` then the ``lean`` families, in the text format (or
+    OpenMetrics, one ``# EOF`` at the end)."""
+    rest = (generate_openmetrics if openmetrics else generate_latest)(registry)
+    parts = [rest.removesuffix(OPENMETRICS_EOF) if openmetrics else rest, lean.text(openmetrics).encode()]
     if openmetrics:
         parts.append(OPENMETRICS_EOF)
     return b"".join(parts)
 
 
-def _page(registry: CollectorRegistry, families: Sequence[Family], openmetrics: bool, compress: bool) -> bytes:
-    body = render(registry, families, openmetrics)
+def _page(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool, compress: bool) -> bytes:
+    body = render(registry, lean, openmetrics)
     return gzip.compress(body, compresslevel=6, mtime=0) if compress else body
 
 
 def metrics_handler(metrics: Metrics):
-    registry, state, families = metrics.registry, metrics.state, metrics.lean
+    registry, state, lean = metrics.registry, metrics.state, metrics.lean
 
     async def handle(request: web.Request) -> web.Response:
         _, content_type = choose_encoder(request.headers.get("Accept"))
@@ -54,7 +50,7 @@ def metrics_handler(metrics: Metrics):
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
         state.snapshot()
         body = await asyncio.get_running_loop().run_in_executor(
-            None, _page, registry, families, openmetrics, compress)
+            None, _page, registry, lean, openmetrics, compress)
         headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"

@@ -9,18 +9,17 @@ GenAI semantic-convention names with their advised buckets (extended at the top 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as ClientCounter
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..backends import BackendPool
-from .lean import Counter, Histogram, Total
-from .meter import Measurement, RequestMeter
+from .lean import Bins, Histogram, LeanRegistry, Total, Twin
+from .meter import ANSWERED, Labels, Measurement, RequestMeter
 from .window import TokenWindow
 
 # --- buckets --------------------------------------------------------------------------------
@@ -45,23 +44,48 @@ OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_
 OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 
 
-class Metrics:
-    """The instruments, on an injected registry (a fresh one per app, and per test)."""
+def otel_labels(*extra: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """OTEL_LABELS' values (then ``extra``) from LABELS' values."""
+    def labels(values: tuple[str, ...]) -> tuple[str, ...]:
+        endpoint = values[4]
+        return (OTEL_OPERATION.get(endpoint, endpoint), values[1], values[2], *extra)  # runtime, model
+    return labels
 
-    def __init__(self, registry: CollectorRegistry, pool: BackendPool, window: TokenWindow) -> None:
+
+class Metrics:
+    """The instruments: the request families in :attr:`lean` (metrics/lean.py), the rest on an
+    injected prometheus_client registry (a fresh one per app, and per test); ``/metrics`` renders
+    both (metrics/export.py)."""
+
+    def __init__(self, registry: CollectorRegistry, pool: Pool, window: TokenWindow) -> None:
         self.window = window
         self.registry = r = registry
+        self.lean = lean = LeanRegistry()
+        # OpenTelemetry GenAI semantic conventions (metrics, status: Development), recorded by the
+        # families they twin and listed after them: operation (chat, text_completion,
+        # embeddings), provider (the runtime), requested model; token usage by type (input, output)
+        otel_ttft = Histogram("gen_ai_server_time_to_first_token_seconds", "OTel: time to first token.",
+                              OTEL_LABELS, TTFT)
+        otel_tpot = Histogram("gen_ai_server_time_per_output_token_seconds", "OTel: time per output token.",
+                              OTEL_LABELS, OTEL_TPOT)
+        otel_duration = Histogram("gen_ai_server_request_duration_seconds", "OTel: request duration.",
+                                  OTEL_LABELS, DURATION)
+        otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
+                               (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE)
 
-        def hist(name: str, doc: str, buckets, labels=LABELS) -> Histogram:
-            return Histogram(name, doc, labels, buckets, r)
+        def hist(name: str, doc: str, buckets: Sequence[float], twin: Twin | None = None):
+            return lean.histogram(name, doc, LABELS, buckets, twin)
 
-        self.duration = hist("mtproxy_request_duration_seconds", "Request received to response finished.", DURATION)
+        self.duration = hist("mtproxy_request_duration_seconds", "Request received to response finished.", DURATION,
+                             twin=Twin(otel_duration, otel_labels()))
         self.ttft = hist("mtproxy_time_to_first_token_seconds",
-                         "Request received to first content chunk relayed (streams).", TTFT)
+                         "Request received to first content chunk relayed (streams).", TTFT,
+                         twin=Twin(otel_ttft, otel_labels()))
         self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
                         INTER_TOKEN)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
-                         "(duration - TTFT) / (output tokens - 1) (streams).", TPOT)
+                         "(duration - TTFT) / (output tokens - 1) (streams).", TPOT,
+                         twin=Twin(otel_tpot, otel_labels()))
         self.decode = hist("mtproxy_decode_tokens_per_second",
                            "(output tokens - 1) / (last - first content chunk), per request (streams).",
                            TOKENS_PER_SECOND)
@@ -74,13 +98,17 @@ class Metrics:
         self.overhead = hist("mtproxy_overhead_seconds",
                              "The proxy's own added time: before sending upstream and relaying the first byte.",
                              OVERHEAD)
-        self.requests = Counter("mtproxy_requests", "Requests by outcome.", (*LABELS, "status"), r)
-        self.prompt_tokens = Counter("mtproxy_prompt_tokens", "Prompt tokens (runtime usage).", LABELS, r)
-        self.completion_tokens = Counter("mtproxy_completion_tokens", "Output tokens (runtime usage).", LABELS, r)
-        self.draft_tokens = Counter("mtproxy_spec_decode_draft_tokens",
-                                    "Speculative tokens drafted, as the runtime reports them.", LABELS, r)
-        self.accepted_tokens = Counter("mtproxy_spec_decode_accepted_tokens",
-                                       "Drafted tokens accepted, as the runtime reports them.", LABELS, r)
+        self.requests = lean.counter("mtproxy_requests", "Requests by outcome.", (*LABELS, "status"))
+        self.prompt_tokens = lean.counter("mtproxy_prompt_tokens", "Prompt tokens (runtime usage).", LABELS,
+                                          twin=Twin(otel_usage, otel_labels("input")))
+        self.completion_tokens = lean.counter("mtproxy_completion_tokens", "Output tokens (runtime usage).", LABELS,
+                                              twin=Twin(otel_usage, otel_labels("output")))
+        self.draft_tokens = lean.counter("mtproxy_spec_decode_draft_tokens",
+                                         "Speculative tokens drafted, as the runtime reports them.", LABELS)
+        self.accepted_tokens = lean.counter("mtproxy_spec_decode_accepted_tokens",
+                                            "Drafted tokens accepted, as the runtime reports them.", LABELS)
+        for otel in (otel_ttft, otel_tpot, otel_duration, otel_usage):
+            lean.add(otel)
         self.retries = ClientCounter("mtproxy_upstream_retries",
                                      "Requests moved to another backend before their first byte.",
                                      ("backend", "runtime"), registry=r)
@@ -91,20 +119,9 @@ class Metrics:
             ("reason",), registry=r)
         self._cuts = {reason: self.client_cuts.labels(reason) for reason in CUT_REASONS}  # at 0 from the start
         self.clients_open = 0  # client connections open now: kept by clients.ClientServer
-        # OpenTelemetry GenAI semantic conventions (metrics, status: Development)
-        self.otel_ttft = hist("gen_ai_server_time_to_first_token_seconds", "OTel: time to first token.",
-                              TTFT, OTEL_LABELS)
-        self.otel_tpot = hist("gen_ai_server_time_per_output_token_seconds", "OTel: time per output token.",
-                              OTEL_TPOT, OTEL_LABELS)
-        self.otel_duration = hist("gen_ai_server_request_duration_seconds", "OTel: request duration.",
-                                  DURATION, OTEL_LABELS)
-        self.otel_usage = Histogram("gen_ai_client_token_usage", "OTel: tokens used per request.",
-                                    (*OTEL_LABELS, "gen_ai_token_type"), TOKEN_USAGE, r)
         self.state = StateCollector(pool, window, lambda: self.clients_open)
         r.register(self.state)
-        # the families /metrics renders apart from prometheus_client's exposition (metrics/export.py)
-        self.lean: list[Histogram | Counter] = [v for v in vars(self).values() if isinstance(v, (Histogram, Counter))]
-        self._bound: dict[tuple[str, ...], Bound] = {}
+        self._bound: dict[Labels, Bound] = {}
 
     def retry(self, backend: str, runtime: str) -> None:
         self.retries.labels(backend, runtime).inc()
@@ -113,45 +130,41 @@ class Metrics:
         self._cuts[reason].inc()
 
     def finish(self, meter: RequestMeter) -> Measurement:
-        """Observe one finished request (called after the client got its last byte). A series
-        appears when first observed, so a figure a runtime never reports has none at all."""
-        key = (meter.backend, meter.runtime, meter.model, meter.mtp, meter.endpoint,
-               "true" if meter.stream else "false")
-        s = self._bound.get(key)
+        """Observe one finished request (called after the client got its last byte); each
+        family's OpenTelemetry twin records the same figure."""
+        labels = meter.labels
+        s = self._bound.get(labels)
         if s is None:
-            s = self._bound[key] = Bound(self, key)
+            s = self._bound[labels] = Bound(self, labels)
         m = meter.measure()
-        requests = s.requests.get(meter.status)
+        outcome = meter.outcome  # the status label: the HTTP status answered, else the outcome's name
+        status = str(meter.http_status) if outcome is ANSWERED else outcome.value
+        requests = s.requests.get(status)
         if requests is None:
-            requests = s.requests[meter.status] = self.requests.labels(*key, meter.status)
+            requests = s.requests[status] = self.requests.labels(*s.values, status)
         requests.inc()
-        if meter.backend == "none":  # never routed: nothing else to say
+        if labels.backend == "none":  # never routed: nothing else to say
             return m
         if meter.window_key is not None:
             self.window.settle(meter.window_key, meter.times, meter.counts, m.output_tokens)
         s.duration.observe(m.duration)
-        s.otel_duration.observe(m.duration)
         if m.overhead is not None:
             s.overhead.observe(m.overhead)
         report = meter.report
         if report.prompt_tokens is not None:
             s.prompt_tokens.inc(report.prompt_tokens)
-            s.otel_input.observe(report.prompt_tokens)
         if m.output_tokens is not None:
             s.completion_tokens.inc(m.output_tokens)
-            s.otel_output.observe(m.output_tokens)
         if report.draft_tokens is not None:
             s.draft_tokens.inc(report.draft_tokens)
         if report.accepted_tokens is not None:
             s.accepted_tokens.inc(report.accepted_tokens)
         if m.ttft is not None:
             s.ttft.observe(m.ttft)
-            s.otel_ttft.observe(m.ttft)
         if m.content_chunks > 1:
             s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
             s.tpot.observe(m.time_per_output_token)
-            s.otel_tpot.observe(m.time_per_output_token)
         if m.decode_rate is not None:
             s.decode.observe(m.decode_rate)
         if m.tokens_per_chunk is not None:
@@ -161,43 +174,72 @@ class Metrics:
         return m
 
 
-# Bound's series: its attribute -> (the Metrics family, label values after the label set's own
-# (True) or after its OpenTelemetry ones (False)).
-_BOUND: dict[str, tuple[str, bool, tuple[str, ...]]] = {
-    **{name: (name, True, ()) for name in (
-        "duration", "overhead", "prompt_tokens", "completion_tokens", "draft_tokens", "accepted_tokens",
-        "ttft", "itl", "tpot", "decode", "per_chunk", "per_step")},
-    "otel_duration": ("otel_duration", False, ()),
-    "otel_ttft": ("otel_ttft", False, ()),
-    "otel_tpot": ("otel_tpot", False, ()),
-    "otel_input": ("otel_usage", False, ("input",)),
-    "otel_output": ("otel_usage", False, ("output",)),
-}
-
-
 class Bound:
     """One label set's series in every request family ("pre-bound children"): a request looks
-    its label set up once instead of once per family. Each series is still created the first
-    time it is observed (``__getattr__`` runs only for a slot not set yet), so a figure a
-    runtime never reports has no series."""
+    its label set up once instead of once per family. Made with the label set's first request;
+    each series is exported once observed (metrics/lean.py)."""
 
-    __slots__ = ("_metrics", "_labels", "_otel", "requests", *_BOUND)
+    __slots__ = ("values", "requests", "duration", "overhead", "prompt_tokens", "completion_tokens", "draft_tokens",
+                 "accepted_tokens", "ttft", "itl", "tpot", "decode", "per_chunk", "per_step")
 
-    def __init__(self, metrics: Metrics, labels: tuple[str, ...]) -> None:
-        self._metrics = metrics
-        self._labels = labels
-        self._otel = (OTEL_OPERATION.get(labels[4], labels[4]), labels[1], labels[2])  # endpoint, runtime, model
+    def __init__(self, metrics: Metrics, labels: Labels) -> None:
+        self.values = v = (*labels[:5], "true" if labels.stream else "false")
         self.requests: dict[str, Total] = {}  # by status
+        self.duration: Bins = metrics.duration.labels(*v)
+        self.overhead: Bins = metrics.overhead.labels(*v)
+        self.prompt_tokens: Total = metrics.prompt_tokens.labels(*v)
+        self.completion_tokens: Total = metrics.completion_tokens.labels(*v)
+        self.draft_tokens: Total = metrics.draft_tokens.labels(*v)
+        self.accepted_tokens: Total = metrics.accepted_tokens.labels(*v)
+        self.ttft: Bins = metrics.ttft.labels(*v)
+        self.itl: Bins = metrics.itl.labels(*v)
+        self.tpot: Bins = metrics.tpot.labels(*v)
+        self.decode: Bins = metrics.decode.labels(*v)
+        self.per_chunk: Bins = metrics.per_chunk.labels(*v)
+        self.per_step: Bins = metrics.per_step.labels(*v)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            family, own, extra = _BOUND[name]
-        except KeyError:
-            raise AttributeError(name) from None
-        values = (*(self._labels if own else self._otel), *extra)
-        series = getattr(self._metrics, family).labels(*values)
-        setattr(self, name, series)
-        return series
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _MtpState(Protocol):
+    @property
+    def on(self) -> bool: ...
+
+    @property
+    def mismatch(self) -> bool: ...
+
+
+class BackendState(Protocol):
+    """What :class:`StateCollector` reads of a backend (``backends.Backend``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def runtime(self) -> _Named: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def outstanding(self) -> int: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def mtp(self) -> Mapping[str, _MtpState]: ...
+
+
+class Pool(Protocol):
+    """What :class:`StateCollector` reads of the backend pool (``backends.BackendPool``, which
+    the app factory passes in): its backends as they are at scrape time."""
+
+    @property
+    def backends(self) -> Sequence[BackendState]: ...
 
 
 class StateCollector(Collector):
@@ -209,7 +251,7 @@ class StateCollector(Collector):
     (:meth:`snapshot`), and that thread renders the snapshot. Collected on the loop's thread
     itself, it is read afresh."""
 
-    def __init__(self, pool: BackendPool, window: TokenWindow, clients_open: Callable[[], int]) -> None:
+    def __init__(self, pool: Pool, window: TokenWindow, clients_open: Callable[[], int]) -> None:
         self.pool = pool
         self.window = window
         self.clients_open = clients_open

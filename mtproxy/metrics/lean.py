@@ -1,42 +1,50 @@
-"""Histograms and counters for the request path, exported through prometheus_client.
+"""The request families: histograms and counters on plain Python numbers, in a registry of their
+own (:class:`LeanRegistry`) whose text ``/metrics`` appends to prometheus_client's exposition.
 
 prometheus_client's ``Histogram.observe`` walks the buckets in Python and takes two locks per
 value; a streamed request makes a dozen observations and a 512-token stream has 511
 inter-token gaps, which made metrics a quarter of the proxy's CPU for such a stream. Here a
-label set's series is a plain list of bucket counts (``bisect``) and a sum, a request's gaps are
-binned in one call, and prometheus_client only renders them (custom collectors, its documented
-extension point). Same exposition as its ``Histogram`` and ``Counter`` (``_bucket`` with
-``le``, ``_count``, ``_sum``; ``_total``) without the ``_created`` samples.
+label set's series is a plain list of bucket counts (``bisect``) and a sum, and a request's gaps
+are binned in one call. prometheus_client's exposition, for its part, formats every sample's
+labels anew (~90 ms of CPU for the ~3,000 samples of a few backends and models, holding the GIL
+against the event loop's thread): :meth:`Family.text` keeps each series' text up to its value and
+formats only the values. The text is prometheus_client's own for its ``Histogram`` and
+``Counter``, line for line (``_bucket`` with ``le``, ``_count``, ``_sum``; ``_total``; a test
+compares them in both formats), without the ``_created`` samples. :meth:`LeanRegistry.collect`
+gives the same families as prometheus_client's metric objects, for such comparisons; nothing
+registers them with prometheus_client, so nothing renders them twice.
+
+A series exists from its label set's first request but is exported from its first observation
+(an ``inc(0)`` included): a figure a runtime never reports has no series at all. A series may
+have a twin (:class:`Twin`): the same figure under another family's name and labels (the
+OpenTelemetry ones), recorded by the same ``observe`` or ``inc``.
 
 Updated on the event loop's thread only; ``/metrics`` renders them in a worker thread
 (metrics/export.py) without locks: the series dict is copied before iterating (one C call under
 the GIL), and a render may see a request's observation in some buckets and not yet in the sum,
 as prometheus_client's own Histogram (a lock per value, none per histogram) may too.
-
-``/metrics`` does not render these through prometheus_client's exposition, which formats every
-sample's labels anew (~90 ms of CPU for the ~3,000 samples of a few backends and models, holding
-the GIL against the event loop's thread): :meth:`Family.text` keeps each series' text up to its
-value and formats only the values. Its output is the exposition's own, line for line (a test
-compares them in both formats); prometheus_client renders everything else, and these families
-when anything else collects the registry.
 """
 
 from __future__ import annotations
 
-import contextvars
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-# Set while /metrics renders the rest of the registry with prometheus_client: these families
-# render themselves (:meth:`Family.text`), so they yield nothing to it.
-RENDERED_APART: contextvars.ContextVar[bool] = contextvars.ContextVar("lean_rendered_apart", default=False)
+
+class _Unset(float):
+    """The sum or value of a series never observed: 0.0, and no addition returns it (a float
+    plus a number is a plain float), so the first observation marks the series exported without
+    a flag to set on every observation."""
+
+
+UNSET = _Unset(0.0)
 
 
 def _escape(value: str) -> str:
@@ -66,7 +74,11 @@ class Bins:
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf only)
-        self.sum = 0.0
+        self.sum: float = UNSET
+
+    @property
+    def observed(self) -> bool:
+        return self.sum is not UNSET
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1  # le is inclusive: value <= bound
@@ -84,30 +96,91 @@ class Bins:
         self.sum += total
 
 
+class TwinBins(Bins):
+    """A histogram series whose values its twin records too."""
+
+    __slots__ = ("twin",)
+
+    def __init__(self, bounds: tuple[float, ...], twin: Bins) -> None:
+        super().__init__(bounds)
+        self.twin = twin
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.twin.observe(value)
+
+    def observe_many(self, values: Iterable[float], zeros: int = 0) -> None:
+        values = list(values)
+        super().observe_many(values, zeros)
+        self.twin.observe_many(values, zeros)
+
+
 class Total:
     """One label set of a counter."""
 
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value = 0.0
+        self.value: float = UNSET
+
+    @property
+    def observed(self) -> bool:
+        return self.value is not UNSET
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
 
 
-S = TypeVar("S", "Bins", "Total")
+class TwinTotal(Total):
+    """A counter series whose increments its twin (a histogram: one observation per increment)
+    records too."""
+
+    __slots__ = ("twin",)
+
+    def __init__(self, twin: Bins) -> None:
+        super().__init__()
+        self.twin = twin
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+        self.twin.observe(amount)
 
 
-class Family(Collector, Generic[S]):
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+@dataclass(frozen=True)
+class Twin:
+    """The histogram that records a family's figures again, under its own name and labels:
+    ``labels`` maps the family's label values to the twin's."""
+
+    family: Histogram
+    labels: Callable[[tuple[str, ...]], tuple[str, ...]]
+
+    def series(self, values: tuple[str, ...]) -> Bins:
+        return self.family.labels(*self.labels(values))
+
+
+S = TypeVar("S", Bins, Total)
+
+
+class Family(Generic[S]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], twin: Twin | None = None) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self.twin = twin
         self._series: dict[tuple[str, ...], S] = {}
         self._headers: dict[bool, str] = {}
         self._prefixes: dict[tuple[str, ...], tuple[str, ...]] = {}  # each series' lines up to the value
-        registry.register(self)
+
+    def labels(self, *values: str) -> S:
+        """The series of these label values (and its twin's), made on first use; exported once
+        observed."""
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
+            series = self._series[values] = self._new(None if self.twin is None else self.twin.series(values))
+        return series
 
     def text(self, openmetrics: bool = False) -> str:
         """The family in the text format (or OpenMetrics, without its ``# EOF``)."""
@@ -118,11 +191,30 @@ class Family(Collector, Generic[S]):
         out = [header]
         prefixes = self._prefixes
         for values, series in list(self._series.items()):
+            if not series.observed:
+                continue
             lines = prefixes.get(values)
             if lines is None:
                 lines = prefixes[values] = self._prefix_lines(list(zip(self.labelnames, values)))
             self._render(out, lines, series)
         return "".join(out)
+
+    def metric(self) -> Metric:
+        """The family as prometheus_client's metric object (its observed series)."""
+        family = self._family()
+        for values, series in list(self._series.items()):
+            if series.observed:
+                self._add(family, values, series)
+        return family
+
+    def _new(self, twin: Bins | None) -> S:
+        raise NotImplementedError
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+    def _add(self, family: Metric, values: tuple[str, ...], series: S) -> None:
+        raise NotImplementedError
 
     def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
         raise NotImplementedError
@@ -130,36 +222,27 @@ class Family(Collector, Generic[S]):
     def _render(self, out: list[str], lines: tuple[str, ...], series: S) -> None:
         raise NotImplementedError
 
-    def labels(self, *values: str) -> S:
-        series = self._series.get(values)
-        if series is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(values)}")
-            series = self._series[values] = self._new()
-        return series
-
-    def describe(self) -> Iterator[Metric]:
-        yield self._family()
-
-    def _new(self) -> S:
-        raise NotImplementedError
-
-    def _family(self) -> Metric:
-        raise NotImplementedError
-
 
 class Histogram(Family[Bins]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
-                 registry: CollectorRegistry) -> None:
+                 twin: Twin | None = None) -> None:
         self.bounds = tuple(float(b) for b in buckets)
         self._le = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
-        super().__init__(name, documentation, labelnames, registry)
+        super().__init__(name, documentation, labelnames, twin)
 
-    def _new(self) -> Bins:
-        return Bins(self.bounds)
+    def _new(self, twin: Bins | None) -> Bins:
+        return Bins(self.bounds) if twin is None else TwinBins(self.bounds, twin)
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, values: tuple[str, ...], series: Bins) -> None:
+        cumulative, buckets = 0, []
+        for le, n in zip(self._le, series.counts):
+            cumulative += n
+            buckets.append((le, float(cumulative)))
+        assert isinstance(family, HistogramMetricFamily)
+        family.add_metric(values, buckets, series.sum)
 
     def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
         buckets = tuple(f"{self.name}_bucket{_braces([*labels, ('le', le)])} " for le in self._le)
@@ -174,25 +257,17 @@ class Histogram(Family[Bins]):
         out.append(f"{lines[-2]}{floatToGoString(cumulative)}\n")
         out.append(f"{lines[-1]}{floatToGoString(series.sum)}\n")
 
-    def collect(self) -> Iterator[Metric]:
-        if RENDERED_APART.get():
-            return
-        family = self._family()
-        for labels, series in list(self._series.items()):
-            cumulative, buckets = 0, []
-            for le, n in zip(self._le, series.counts):
-                cumulative += n
-                buckets.append((le, float(cumulative)))
-            family.add_metric(labels, buckets, series.sum)
-        yield family
-
 
 class Counter(Family[Total]):
-    def _new(self) -> Total:
-        return Total()
+    def _new(self, twin: Bins | None) -> Total:
+        return Total() if twin is None else TwinTotal(twin)
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def _add(self, family: Metric, values: tuple[str, ...], series: Total) -> None:
+        assert isinstance(family, CounterMetricFamily)
+        family.add_metric(values, series.value)
 
     def _prefix_lines(self, labels: list[tuple[str, str]]) -> tuple[str, ...]:
         return (f"{self.name}_total{_braces(labels)} ",)
@@ -200,10 +275,42 @@ class Counter(Family[Total]):
     def _render(self, out: list[str], lines: tuple[str, ...], series: Total) -> None:
         out.append(f"{lines[0]}{floatToGoString(series.value)}\n")
 
+
+F = TypeVar("F", Histogram, Counter)
+
+
+class LeanRegistry:
+    """The request families, in the order they render. Not a prometheus_client registry:
+    ``/metrics`` appends :meth:`text` to that registry's exposition (metrics/export.py)."""
+
+    def __init__(self) -> None:
+        self.families: list[Family] = []
+
+    def histogram(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                  twin: Twin | None = None) -> Histogram:
+        return self.add(Histogram(name, documentation, labelnames, buckets, twin))
+
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str], twin: Twin | None = None) -> Counter:
+        return self.add(Counter(name, documentation, labelnames, twin))
+
+    def add(self, family: F) -> F:
+        if any(f.name == family.name for f in self.families):
+            raise ValueError(f"duplicate metric family: {family.name}")
+        self.families.append(family)
+        return family
+
+    def text(self, openmetrics: bool = False) -> str:
+        """Every family in the text format (or OpenMetrics, without its ``# EOF``)."""
+        return "".join(f.text(openmetrics) for f in self.families)
+
     def collect(self) -> Iterator[Metric]:
-        if RENDERED_APART.get():
-            return
-        family = self._family()
-        for labels, series in list(self._series.items()):
-            family.add_metric(labels, series.value)
-        yield family
+        """The families as prometheus_client's metric objects: what its exposition of them would
+        write (the ``_created`` samples aside), for a comparison."""
+        for family in self.families:
+            yield family.metric()
+
+    def describe(self) -> Iterator[Metric]:
+        """Their names, for a prometheus_client registry that checks for clashes."""
+        for family in self.families:
+            yield family._family()
+

@@ -1,30 +1,36 @@
 """One request's measurement, taken from a copy of what the proxy relays (never altering it).
 
-Definitions (../shared/reference/metrics-conventions.md):
+Definitions (the ones proxies in front of LLM runtimes have shipped wrong):
 - TTFT: from the moment the proxy received the request to the first content chunk relayed;
 - inter-token latency: the gaps between content chunks;
-- time per output token: (duration − TTFT) / (output tokens − 1);
-- decode rate: (output tokens − 1) / (t_last − t_first);
+- time per output token: (duration − TTFT) / (output tokens − 1), not duration / output tokens;
+- decode rate: (output tokens − 1) / (t_last − t_first), from the first token, not the request;
 - tokens per chunk: output tokens / content chunks;
-- tokens per step: output tokens / decode steps. Where the runtime reports accepted drafts
-  (llama.cpp ``timings.draft_n_accepted``, vLLM's per-request ``speculative_decoding``), the steps
-  are exact: each step yields one token of the target model plus the drafts it accepted, so
-  steps = output tokens − accepted drafts. Where it reports its own tokens per iteration
-  (TensorRT-LLM, vLLM without counts), that figure. Otherwise the steps are the bursts of content
-  chunks in a stream (llama-server sends accepted drafts as one-token chunks back to back; see
-  ../shared/reference/runtimes.md §3), timed where each upstream read returns;
+- tokens per step: output tokens / decode steps, about 1 without speculative decoding and above 1
+  with MTP. Where the runtime reports accepted drafts (llama.cpp ``timings.draft_n_accepted``,
+  vLLM's per-request ``speculative_decoding``), the steps are exact: each step yields one token of
+  the target model plus the drafts it accepted, so steps = output tokens − accepted drafts. Where
+  it reports its own tokens per iteration (TensorRT-LLM, vLLM without counts), that figure.
+  Otherwise the steps are the bursts of content chunks in a stream (llama-server sends the
+  accepted drafts of a step as one-token chunks back to back, so tokens per chunk alone would miss
+  them), timed where each upstream read returns;
 - overhead: the proxy's own time: request received → sent upstream, plus first upstream byte in →
   first byte out.
-Output tokens come from the runtime's usage; a figure that needs them stays None without it.
+Output tokens come from the runtime's usage, never from counting chunks (a runtime that
+speculates sends several tokens per chunk); a figure that needs them stays None without it:
+unknown is unknown.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from enum import Enum
+from typing import Generic, NamedTuple, TypeVar
 
 from ..stream.events import Report
+from .window import TokenWindow
 
 # A decode step's chunks reach the proxy microseconds apart (llama-server writes the tokens of a
 # step one by one, back to back), the steps milliseconds apart. Measured on llama-server (CPU,
@@ -108,18 +114,64 @@ def reported_steps(report: Report, tokens: int) -> float | None:
     return None
 
 
-class RequestMeter:
-    """Timestamps of one request and its labels.
+class Labels(NamedTuple):
+    """A request's label values, in the order of ``instruments.LABELS``; the key of its series.
+    Frozen: choosing a backend (again on a retry) replaces them as a whole."""
+
+    backend: str
+    runtime: str
+    model: str
+    mtp: str  # "on" / "off"
+    endpoint: str
+    stream: bool
+
+
+@cache
+def unrouted(endpoint: str, stream: bool) -> Labels:
+    """The labels of a request before a backend is chosen for it (and if none ever is)."""
+    return Labels("none", "none", "none", "off", endpoint, stream)
+
+
+_make_labels = tuple.__new__  # Labels from a tuple of six, without NamedTuple's argument handling
+
+
+class Outcome(Enum):
+    """How a request ended: the ``status`` label is the HTTP status answered (an error's
+    included) or, for the others, their value (metrics/instruments.py ``Metrics.finish``)."""
+
+    ANSWERED = "answered"  # with RequestMeter.http_status
+    STREAM_ERROR = "stream_error"  # the upstream stream failed after its first byte
+    CLIENT_CLOSED = "client_closed"  # the client left before its last byte
+
+
+# The members by name, as ``re`` exports its flags: Python 3.11 reads a member off the class
+# through Enum's metaclass' ``__getattr__`` hook (~1k instructions), too much on the request path.
+ANSWERED, STREAM_ERROR, CLIENT_CLOSED = Outcome.ANSWERED, Outcome.STREAM_ERROR, Outcome.CLIENT_CLOSED
+
+
+T = TypeVar("T")
+
+
+class RequestMeter(Generic[T]):
+    """One request: its labels, its timings, the runtime's report and its outcome. ``T``: what
+    the proxy chose to serve it (its ``Backend``), kept for the proxy.
 
     Every timestamp is ``time.perf_counter()`` (seconds), taken where the event happens: the
     event loop's clock is the time its iteration started, at 1 ms resolution under uvloop, too
     coarse for a step's chunks (microseconds apart) and short steps (a few ms)."""
 
-    __slots__ = ("t0", "t_sent", "t_in", "t_out", "t_end", "times", "counts", "report", "status", "endpoint",
-                 "stream", "backend", "runtime", "model", "mtp", "window_key", "window", "target")
+    __slots__ = ("labels", "target", "outcome", "http_status", "report",
+                 "t0", "t_sent", "t_in", "t_out", "t_end", "times", "counts", "window", "window_key")
 
-    def __init__(self, t0: float, endpoint: str) -> None:
-        self.t0 = t0
+    def __init__(self, t0: float, endpoint: str, stream: bool = False) -> None:
+        self.labels = unrouted(endpoint, stream)
+        self.target: T | None = None  # chosen last
+        # ANSWERED with 200 unless said otherwise (the relay fails, the client leaves, an error)
+        self.outcome = ANSWERED
+        self.http_status = 200
+        self.report = Report()
+        # timings
+        self.t0 = t0  # request received
         self.t_sent: float | None = None  # request sent upstream (last attempt)
         self.t_in: float | None = None  # first upstream byte received
         self.t_out: float | None = None  # first byte written to the client
@@ -128,15 +180,25 @@ class RequestMeter:
         # (a runtime that sends all at once fills one read with hundreds of chunks)
         self.times: list[float] = []
         self.counts: list[int] = []
-        self.report = Report()
-        self.status = "200"
-        self.endpoint = endpoint
-        self.stream = False
-        self.backend = self.runtime = self.model = "none"
-        self.mtp = "off"
+        # the live token window, from the stream's first byte (:meth:`count_live`)
+        self.window: TokenWindow | None = None
         self.window_key: tuple[str, str] | None = None
-        self.window: Any = None
-        self.target: Any = None  # the Backend chosen last
+
+    def route(self, target: T, backend: str, runtime: str, model: str, mtp: bool) -> None:
+        """``target`` (the backend named ``backend``) serves the request from now on."""
+        labels = self.labels
+        self.labels = _make_labels(Labels, (backend, runtime, model, "on" if mtp else "off", labels[4], labels[5]))
+        self.target = target
+
+    def answered(self, status: int) -> None:
+        """The client got (or gets) an answer with HTTP ``status``, whatever happened before."""
+        self.outcome = ANSWERED
+        self.http_status = status
+
+    def count_live(self, window: TokenWindow) -> None:
+        """Count the content into ``window`` as it comes, under (backend, model)."""
+        self.window = window
+        self.window_key = (self.labels.backend, self.labels.model)
 
     def content(self, t: float, n: int) -> None:
         times = self.times
@@ -160,7 +222,7 @@ class RequestMeter:
             if m.steps is not None:
                 m.tokens_per_step = n / m.steps
         times = self.times
-        if not self.stream or not times:
+        if not self.labels.stream or not times:
             return m
         m.ttft = times[0] - self.t0
         m.gaps = [b - a for a, b in zip(times, times[1:])]
