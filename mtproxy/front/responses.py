@@ -71,7 +71,8 @@ class Turn:
         """The finished response, to be stored (``store`` true) with its conversation."""
         if not self.create.store or response.get("status") not in ("completed", "incomplete"):
             return
-        output = [item for item in response.get("output") or () if isinstance(item, dict)]
+        output = response.get("output")
+        output = [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
         self.record = orjson.dumps({"response": response, "input": self.create.items,
                                     "history": [*self.history, *self.create.items, *output]})
 
@@ -318,15 +319,16 @@ def complete_response(turn: Turn, response: Any, status: str) -> dict[str, Any]:
     """A runtime's Response object (whole or partial) over the proxy's: every field the schema
     requires present, the runtime's values kept (its id, model, output, usage)."""
     runtime = response if isinstance(response, dict) else {}
-    if isinstance(runtime.get("id"), str) and runtime["id"]:
+    if isinstance(runtime.get("id"), str) and 0 < len(runtime["id"]) <= MAX_ID:
         turn.rid = runtime["id"]
     if isinstance(runtime.get("created_at"), int) and status == "in_progress":
         turn.created_at = runtime["created_at"]
     out = turn.response(status=status, output=[])
     for key, value in runtime.items():
-        if value is not None and (key not in ("output", "usage") or status != "in_progress"):
+        if value is not None and key != "id" and (key not in ("output", "usage") or status != "in_progress"):
             out[key] = value
-    out["output"] = [_complete_item(item) for item in out.get("output") or ()]
+    output = out.get("output")
+    out["output"] = [_complete_item(item) for item in output] if isinstance(output, list) else []
     if out.get("usage") is not None:
         out["usage"] = rw.complete_usage(out["usage"])
     return out

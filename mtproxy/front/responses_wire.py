@@ -445,7 +445,8 @@ def output_from_chat(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, d
         output.append({"id": new_id("msg"), "type": "message", "status": item_status, "role": "assistant",
                        "content": [{"type": "refusal", "refusal": refusal}]})
     seen: set[str] = set()
-    for call in message.get("tool_calls") or ():
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
         if not isinstance(call, dict):
             continue
         fn = call.get("function") if isinstance(call.get("function"), dict) else {}
