@@ -303,7 +303,8 @@ _LIFECYCLE = frozenset({"response.created", "response.in_progress", "response.qu
 def _complete_item(item: Any) -> Any:
     if not isinstance(item, dict):
         return item
-    out = {**_ITEM_DEFAULTS.get(item.get("type"), {}), **item}
+    kind = item.get("type")
+    out = {**(_ITEM_DEFAULTS.get(kind, {}) if isinstance(kind, str) else {}), **item}
     if out.get("type") == "message" and isinstance(out.get("content"), list):
         out["content"] = [_complete_part(p) for p in out["content"]]
     return out

@@ -140,7 +140,7 @@ def _item(raw: Any, i: int) -> dict[str, Any]:
     kind = raw.get("type", "message" if "role" in raw else None)
     if kind == "message":
         role = raw.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad("`role` must be one of 'user', 'assistant', 'system' or 'developer'.", f"{param}.role")
         content = raw.get("content")
         if role == "user":

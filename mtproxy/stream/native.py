@@ -88,7 +88,8 @@ class NativeDecoder:
                 continue
             obj = parse_event(part)
             if obj.__class__ is dict:
-                if obj.get("type") in kinds:
+                kind_of = obj.get("type")
+                if kind_of.__class__ is str and kind_of in kinds:
                     content += 1
                 elif "response" in obj or "usage" in obj or "timings" in obj:
                     observe_native(kind, obj, report, observe)
