@@ -363,7 +363,7 @@ class NativeResponsesStream:
         type_ = obj["type"]
         event: dict[str, Any] = {"type": type_, "sequence_number": self.seq}
         self.seq += 1
-        event.update((k, v) for k, v in obj.items() if k not in ("type", "sequence_number", "timings"))
+        event.update((k, v) for k, v in obj.items() if k != "type" and k != "sequence_number")
         if type_ in _LIFECYCLE:
             status = {"response.completed": "completed", "response.incomplete": "incomplete",
                       "response.failed": "failed"}.get(type_, "in_progress")
