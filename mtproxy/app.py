@@ -43,6 +43,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_health_checks)
+    app.cleanup_ctx.append(front.responses.store_context)  # /v1/responses' store
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
     app.router.add_get("/metrics", metrics_handler(app[METRICS]))

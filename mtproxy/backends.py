@@ -18,6 +18,7 @@ from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
+from .runtimes.base import native_support
 
 log = logging.getLogger("mtproxy.backends")
 
@@ -41,6 +42,10 @@ class Backend:
         self.detail = "not probed yet"
         self.models: tuple[str, ...] = tuple(config.models or ())
         self.version: str | None = None
+        # the client APIs besides OpenAI's it serves itself (Runtime.native_apis), and the
+        # version that was found for (asked again when it changes or the backend comes back)
+        self.native: frozenset[str] = frozenset()
+        self.native_for: str | None | bool = False
         self.outstanding = 0
         # MTP, per served model
         self.reported: dict[str, Trained] = {}  # the runtime's word on "MTP-trained"
@@ -282,6 +287,9 @@ class BackendPool:
                     if reported is not None:
                         backend.reported[model] = reported
                     backend.evidence[model] = evidence
+            if backend.up and backend.runtime.native_apis and (changed or backend.native_for != backend.version):
+                backend.native = await native_support(backend.runtime, http, backend.version)
+                backend.native_for = backend.version
         except Exception as exc:  # an adapter bug must not stop the probe loop
             log.exception("probe of backend %s failed", backend.name)
             self._apply(backend, Probe(False, f"probe failed: {type(exc).__name__}"))

@@ -93,6 +93,26 @@ class MetricsConfig(_Strict):
     window_seconds: float = Field(5.0, gt=0, description="span of mtproxy_window_tokens_per_second")
 
 
+class ResponsesConfig(_Strict):
+    """The store behind /v1/responses' previous_response_id, GET, DELETE and input_items."""
+
+    store: str = Field("memory", description="'memory' (this process only; a restart loses it) or a "
+                       "redis:// / rediss:// / unix:// URL shared by every replica (Redis or Valkey)")
+    max_items: int = Field(10000, gt=0, description="responses kept; the oldest go first")
+    max_age_seconds: float = Field(86400.0, gt=0, description="a response older than this is gone")
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value == "memory":
+            return value
+        url = URL(value)
+        if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.host):
+            # not echoed: the URL may hold a password
+            raise ValueError("must be 'memory' or a redis://[user:password@]host[:port][/db] URL")
+        return value
+
+
 class BackendConfig(_Strict):
     name: str = Field(min_length=1)
     runtime: str
@@ -176,6 +196,7 @@ class Config(_Strict):
     backends: list[BackendConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()
+    responses: ResponsesConfig = ResponsesConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -25,6 +25,11 @@ class StreamEncoder(Protocol):
         """The client-format error that ends a stream after its first byte."""
         ...
 
+    async def settle(self) -> None:
+        """Work that must be done before the client gets the stream's last bytes (a response
+        stored, so that the client's next request finds it)."""
+        ...
+
 
 class ErrorShape(Protocol):
     def error_body(self, err: ProxyError) -> tuple[bytes, str]:
@@ -43,6 +48,10 @@ class ClientFormat(ErrorShape, Protocol):
 
     def body(self, req: ApiRequest, body: bytes, report: Report) -> tuple[bytes, str]:
         """A non-streaming OpenAI body as the client's body and content type."""
+        ...
+
+    async def settle(self, req: ApiRequest) -> None:
+        """As :meth:`StreamEncoder.settle`, for a non-streaming answer made by :meth:`body`."""
         ...
 
     def loaded(self, req: ApiRequest) -> bytes:

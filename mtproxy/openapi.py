@@ -44,12 +44,32 @@ OLLAMA_GENERATE = {"type": "object", "required": ["model"], "additionalPropertie
     "model": {"type": "string", "minLength": 1}, "prompt": {"type": "string"}, "system": {"type": "string"},
     "raw": {"type": "boolean"}, "stream": {"type": "boolean"}, "options": {"type": "object"}}}
 
+_ITEM = {"type": "object", "additionalProperties": True, "properties": {
+    "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
+    "role": {"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+    "content": {"type": ["string", "array"]}, "call_id": {"type": "string"}, "name": {"type": "string"},
+    "arguments": {"type": "string"}, "output": {"type": ["string", "array"]}}}
+RESPONSES = {"type": "object", "required": ["model", "input"], "additionalProperties": True, "properties": {
+    "model": _COMMON["model"], "input": {"type": ["string", "array"], "items": _ITEM},
+    "instructions": {"type": "string"}, "stream": {"type": "boolean"}, "store": {"type": "boolean"},
+    "previous_response_id": {"type": "string"}, "max_output_tokens": {"type": "integer"},
+    "temperature": {"type": "number"}, "top_p": {"type": "number"}, "parallel_tool_calls": {"type": "boolean"},
+    "tools": {"type": "array", "items": {"type": "object", "properties": {
+        "type": {"type": "string", "enum": ["function"]}, "name": {"type": "string"},
+        "parameters": {"type": "object"}, "strict": {"type": "boolean"}}}},
+    "tool_choice": {"type": ["string", "object"]},
+    "text": {"type": "object", "properties": {"format": {"type": "object", "properties": {
+        "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}}}}},
+    "reasoning": {"type": "object", "properties": {"effort": {"type": ["string", "null"]}}},
+    "metadata": {"type": "object"}}}
+
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
     "/v1/completions": COMPLETION,
     "/v1/embeddings": EMBEDDING,
     "/api/chat": OLLAMA_CHAT,
     "/api/generate": OLLAMA_GENERATE,
+    "/v1/responses": RESPONSES,
 }
 
 
@@ -74,6 +94,12 @@ def spec() -> dict[str, Any]:
             "/v1/chat/completions": _post(CHAT, "Chat completion, routed by model (SSE when stream)"),
             "/v1/completions": _post(COMPLETION, "Text completion, routed by model"),
             "/v1/embeddings": _post(EMBEDDING, "Embeddings, routed by model"),
+            "/v1/responses": _post(RESPONSES, "OpenAI Responses: translated to chat completions, or relayed to "
+                                               "a runtime serving it (typed SSE events when stream)"),
+            "/v1/responses/{id}": {**_get("A stored response (404 when unknown, evicted or deleted)"),
+                                   "delete": {"summary": "Delete a stored response",
+                                              "responses": {"200": {"description": "deleted"}}}},
+            "/v1/responses/{id}/input_items": _get("A stored response's input items (after, limit, order)"),
             "/v1/models": _get("Every served model and alias"),
             "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [
                 {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],

@@ -146,10 +146,13 @@ class Proxy:
                 try:
                     if backend.process is not None:
                         await self._launched(backend)
+                    # the client's own API where this backend serves it and the format offers it
+                    native = req.native
+                    attempt = native if native is not None and native.endpoint.kind in backend.native else req
                     if req.stream:
-                        resp = await self._stream(request, req, fmt, backend, meter)
+                        resp = await self._stream(request, attempt, fmt, backend, meter)
                     else:
-                        resp = await self._unary(request, req, fmt, backend, meter)
+                        resp = await self._unary(request, attempt, fmt, backend, meter)
                     # a stream cut by a reset or a silence after its first byte is a failure too
                     self.pool.answered(backend, 502 if meter.outcome is STREAM_ERROR else resp.status)
                     return resp
@@ -238,6 +241,7 @@ class Proxy:
             raise self._error_status(meter, backend, resp.status, data)
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
+        await fmt.settle(req)
         out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
                            content_type=content_type)
         meter.http_status = out.status
@@ -336,5 +340,6 @@ class Proxy:
             meter.outcome = STREAM_ERROR
             log.warning("%s", failure)
             last += encoder.error(error_body(failure, "upstream_error", code=code))
+        await encoder.settle()
         await out.write_eof(last)
 

@@ -48,11 +48,18 @@ class ApiRequest:
     stream: bool
     client_usage: bool  # the client asked for a usage chunk in the stream
     load_only: bool = False  # asks only that the model be ready (Ollama's request without input)
+    # The same request in the client's own API (endpoint MESSAGES or RESPONSES), offered by a
+    # client format when relaying it to a runtime that serves that API itself loses nothing; the
+    # proxy sends it instead of this one to a backend that does (Backend.native).
+    native: ApiRequest | None = None
+    context: Any = None  # the client format's own state for the answer, carried along untouched
 
     def set_model(self, model: str) -> None:
         if self.payload["model"] != model:
             self.payload["model"] = model
             self.raw = None
+        if self.native is not None:
+            self.native.set_model(model)
 
     def body(self) -> bytes:
         if self.raw is None:

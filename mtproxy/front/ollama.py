@@ -106,6 +106,9 @@ class OllamaStream:
     def error(self, body: dict[str, Any]) -> bytes:
         return orjson.dumps({"error": body["error"]["message"]}) + b"\n"
 
+    async def settle(self) -> None:
+        pass
+
 
 def _json_or_empty(text: str) -> Any:
     try:
@@ -133,6 +136,9 @@ class OllamaFormat:
             return load_request(body["model"], endpoint)
         payload, is_chat = wire.openai_from_generate(body)
         return from_payload(_with_usage(payload), CHAT if is_chat else COMPLETIONS)
+
+    async def settle(self, req: ApiRequest) -> None:
+        pass
 
     def loaded(self, req: ApiRequest) -> bytes:
         """Ollama answers a request with no input by loading the model; here it is always ready."""
@@ -217,6 +223,9 @@ class OllamaEmbedFormat:
         if body.get("dimensions"):
             payload["dimensions"] = body["dimensions"]
         return from_payload(payload, EMBEDDINGS)
+
+    async def settle(self, req: ApiRequest) -> None:
+        pass
 
     def loaded(self, req: ApiRequest) -> bytes:  # pragma: no cover (parse never asks for it)
         raise InvalidRequest("embeddings need input")

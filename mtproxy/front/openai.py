@@ -58,6 +58,9 @@ class OpenAIStream:
     def error(self, body: dict[str, Any]) -> bytes:
         return error_event(body)
 
+    async def settle(self) -> None:
+        pass
+
 
 class OpenAIFormat:
     """The OpenAI API: the runtime's own bytes relayed, the request validated by wire.py."""
@@ -77,6 +80,9 @@ class OpenAIFormat:
     @staticmethod
     def error_body(err: ProxyError) -> tuple[bytes, str]:
         return err.json(), JSON
+
+    async def settle(self, req: ApiRequest) -> None:
+        pass
 
     def loaded(self, req: ApiRequest) -> bytes:  # pragma: no cover (parse never asks for it)
         raise InvalidRequest("Nothing to generate.")

@@ -17,10 +17,10 @@ from yarl import URL
 from .. import upstream
 from ..errors import UpstreamError
 from ..mtp.detect import Trained
-from ..mtp.registry import Support
+from ..mtp.registry import Support, version_key
 from ..mtp.state import Evidence
 from ..stream.events import Report, StreamDecoder
-from ..wire import ApiRequest
+from ..wire import MESSAGES, RESPONSES, ApiRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,31 @@ class Runtime(Protocol):
 
 
 PROBE_ERRORS = upstream.ERRORS  # what a probe's request can raise (upstream.py)
+
+NATIVE_PATHS = {"messages": MESSAGES.path, "responses": RESPONSES.path}
+# What a runtime answers a route it does not serve with.
+_NOT_SERVED = frozenset({404, 405, 501})
+
+
+async def native_support(runtime: Runtime, http: BackendHTTP, version: str | None) -> frozenset[str]:
+    """The client APIs of ``runtime.native_apis`` this backend serves itself. A version with a
+    release number decides against the adapter's "since"; otherwise (no release number, e.g. a
+    llama.cpp source build's ``b1-<commit>``, or no "since" recorded) the route itself answers:
+    an empty request to it is refused as invalid (400/422) where the route exists, 404 where not."""
+    served = set()
+    for kind, since in runtime.native_apis.items():
+        have, need = version_key(version or ""), version_key(since) if since else None
+        if have is not None and need is not None and have[0] == need[0]:
+            if have[1] >= need[1]:
+                served.add(kind)
+            continue
+        try:
+            status, _ = await http.request("POST", NATIVE_PATHS[kind], json={})
+        except PROBE_ERRORS:
+            continue
+        if status not in _NOT_SERVED:
+            served.add(kind)
+    return frozenset(served)
 
 
 def as_int(value: Any) -> int | None:

@@ -62,6 +62,9 @@ class LlamaCpp(OpenAICompatible):
     observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
+    # /v1/responses (tools/server/server.cpp, converted to chat there; first build not recorded:
+    # the route itself is asked, runtimes/base.py native_support)
+    native_apis = {"responses": ""}
 
     def version_from(self, data: Any) -> str | None:
         if not isinstance(data, dict):

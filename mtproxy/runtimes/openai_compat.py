@@ -15,7 +15,8 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp import detect
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..stream.events import Report
+from ..stream.events import Report, StreamDecoder
+from ..stream.native import NativeDecoder, observe_native
 from ..stream.tap import Observer, SSEDecoder, attention_markers, observe_all
 from ..wire import ApiRequest
 from ..upstream import describe
@@ -115,6 +116,8 @@ class OpenAICompatible:
         return None, NO_EVIDENCE
 
     def prepare(self, req: ApiRequest) -> Upstream:
+        if req.endpoint.kind in self.native_apis:  # relayed in the client's API: its usage is always there
+            return Upstream(req.endpoint.path, req.body())
         payload = req.payload
         options = None
         if req.stream and not req.client_usage:  # always ask for usage: token counts are exact
@@ -133,7 +136,9 @@ class OpenAICompatible:
             return payload.keys() - self.accepted_fields[req.endpoint.kind]
         return payload.keys() & self.extension_fields
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> SSEDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+        if req.endpoint.kind in self.native_apis:
+            return NativeDecoder(req.endpoint.kind, observe_all(self.observers), report)
         return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -142,7 +147,10 @@ class OpenAICompatible:
         except orjson.JSONDecodeError:
             return body
         if isinstance(obj, dict):
-            self.observe(obj, report)
+            if req.endpoint.kind in self.native_apis:
+                observe_native(req.endpoint.kind, obj, report, self.observe)
+            else:
+                self.observe(obj, report)
         return body
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
