@@ -3,7 +3,8 @@
 :class:`MessagesRuntime` is the fake OpenAI runtime of fakes.py plus, as configured:
 - ``native``: it serves ``/v1/messages`` itself, answering with recorded llama-server bytes (or
   any SSE given), and ``/v1/messages/count_tokens``;
-- ``tokenize``: vLLM's ``/tokenize`` (chat messages in, ``count`` out);
+- ``tokenize``: vLLM's ``/tokenize`` (chat messages in, ``count`` out), llama-server's
+  ``/apply-template`` and ``/tokenize`` (text in, ``tokens`` out);
 - ``script``: its chat completions stream these OpenAI deltas (tool calls, reasoning) instead of
   plain tokens, then the finish chunk (``finish``), the usage chunk and ``[DONE]``.
 """
@@ -56,6 +57,7 @@ class MessagesRuntime(FakeRuntime):
             app.router.add_post("/v1/messages/count_tokens", self.count)
         if self.x.tokenize:
             app.router.add_post("/tokenize", self.tokenize)
+            app.router.add_post("/apply-template", self.apply_template)
         self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -131,8 +133,20 @@ class MessagesRuntime(FakeRuntime):
         self._record(request, await request.json())
         return web.json_response({"input_tokens": 21})
 
-    async def tokenize(self, request: web.Request) -> web.Response:
+    async def apply_template(self, request: web.Request) -> web.Response:
+        """llama-server's: the chat template applied to the messages."""
         body = await request.json()
+        self.paths.append(request.path)
+        self._record(request, body)
+        return web.json_response({"prompt": "".join(f"<{m['role']}>{m['content']}\n" for m in body["messages"])})
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's (chat messages -> count) and llama-server's (content -> tokens) in one."""
+        body = await request.json()
+        if "content" in body:
+            self.paths.append(request.path)
+            self._record(request, body)
+            return web.json_response({"tokens": list(range(len(body["content"].split())))})
         self.paths.append(request.path)
         self._record(request, body)
         n = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or ()) + 3

@@ -358,11 +358,22 @@ async def test_count_tokens(start):
         assert (await c.messages.count_tokens(model="m1", messages=HI)).input_tokens == 4
     assert rt2.requests[0] == {"model": "m1", "messages": HI, "add_generation_prompt": True}
     async with client(mlx) as c:
-        with pytest.raises(anthropic.APIStatusError) as exc:
+        with pytest.raises(anthropic.APIStatusError) as exc:  # no tokenizer route: 501, not retried
             await c.messages.count_tokens(model="m1", messages=HI)
     assert exc.value.status_code == 501
     assert exc.value.body["error"]["type"] == "api_error"
     assert "cannot count tokens" in exc.value.body["error"]["message"]
+
+
+async def test_count_tokens_on_a_llama_server_without_the_native_route(start):
+    """A build without /v1/messages: its 404 there, then the chat template applied and the text
+    tokenized (an approximation: README), and no native count tried again."""
+    proxy, rt = await start("llamacpp", Extra(tokenize=True))
+    async with client(proxy) as c:
+        for _ in range(2):
+            counted = await c.messages.count_tokens(model="m1", messages=HI, system="Be brief.")
+            assert counted.input_tokens == 2  # "<system>Be brief.\n<user>hi\n" in two words
+    assert rt.paths == ["/apply-template", "/tokenize"] * 2
 
 
 async def test_models_in_anthropic_shape(start, http):

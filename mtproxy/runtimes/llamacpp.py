@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..embedded import UI_KEY
+from ..errors import UpstreamError
 from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.registry import version_key
@@ -67,6 +68,8 @@ class LlamaCpp(OpenAICompatible):
     native_apis = {"messages": ""}
 
     def relays(self, native: Native) -> bool:
+        if native.path.endswith("/count_tokens"):
+            return True  # counting needs no more than the prompt
         choice = native.payload.get("tool_choice")
         if isinstance(choice, dict) and (choice.get("type") in ("tool", "none") or choice.get("disable_parallel_tool_use")):
             return False  # llama-server's converter loses these
@@ -79,11 +82,13 @@ class LlamaCpp(OpenAICompatible):
             return await super().count_tokens(http, req)
         body = {k: v for k, v in req.payload.items() if k in ("messages", "tools")}
         prompt = (await self._post(http, "/apply-template", body) or {}).get("prompt")
-        if not isinstance(prompt, str):
-            return None
-        tokens = (await self._post(http, "/tokenize", {"content": prompt, "add_special": True,
-                                                      "parse_special": True}) or {}).get("tokens")
-        return len(tokens) if isinstance(tokens, list) else None
+        tokens = None
+        if isinstance(prompt, str):
+            tokens = (await self._post(http, "/tokenize", {"content": prompt, "add_special": True,
+                                                          "parse_special": True}) or {}).get("tokens")
+        if not isinstance(tokens, list):
+            raise UpstreamError("The backend's /apply-template or /tokenize answered unexpectedly.", status=502)
+        return len(tokens)
 
     def version_from(self, data: Any) -> str | None:
         if not isinstance(data, dict):
