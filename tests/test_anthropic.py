@@ -372,7 +372,7 @@ async def test_count_tokens_on_a_llama_server_without_the_native_route(start):
     async with client(proxy) as c:
         for _ in range(2):
             counted = await c.messages.count_tokens(model="m1", messages=HI, system="Be brief.")
-            assert counted.input_tokens == 2  # "<system>Be brief.\n<user>hi\n" in two words
+            assert counted.input_tokens == 3  # the fake template and tokenizer: "<system>Be", "brief.", "<user>hi"
     assert rt.paths == ["/apply-template", "/tokenize"] * 2
 
 
