@@ -521,3 +521,20 @@ def test_anthropic_decoder_counts_no_empty_delta():
     delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":%s}}\n\n'
     batch = decoder.feed(delta % b'"a"' + delta % b'""' + delta % b'"say \\"hi\\""' + delta % b'"b"')
     assert batch is not None and batch.content == 3
+
+
+async def test_texts_moved_from_their_bytes_keep_every_escape(start):
+    """Plain chunks are rewritten without parsing: quotes, backslashes, newlines, non-ASCII and
+    escaped unicode arrive as sent, in a text and in a thinking block."""
+    tokens = ['He said "hi"', "\n", "\\", "ü€", "\u2028", "</s>", "\t{}"]
+    proxy, _ = await start("vllm", tokens=tokens)
+    async with client(proxy, _strict_response_validation=True) as c:
+        async with c.messages.stream(model="m1", max_tokens=8, messages=HI) as stream:
+            assert (await stream.get_final_text()) == "".join(tokens)
+    script = [{"reasoning_content": t} for t in tokens] + [{"content": t} for t in tokens]
+    proxy, _ = await start("vllm", Extra(script=script))
+    async with client(proxy, _strict_response_validation=True) as c:
+        async with c.messages.stream(model="m1", max_tokens=8, messages=HI) as stream:
+            msg = await stream.get_final_message()
+    assert [(b.type, getattr(b, "thinking", None) or b.text) for b in msg.content] == \
+        [("thinking", "".join(tokens)), ("text", "".join(tokens))]

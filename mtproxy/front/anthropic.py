@@ -17,6 +17,7 @@ May import: the proxy's layers below (formats, wire, stream, errors, state).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -24,7 +25,8 @@ from aiohttp import web
 
 from ..errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamError
 from ..state import POOL, PROXY
-from ..stream.events import DONE, Batch, Report
+from ..stream.events import DONE, PLAIN, Batch, Report
+from ..stream.tap import Template
 from ..wire import CHAT, MESSAGES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import anthropic_wire as wire
 
@@ -62,6 +64,13 @@ _DELTAS = {"text": (b"text_delta", b"text"), "thinking": (b"thinking_delta", b"t
            "tool": (b"input_json_delta", b"partial_json")}
 
 
+# The fields of a plain chat chunk (one the tap did not parse: no tool calls, usage, error) that
+# matter here, read from its bytes: the text fields (stream/tap.py TEXT_FIELDS) and the finish
+# reason. Inside a JSON string every quote is escaped, so a match is always a key and its value.
+_TEXT_MARKERS = (b'"content":"', b'"content": "')
+_PLAIN_FIELDS = re.compile(rb'"(content|reasoning_content|reasoning|finish_reason|stop_reason)": ?"((?:[^"\\]|\\.)*)"')
+
+
 def _delta_prefix(index: int, kind: str) -> bytes:
     """The bytes of a content_block_delta event before its JSON string: one string per chunk
     is all that is encoded."""
@@ -95,7 +104,7 @@ class AnthropicStream:
     indices count up from 0 in the order the blocks start (the SDKs index their content by it)."""
 
     __slots__ = ("model", "stops", "report", "finished", "started", "index", "block", "prefix", "tools",
-                 "usage", "choice", "used_tools")
+                 "usage", "choice", "used_tools", "template", "learnt")
     content_type = "text/event-stream"
 
     def __init__(self, req: ApiRequest, report: Report) -> None:
@@ -111,6 +120,8 @@ class AnthropicStream:
         self.usage: Any = None
         self.choice: dict[str, Any] = {}  # the finish_reason (and vLLM's stop_reason) seen
         self.used_tools = False
+        self.template: Template | None = None  # the runtime's plain text chunk, but for its text
+        self.learnt = 0  # attempts at learning the template
 
     def encode(self, batch: Batch) -> bytes:
         if self.finished:
@@ -125,15 +136,97 @@ class AnthropicStream:
                 "usage": {"input_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                           "output_tokens": 0}}}))
             out.append(PING)
-        for _raw, obj in batch.events or ():
+        events = batch.events
+        if events is None:  # plain content chunks only (the tap's fast path)
+            self._plain(batch.raw or b"", out)
+            return b"".join(out)
+        for raw, obj in events:
             if obj.__class__ is dict:
                 self._chunk(obj, out)
                 if self.finished:
                     break
+            elif obj is PLAIN:
+                self._plain(raw or b"", out)
             elif obj is DONE:
                 self._finish(out)
                 break
         return b"".join(out)
+
+    def _plain(self, data: bytes, out: list[bytes]) -> None:
+        """Plain chat chunks, their texts moved from their bytes into Anthropic's deltas: a JSON
+        string's escaped contents stay valid in another JSON string, and nothing is parsed. A run
+        of chunks that differ only in their text (the template learnt from the first) is cut
+        into its texts and joined with the bytes of Anthropic's deltas between them, in a few C
+        passes; the run is checked by building it again from its texts (byte for byte, and no
+        quote in any text) before it is used."""
+        template = self.template
+        if template is None:
+            if self.learnt >= 8:  # no two chunks alike (per-token timings in each): read fields
+                self._fields(data, out)
+                return
+            self.learnt += 1
+            template = self.template = self._learn(data)
+            if template is None:
+                self._fields(data, out)
+                return
+        prefix, end = template.prefix, template.end
+        events = data.split(b"\n\n")  # the last is empty: every event ends with a blank line
+        first, last = 0, len(events) - 1
+        while first < last and not events[first].startswith(prefix):
+            first += 1
+        suffix = end[:-2]
+        while last > first and not events[last - 1].endswith(suffix):
+            last -= 1
+        if last <= first:
+            self._fields(data, out)
+            return
+        cut, stop = len(prefix), -len(suffix)
+        texts = [event[cut:stop] for event in events[first:last]]
+        run = data if first == 0 and last == len(events) - 1 else b"\n\n".join(events[first:last]) + b"\n\n"
+        joined = b"".join(texts)
+        if b'"' in joined or prefix + (end + prefix).join(texts) + end != run:
+            self.template = None  # learnt from a chunk unlike the others: learn again
+            self._fields(data, out)  # not all alike: read field by field
+            return
+        if first:
+            self._fields(b"\n\n".join(events[:first]) + b"\n\n", out)
+        if joined:
+            if not all(texts):
+                texts = [text for text in texts if text]  # empty texts (a role chunk's) add nothing
+            if self.block != "text":
+                self._open("text", {"type": "text", "text": ""}, "text", out)
+            between = b'"}}\n\n' + self.prefix + b'"'
+            out.append(self.prefix + b'"' + between.join(texts) + b'"}}\n\n')
+        if last < len(events) - 1:
+            self._fields(b"\n\n".join(events[last:]), out)
+
+    @staticmethod
+    def _learn(data: bytes) -> Template | None:
+        """The template of the first or second event (the first may be a role chunk)."""
+        start = 0
+        for _ in range(2):
+            cut = data.find(b"\n\n", start)
+            if cut < 0:
+                return None
+            template = Template.learn(data[start:cut], _TEXT_MARKERS)
+            if template is not None:
+                return template
+            start = cut + 2
+        return None
+
+    def _fields(self, data: bytes, out: list[bytes]) -> None:
+        for field, value in _PLAIN_FIELDS.findall(data):
+            if not value:
+                continue
+            if field == b"content":
+                if self.block != "text":
+                    self._open("text", {"type": "text", "text": ""}, "text", out)
+            elif field == b"finish_reason" or field == b"stop_reason":
+                self.choice = {**self.choice, field.decode(): value.decode()}
+                continue
+            elif self.block != "thinking":
+                self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, "thinking", out)
+            out.append(self.prefix + b'"' + value + b'"}}\n\n')
 
     def _open(self, key: Any, block: dict[str, Any], kind: str, out: list[bytes]) -> None:
         if self.block is not None:
@@ -219,7 +312,7 @@ class AnthropicStream:
 class AnthropicFormat:
     """POST /v1/messages (``count``: /v1/messages/count_tokens, which only parses)."""
 
-    parse_all = True  # every event is rewritten (when translating)
+    parse_all = False  # plain content chunks are rewritten from their bytes (AnthropicStream._plain)
     error_body = staticmethod(error_body)
 
     def __init__(self, count: bool = False) -> None:
