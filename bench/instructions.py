@@ -35,10 +35,9 @@ MODEL = "bench-model"
 
 
 async def _load(url: str, sc: Scenario, requests: int) -> tuple[int, int]:
-    path = "/v1/chat/completions" if sc.kind == "chat" else "/v1/completions"
     async with client_session() as session:
-        r = await run_load(session, LoadSpec((url + path,), sc.body(), sc.stream, sc.concurrency, requests,
-                                             900, 60))
+        r = await run_load(session, LoadSpec((url + sc.path,), sc.body(), sc.stream, sc.concurrency, requests,
+                                             900, 60, end=sc.end))
     return r.ok, r.errors
 
 
@@ -83,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     config.write_text(procs.mtproxy_config(fake.urls, args.runtime, MODEL))
     targets: list[tuple[str, list[str], Path, str]] = []
     port = free_port()
-    targets.append(("floor", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port),
-                              "--upstream", fake.urls[0]], procs.ROOT, f"http://{LOCALHOST}:{port}/health"))
+    if sc.kind != "messages":  # the floor relays; it does not translate Anthropic's API
+        targets.append(("floor", [sys.executable, "-m", "bench.floor_proxy", "--port", str(port),
+                                  "--upstream", fake.urls[0]], procs.ROOT, f"http://{LOCALHOST}:{port}/health"))
     sources = [("mtproxy", procs.ROOT)]
     if args.baseline:
         sources.append((f"mtproxy@{args.baseline}", procs.checkout(args.baseline, workdir)))

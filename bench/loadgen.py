@@ -29,6 +29,8 @@ from bench.common import percentile, run_loop
 
 HEADERS = {"Content-Type": "application/json"}
 DONE = b"data: [DONE]\n\n"
+MESSAGE_STOP = b'data: {"type":"message_stop"}\n\n'  # the end of an Anthropic Messages stream
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CONTENT_MARKERS = (b'"content":"', b'"text":"')
 
 
@@ -47,6 +49,7 @@ class LoadSpec:
     # a few times less, leaving the (shared) CPU to what is measured. Delays the last-byte time
     # by at most this much; TTFT is unaffected.
     read_pause: float = 0.0
+    end: bytes = DONE  # what a stream ends with (MESSAGE_STOP for /v1/messages)
 
 
 @dataclass(slots=True)
@@ -81,7 +84,12 @@ class LoadResult:
 
 def request_body(kind: str, tokens: int, *, stream: bool, rate: float = 0.0, tpc: int = 1,
                  client_usage: bool = False, model: str = "bench-model") -> bytes:
-    """A small OpenAI request; ``bench_rate`` / ``bench_tpc`` steer the fake runtime."""
+    """A small OpenAI request; ``bench_rate`` / ``bench_tpc`` steer the fake runtime. ``messages``:
+    the same request in Anthropic's Messages API (translated by the proxy, which passes on no
+    field of its own: the fake answers at once, one token per chunk)."""
+    if kind == "messages":
+        return orjson.dumps({"model": model, "max_tokens": tokens, "stream": stream, "temperature": 0,
+                             "messages": [{"role": "user", "content": "Write a short story about a fox."}]})
     body: dict[str, object] = {"model": model, "max_tokens": tokens, "stream": stream,
                                "temperature": 0, "bench_rate": rate, "bench_tpc": tpc}
     if kind == "chat":
@@ -135,8 +143,9 @@ async def one_request(session: aiohttp.ClientSession, url: str, spec: LoadSpec, 
             if pause and ttft is not None:
                 await asyncio.sleep(pause)
         end = clock()
-    if not (prev[-16:] + last).endswith(DONE):
-        raise StreamError("stream did not end with [DONE]")
+    end_marker = spec.end
+    if not (prev[-len(end_marker):] + last).endswith(end_marker):
+        raise StreamError("stream did not end with [DONE]" if end_marker is DONE else "stream did not end properly")
     result.latencies.append(end - t0)
     if ttft is not None:
         result.ttfts.append(ttft)

@@ -22,6 +22,8 @@ CPU_RATIO_MAX = 1.3  # CPU per request, mtproxy / floor, every scenario
 RPS_RATIO_MIN = 0.85  # requests/s, mtproxy / floor, every scenario
 ADDED_P50_MAX_MS = 1.0  # p50 latency, mtproxy - direct, at concurrency 1
 CHUNK_RATIO_MAX = 1.3  # CPU per relayed chunk of a 512-token stream, mtproxy / floor
+# /v1/messages translated vs the OpenAI relay, same fake stream: CPU per 16-token stream, per chunk at 512
+MESSAGES_RATIO_MAX = {16: 1.5, 512: 2.0}
 TTFT_RATIO_MAX = 1.5  # TTFT p99 with 256 paced streams, mtproxy / direct
 RSS_REST_MAX_MB = 80.0
 RSS_GROWTH_MAX = 0.10  # after 100,000 requests
@@ -211,6 +213,17 @@ class Results:
                 out.append(Check(f"CPU per relayed chunk, {sc.label} ({sc.chunks} chunks)",
                                  f"{fmt(r)}× paired (medians {mc:.2f} vs {fc:.2f} µs)", f"≤ {CHUNK_RATIO_MAX}×",
                                  not math.isnan(r) and r <= CHUNK_RATIO_MAX))
+        for sc in self.scenarios:  # the translated Anthropic stream beside the OpenAI relay
+            openai_key = sc.key.removeprefix("messages-")
+            limit = MESSAGES_RATIO_MAX.get(sc.tokens)
+            if sc.kind != "messages" or limit is None or not self.summary(openai_key, PROXY):
+                continue
+            m, o = self.summary(sc.key, PROXY), self.summary(openai_key, PROXY)
+            r = round(m.cpu_us / o.cpu_us, 2) if m and o.cpu_us else math.nan
+            what = "CPU per stream" if sc.tokens < 512 else f"CPU per chunk ({sc.chunks} chunks)"
+            out.append(Check(f"{what}, /v1/messages translated / OpenAI relay, {sc.label}",
+                             f"{fmt(r)}× (medians {m.cpu_us:.0f} vs {o.cpu_us:.0f} µs per request)",
+                             f"≤ {limit:g}×", not math.isnan(r) and r <= limit))
         for sc in self.scenarios:
             if not sc.long_lived:
                 continue

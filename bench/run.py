@@ -71,7 +71,7 @@ def log(msg: str) -> None:
 def peer_scenario(sc: Scenario) -> bool:
     """Peers (LiteLLM) are two orders of magnitude slower: they run the scenarios with up to 16
     16-token requests at a time, where a segment still ends within seconds."""
-    return not sc.long_lived and sc.concurrency <= 16 and sc.tokens <= 16
+    return not sc.long_lived and sc.concurrency <= 16 and sc.tokens <= 16 and sc.kind != "messages"
 
 
 class Bench:
@@ -87,14 +87,16 @@ class Bench:
         clock = CpuClock(target.pid, target.tree) if target.pid else None
         before = clock.read() if clock else None
         fake_before = self.fake.read()
-        urls = tuple(u + ("/v1/chat/completions" if sc.kind == "chat" else "/v1/completions") for u in target.urls)
+        urls = tuple(u + sc.path for u in target.urls)
         result = await run_load(session, LoadSpec(urls, body, sc.stream, sc.concurrency, sc.requests,
-                                                  sc.seconds, sc.grace, sc.ramp, sc.read_pause))
+                                                  sc.seconds, sc.grace, sc.ramp, sc.read_pause, sc.end))
         cpu = CpuClock.delta(before, clock.read()) if clock and before else None
         return result, cpu, CpuClock.delta(fake_before, self.fake.read())
 
     async def scenario(self, session: aiohttp.ClientSession, sc: Scenario) -> None:
         targets = [t for t in self.targets[sc.backends] if t.name in CORE or t.always or peer_scenario(sc)]
+        if sc.kind == "messages":  # translated by mtproxy alone: the runtime and the floor speak only OpenAI
+            targets = [t for t in targets if t.name == PROXY or t.always]
         warm = sc.warmup()
         warm_body, body = warm.body(), sc.body()
         for rnd in range(1, self.rounds + 1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bench.fake_runtime import event_count
-from bench.loadgen import request_body
+from bench.loadgen import DONE, MESSAGE_STOP, PATHS, request_body
 
 PACED = 50.0  # tokens/s per stream: a plausible decode rate for one stream of a served model
 
@@ -21,7 +21,7 @@ class Scenario:
     seconds: float = 1.0  # a segment starts no request after this …
     requests: int = 100_000  # … nor more than this many
     grace: float = 30.0  # requests still running this long after `seconds` are cancelled (errors)
-    kind: str = "chat"
+    kind: str = "chat"  # or "completions", or "messages": Anthropic's API, translated to chat
     tpc: int = 1  # tokens per chunk
     ramp: float = 0.0  # workers start spread over this many seconds
     read_pause: float = 0.0  # the client's pause between reads after the first content (loadgen)
@@ -39,11 +39,21 @@ class Scenario:
         return self.requests == self.concurrency
 
     @property
+    def path(self) -> str:
+        return PATHS[self.kind]
+
+    @property
+    def end(self) -> bytes:
+        """What a stream of this scenario ends with."""
+        return MESSAGE_STOP if self.kind == "messages" else DONE
+
+    @property
     def chunks(self) -> int | None:
-        """SSE events the client receives per request ([DONE] included); None when unary."""
+        """SSE events the client receives per request ([DONE] included); None when unary. For
+        /v1/messages: the events the runtime sends, each rewritten in Anthropic's format."""
         if not self.stream:
             return None
-        return event_count("chat" if self.kind == "chat" else "completions", self.tokens, self.tpc, False)
+        return event_count("completions" if self.kind == "completions" else "chat", self.tokens, self.tpc, False)
 
     def body(self) -> bytes:
         return request_body(self.kind, self.tokens, stream=self.stream, rate=self.rate, tpc=self.tpc)
@@ -79,6 +89,9 @@ def default_scenarios(scale: float = 1.0) -> list[Scenario]:
         _streams(256, 512, ramp=1.5),
         Scenario("unary-16-c64-8be", False, 16, 0, 64, backends=8, seconds=s),
         Scenario("stream-16-c64-8be", True, 16, 0, 64, backends=8, seconds=s),
+        # the Anthropic Messages API translated, on the same fake runtime as stream-16/512-c16
+        Scenario("messages-stream-16-c16", True, 16, 0, 16, seconds=s, kind="messages"),
+        Scenario("messages-stream-512-c16", True, 512, 0, 16, seconds=s, kind="messages"),
     ]
 
 

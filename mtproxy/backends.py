@@ -18,7 +18,8 @@ from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
-from .runtimes.base import native_support
+from .runtimes.base import native_kinds
+from .wire import ApiRequest
 
 log = logging.getLogger("mtproxy.backends")
 
@@ -42,10 +43,9 @@ class Backend:
         self.detail = "not probed yet"
         self.models: tuple[str, ...] = tuple(config.models or ())
         self.version: str | None = None
-        # the client APIs besides OpenAI's it serves itself (Runtime.native_apis), and the
-        # version that was found for (asked again when it changes or the backend comes back)
-        self.native: frozenset[str] = frozenset()
-        self.native_for: str | None | bool = False
+        # the client APIs it serves itself (Runtime.native_apis, as far as its version shows; a
+        # route that answers 404/405 takes its API off: proxy._lacks_route)
+        self.native = native_kinds(self.runtime.native_apis, None)
         self.outstanding = 0
         # MTP, per served model
         self.reported: dict[str, Trained] = {}  # the runtime's word on "MTP-trained"
@@ -72,6 +72,12 @@ class Backend:
             log.warning("backend %s marked down: %s", self.name, reason)
         self.up = False
         self.detail = reason
+
+    def relays(self, req: ApiRequest) -> bool:
+        """Whether ``req`` goes to this backend in its client's own API (and its answer comes
+        back as the runtime wrote it), rather than translated to chat completions."""
+        native = req.native
+        return native is not None and native.kind in self.native and self.runtime.relays(native)
 
     @property
     def full(self) -> bool:
@@ -287,9 +293,6 @@ class BackendPool:
                     if reported is not None:
                         backend.reported[model] = reported
                     backend.evidence[model] = evidence
-            if backend.up and backend.runtime.native_apis and (changed or backend.native_for != backend.version):
-                backend.native = await native_support(backend.runtime, http, backend.version)
-                backend.native_for = backend.version
         except Exception as exc:  # an adapter bug must not stop the probe loop
             log.exception("probe of backend %s failed", backend.name)
             self._apply(backend, Probe(False, f"probe failed: {type(exc).__name__}"))
@@ -310,6 +313,7 @@ class BackendPool:
             if backend.version is not None:
                 log.info("backend %s now reports version %s (was %s)", backend.name, probe.version, backend.version)
             backend.version = probe.version
+            backend.native = native_kinds(backend.runtime.native_apis, probe.version)
             changed = True
         if probe.models is not None and probe.models != backend.models:
             log.info("backend %s serves %s", backend.name, ", ".join(probe.models) or "no models")

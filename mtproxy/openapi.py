@@ -62,6 +62,35 @@ RESPONSES = {"type": "object", "required": ["model", "input"], "additionalProper
         "type": {"type": "string", "enum": ["text", "json_object", "json_schema"]}}}}},
     "reasoning": {"type": "object", "properties": {"effort": {"type": ["string", "null"]}}},
     "metadata": {"type": "object"}}}
+_ANTHROPIC_ERROR = {
+    "type": "object", "required": ["type", "error"],
+    "properties": {"type": {"type": "string", "enum": ["error"]}, "error": {
+        "type": "object", "required": ["type", "message"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}},
+}
+_BLOCKS = {"type": ["string", "array"], "items": {"type": "object", "required": ["type"], "properties": {
+    "type": {"type": "string", "enum": ["text", "image", "document", "tool_use", "tool_result", "thinking",
+                                         "redacted_thinking"]}}}}
+_ANTHROPIC = {
+    "model": {"type": "string", "minLength": 1},
+    "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"type": "string", "enum": ["user", "assistant"]}, "content": _BLOCKS}}},
+    "system": {"type": ["string", "array"]},
+    "tools": {"type": "array", "items": {"type": "object", "required": ["name", "input_schema"], "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"}, "input_schema": {"type": "object"}}}},
+    "tool_choice": {"type": "object", "required": ["type"], "properties": {
+        "type": {"type": "string", "enum": ["auto", "any", "tool", "none"]}, "name": {"type": "string"}}},
+    "thinking": {"type": "object", "required": ["type"], "properties": {
+        "type": {"type": "string", "enum": ["enabled", "adaptive", "disabled"]}, "budget_tokens": {"type": "integer"}}},
+}
+# Anthropic Messages (front/anthropic.py); what it does not read is ignored, not passed on
+MESSAGES = {"type": "object", "required": ["model", "max_tokens", "messages"], "additionalProperties": True,
+            "properties": {**_ANTHROPIC, "max_tokens": {"type": "integer"}, "stream": {"type": "boolean"},
+                           "stop_sequences": {"type": "array", "items": {"type": "string"}},
+                           "temperature": {"type": "number"}, "top_p": {"type": "number"},
+                           "top_k": {"type": "integer"}, "metadata": {"type": "object"}}}
+MESSAGES_COUNT = {"type": "object", "required": ["model", "messages"], "additionalProperties": True,
+                  "properties": _ANTHROPIC}
 
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
@@ -70,11 +99,12 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/chat": OLLAMA_CHAT,
     "/api/generate": OLLAMA_GENERATE,
     "/v1/responses": RESPONSES,
+    "/v1/messages": MESSAGES,
 }
 
 
-def _post(schema: dict[str, Any], summary: str) -> dict[str, Any]:
-    errors = {str(s): {"description": "error", "content": {"application/json": {"schema": _ERROR}}}
+def _post(schema: dict[str, Any], summary: str, error: dict[str, Any] = _ERROR) -> dict[str, Any]:
+    errors = {str(s): {"description": "error", "content": {"application/json": {"schema": error}}}
               for s in (400, 401, 404, 413, 429, 502, 503, 504)}
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
         "application/json": {"schema": schema}}}, "responses": {"200": {"description": "the runtime's answer"},
@@ -104,6 +134,11 @@ def spec() -> dict[str, Any]:
             "/v1/models/{model}": {"get": {"summary": "One model", "parameters": [
                 {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "ok"}, "404": {"description": "unknown model"}}}},
+            "/v1/messages": _post(MESSAGES, "Anthropic Messages, routed by model: relayed to a runtime that "
+                                  "serves it, else translated to chat completions (SSE when stream)",
+                                  _ANTHROPIC_ERROR),
+            "/v1/messages/count_tokens": _post(MESSAGES_COUNT, "Anthropic token count, by the backend's "
+                                               "tokenizer (501 when its runtime has none)", _ANTHROPIC_ERROR),
             "/api/chat": _post(OLLAMA_CHAT, "Ollama API chat (NDJSON when stream)"),
             "/api/generate": _post(OLLAMA_GENERATE, "Ollama API generate"),
             "/api/tags": _get("Ollama API model list"),

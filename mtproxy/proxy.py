@@ -21,7 +21,7 @@ from .backends import Backend, BackendPool
 from .config import Config
 from .formats import ClientFormat, StreamEncoder
 from . import upstream
-from .errors import ProxyError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
+from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
 from .metrics.instruments import Metrics
 from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
 from .limits import Gate, Waiters
@@ -140,19 +140,14 @@ class Proxy:
                     req.set_model(route.model)
                     continue
                 tried.append(backend)
+                req.relayed = backend.relays(req)  # in the client's own API, or translated
                 meter.route(backend, backend.name, backend.runtime.name, route.model,
                             self.router.mtp_on(route, backend))
                 backend.outstanding += 1
                 try:
                     if backend.process is not None:
                         await self._launched(backend)
-                    # the client's own API where this backend serves it and the format offers it
-                    native = req.native
-                    attempt = native if native is not None and native.endpoint.kind in backend.native else req
-                    if req.stream:
-                        resp = await self._stream(request, attempt, fmt, backend, meter)
-                    else:
-                        resp = await self._unary(request, attempt, fmt, backend, meter)
+                    resp = await self._send(request, req, fmt, backend, meter)
                     # a stream cut by a reset or a silence after its first byte is a failure too
                     self.pool.answered(backend, 502 if meter.outcome is STREAM_ERROR else resp.status)
                     return resp
@@ -183,6 +178,29 @@ class Proxy:
             if retrying:
                 self.retries_in_flight -= 1
 
+    async def _send(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
+                    meter: RequestMeter) -> web.StreamResponse:
+        send = self._stream if req.stream else self._unary
+        try:
+            return await send(request, req, fmt, backend, meter)
+        except UpstreamError as err:
+            if not self._lacks_route(req, backend, err):
+                raise
+        return await send(request, req, fmt, backend, meter)
+
+    @staticmethod
+    def _lacks_route(req: ApiRequest, backend: Backend, err: UpstreamError) -> bool:
+        """A runtime that answers 404/405 on the route of the client's own API does not serve
+        it (a build older than the adapter's record): the request, and every later one to this
+        backend, is translated instead. What the runtime shows decides, not its version alone."""
+        if not req.relayed or req.native is None or err.status not in (404, 405):
+            return False
+        log.warning("backend %s has no %s route (HTTP %d): translating %s requests for it",
+                    backend.name, req.native.path, err.status, req.native.kind)
+        backend.native = backend.native - {req.native.kind}
+        req.relayed = False
+        return True
+
     async def _launched(self, backend: Backend) -> None:
         """A managed backend: started (and waited for) on the first request that needs it."""
         process = backend.process
@@ -200,6 +218,29 @@ class Proxy:
         backend = self.router.pick(route)
         http = BackendHTTP(self.session, backend.base_url, backend.headers, self.config.health.timeout)
         return await backend.runtime.show(http, route.model)
+
+    async def count_tokens(self, req: ApiRequest) -> int:
+        """The prompt tokens of ``req`` by the tokenizer of a backend serving its model (501
+        when its runtime has no tokenizer route the proxy can use)."""
+        route = self.router.resolve(req.model)
+        req.set_model(route.model)
+        backend = self.router.pick(route)
+        req.relayed = backend.relays(req)
+        http = BackendHTTP(self.session, backend.base_url, backend.headers, self.config.health.timeout)
+        try:
+            try:
+                count = await backend.runtime.count_tokens(http, req)
+            except UpstreamError as err:
+                if not self._lacks_route(req, backend, err):
+                    raise
+                count = await backend.runtime.count_tokens(http, req)
+        except upstream.ERRORS as exc:
+            raise upstream.failure(exc, f"Backend {backend.name} failed to count tokens") from None
+        if count is None:
+            raise ProxyError(f"Backend {backend.name} ({backend.runtime.name}) cannot count tokens: its runtime "
+                             "has no tokenizer route the proxy can use.", status=501, type_="api_error",
+                             code="count_tokens_unsupported")
+        return count
 
     @staticmethod
     def _headers(meter: RequestMeter[Backend]) -> dict[str, str]:

@@ -39,6 +39,22 @@ MESSAGES = Endpoint("messages", "/v1/messages", streams=True)  # Anthropic Messa
 RESPONSES = Endpoint("responses", "/v1/responses", streams=True)  # OpenAI Responses
 
 
+@dataclass(frozen=True, slots=True)
+class Native:
+    """The client's own request, for a runtime that serves the client's API itself
+    (``Runtime.native_apis``): sent as it came, but for the model's served name."""
+
+    kind: Kind  # the client API: "messages"
+    path: str  # where the runtime serves it
+    payload: dict[str, Any]
+    raw: bytes
+
+    def body(self, model: str) -> bytes:
+        if self.payload.get("model") == model:
+            return self.raw
+        return orjson.dumps({**self.payload, "model": model})
+
+
 @dataclass(slots=True)
 class ApiRequest:
     endpoint: Endpoint
@@ -48,18 +64,18 @@ class ApiRequest:
     stream: bool
     client_usage: bool  # the client asked for a usage chunk in the stream
     load_only: bool = False  # asks only that the model be ready (Ollama's request without input)
-    # The same request in the client's own API (endpoint MESSAGES or RESPONSES), offered by a
-    # client format when relaying it to a runtime that serves that API itself loses nothing; the
-    # proxy sends it instead of this one to a backend that does (Backend.native).
-    native: ApiRequest | None = None
+    # The client's request in its own API, beside its translation in ``payload`` (a client
+    # format other than OpenAI's sets it where relaying it loses nothing); ``relayed``: this
+    # attempt's runtime gets it and answers in that API (set by the proxy per attempt, from the
+    # backend: Backend.relays)
+    native: Native | None = None
+    relayed: bool = False
     context: Any = None  # the client format's own state for the answer, carried along untouched
 
     def set_model(self, model: str) -> None:
         if self.payload["model"] != model:
             self.payload["model"] = model
             self.raw = None
-        if self.native is not None:
-            self.native.set_model(model)
 
     def body(self) -> bytes:
         if self.raw is None:

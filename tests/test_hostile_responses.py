@@ -25,6 +25,7 @@ from mtproxy.server import start
 from mtproxy.wire import MAX_DEPTH
 
 from .conftest import make_config
+from .hostile import send, tolerant_ollama, tolerant_runtime
 from .responses_fakes import DATA
 from .test_hostile_input import (
     FUZZ,
@@ -35,9 +36,6 @@ from .test_hostile_input import (
     from_schema,
     nested,
     replaced,
-    send,
-    tolerant_ollama,
-    tolerant_runtime,
 )
 
 PATH = "/v1/responses"
@@ -294,6 +292,8 @@ def test_a_runtime_with_a_hostile_responses_stream(served):
         status, data, headers = send(served.port, PATH, orjson.dumps({"model": "n1", "input": "hostile", "stream": stream}))
         if status == 502:  # e.g. an empty answer: the backend failed before its first byte
             tally(b"upstream_error" in data, data[:200])
+        elif status == 503:  # broken streams count toward ejection: the backend is out for a while
+            tally(b"No healthy backend" in data, data[:200])
         elif stream:
             tally(status == 200 and headers.get("Content-Type", "").startswith("text/event-stream"), status, data[:200])
             last = [line for line in data.split(b"\n") if line.startswith(b"event: ")]

@@ -1,4 +1,4 @@
-"""Client formats: one module per API the proxy serves (openai, ollama, responses).
+"""Client formats: one module per API the proxy serves (openai, ollama, anthropic, responses).
 
 Each parses its client's request into the proxy's one internal request (wire.ApiRequest) and
 encodes the proxy's one internal event stream back into its client's wire format, errors
@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..formats import ErrorShape
-from . import ollama, openai, responses
+from . import anthropic, ollama, openai, responses
 
 # Which format answers a path's errors: the first prefix that matches, else OpenAI's.
 _SHAPES: tuple[tuple[str, ErrorShape], ...] = ((ollama.PREFIX, ollama.CHAT_FORMAT),)
@@ -23,6 +23,8 @@ _SHAPES: tuple[tuple[str, ErrorShape], ...] = ((ollama.PREFIX, ollama.CHAT_FORMA
 def error_shape(request: web.Request) -> ErrorShape:
     """The client format whose error body answers ``request`` (a route of its, or a path under
     its prefix that matched no route)."""
+    if anthropic.wants_anthropic(request):
+        return anthropic.MESSAGES_FORMAT
     path = request.path
     for prefix, shape in _SHAPES:
         if path.startswith(prefix):
@@ -33,4 +35,5 @@ def error_shape(request: web.Request) -> ErrorShape:
 def add_routes(app: web.Application) -> None:
     openai.add_routes(app)
     ollama.add_routes(app)
+    anthropic.add_routes(app)
     responses.add_routes(app)

@@ -22,6 +22,7 @@ from ..stream.events import DONE, Batch, Report
 from ..stream.sse import DONE as DONE_BYTES
 from ..stream.sse import error_event
 from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Endpoint, parse_request
+from . import anthropic
 
 JSON = "application/json"
 
@@ -111,12 +112,16 @@ def _model_entry(pool: BackendPool, name: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
+    if anthropic.VERSION_HEADER in request.headers:  # an Anthropic client: its page of models
+        return await anthropic.list_models(request)
     pool = request.app[POOL]
     data = [_model_entry(pool, name) for name in pool.model_names()]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    if anthropic.VERSION_HEADER in request.headers:
+        return await anthropic.get_model(request)
     pool = request.app[POOL]
     name = request.match_info["model"]
     if pool.aliases.get(name, name) not in pool.by_model:

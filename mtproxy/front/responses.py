@@ -28,7 +28,7 @@ from aiohttp import web
 from ..errors import InvalidRequest, ProxyError
 from ..state import POOL, PROXY
 from ..stream.events import DONE, Batch, Report
-from ..wire import CHAT, RESPONSES, ApiRequest, Endpoint, deeply_nested, from_payload, too_deep
+from ..wire import CHAT, RESPONSES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import responses_wire as rw
 from .response_store import MAX_ID, ResponseStore, open_store
 
@@ -467,7 +467,7 @@ class ResponsesFormat:
 
     @staticmethod
     def _native(obj: dict[str, Any], body: bytes, create: rw.Create, history: list[dict[str, Any]],
-                turn: Turn) -> ApiRequest:
+                turn: Turn) -> Native:
         """The client's request for a runtime that serves /v1/responses: as sent, or with the
         earlier turns put in front of its input (the runtime keeps no state of its own here)."""
         raw: bytes | None = body
@@ -478,14 +478,12 @@ class ResponsesFormat:
             payload = {k: v for k, v in obj.items() if k != "previous_response_id"}
             payload["input"] = [*history, *given]
             raw = None
-        native = ApiRequest(RESPONSES, payload, raw, create.model, create.stream, client_usage=True)
-        native.context = turn
-        return native
+        return Native("responses", RESPONSES.path, payload, raw if raw is not None else orjson.dumps(payload))
 
     def stream_encoder(self, req: ApiRequest, report: Report) -> ResponsesStream | NativeResponsesStream:
         turn: Turn = req.context
         turn.model = req.payload["model"]
-        if req.endpoint.kind == "responses":
+        if req.relayed:  # the runtime's own Responses events, completed to the schema
             return NativeResponsesStream(turn)
         return ResponsesStream(turn, report)
 
@@ -498,7 +496,7 @@ class ResponsesFormat:
             raise ProxyError("The backend's answer is not valid JSON.", status=502, type_="upstream_error") from None
         if not isinstance(obj, dict):
             raise ProxyError("The backend's answer is not a JSON object.", status=502, type_="upstream_error")
-        if req.endpoint.kind == "responses":
+        if req.relayed:
             status = obj.get("status") if obj.get("status") in ("completed", "incomplete", "failed") else "completed"
             response = complete_response(turn, obj, status)
         else:

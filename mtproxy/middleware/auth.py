@@ -59,7 +59,7 @@ class Keys:
 
     def _require(self, token: str, keys: list[bytes]) -> None:
         if not token:
-            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>`.")
+            raise Unauthorized("Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.")
         if not keys or not self._match(token, keys):
             raise Unauthorized("Incorrect API key provided.")
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-ALLOW_HEADERS = "Authorization, Content-Type, x-api-key"
+ALLOW_HEADERS = "Authorization, Content-Type, x-api-key, anthropic-version, anthropic-beta"
 EXPOSE_HEADERS = "x-mtproxy-backend, x-mtproxy-mtp"
 
 OriginsOf = Callable[[web.Application], list[str]]

@@ -20,7 +20,7 @@ from ..mtp.detect import Trained
 from ..mtp.registry import Support, version_key
 from ..mtp.state import Evidence
 from ..stream.events import Report, StreamDecoder
-from ..wire import MESSAGES, RESPONSES, ApiRequest
+from ..wire import ApiRequest, Native
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +101,20 @@ class Runtime(Protocol):
         """The runtime's own word on ``model``: is it MTP-trained, and is MTP drafting on."""
         ...
 
+    def relays(self, native: Native) -> bool:
+        """Whether this runtime's own serving of ``native.kind`` (one of ``native_apis``) has
+        every capability the request asks for; when not, the request is translated instead."""
+        ...
+
     def prepare(self, req: ApiRequest) -> Upstream:
         """The request for this runtime: its path, usage asked for in streams, fields it
-        rejects removed, another API translated to."""
+        rejects removed, another API translated to; the client's own request when
+        ``req.relayed``."""
+        ...
+
+    async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
+        """The prompt tokens of ``req`` by the runtime's own tokenizer (its native counting
+        route when ``req.relayed``); None when the runtime cannot count."""
         ...
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
@@ -122,30 +133,18 @@ class Runtime(Protocol):
 
 PROBE_ERRORS = upstream.ERRORS  # what a probe's request can raise (upstream.py)
 
-NATIVE_PATHS = {"messages": MESSAGES.path, "responses": RESPONSES.path}
-# What a runtime answers a route it does not serve with.
-_NOT_SERVED = frozenset({404, 405, 501})
-
-
-async def native_support(runtime: Runtime, http: BackendHTTP, version: str | None) -> frozenset[str]:
-    """The client APIs of ``runtime.native_apis`` this backend serves itself. A version with a
-    release number decides against the adapter's "since"; otherwise (no release number, e.g. a
-    llama.cpp source build's ``b1-<commit>``, or no "since" recorded) the route itself answers:
-    an empty request to it is refused as invalid (400/422) where the route exists, 404 where not."""
-    served = set()
-    for kind, since in runtime.native_apis.items():
-        have, need = version_key(version or ""), version_key(since) if since else None
-        if have is not None and need is not None and have[0] == need[0]:
-            if have[1] >= need[1]:
-                served.add(kind)
-            continue
-        try:
-            status, _ = await http.request("POST", NATIVE_PATHS[kind], json={})
-        except PROBE_ERRORS:
-            continue
-        if status not in _NOT_SERVED:
-            served.add(kind)
-    return frozenset(served)
+def native_kinds(native_apis: dict[str, str], version: str | None) -> frozenset[str]:
+    """The client APIs a runtime reporting ``version`` serves itself: those it declares, unless
+    the version it reports is a release number older than the first that serves one. A build
+    without a release number (llama.cpp's ``b1-<commit>`` from a source tree) or no version at
+    all is taken at its word: what serves the route is relayed."""
+    kinds = set()
+    for kind, since in native_apis.items():
+        have = version_key(version) if version else None
+        need = version_key(since) if since else None
+        if have is None or need is None or have[0] != need[0] or have >= need:
+            kinds.add(kind)
+    return frozenset(kinds)
 
 
 def as_int(value: Any) -> int | None:

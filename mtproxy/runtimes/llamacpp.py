@@ -9,7 +9,13 @@ b1-0c1e570 in tests/data/llamacpp/ (SOURCE.md).
 - every response carries `timings` {prompt_n, prompt_ms, predicted_n, predicted_ms, …, and with
   speculation draft_n, draft_n_accepted}; in streams on the usage chunk, or on the finish chunk
   when usage was not asked for;
-- errors: {"error": {"code", "message", "type"}}.
+- errors: {"error": {"code", "message", "type"}};
+- Anthropic Messages served natively: POST /v1/messages and /v1/messages/count_tokens (PR #17570,
+  merged 2025-11-28; the build number is not recorded, so every build is taken to serve it; both
+  b1-0c1e570 and the embedded b11549 do). Its converter (tools/server/server-chat.cpp
+  server_chat_convert_anthropic_to_oai) turns tool_choice {"type":"tool"} into "required" and
+  drops {"type":"none"} and disable_parallel_tool_use: such requests are translated instead.
+  Its stream carries usage and no timings.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..embedded import UI_KEY
+from ..errors import UpstreamError
 from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.registry import version_key
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..stream.events import Report
 from ..stream.tap import Observer
+from ..wire import ApiRequest, Native
 from .base import PROBE_ERRORS, BackendHTTP, as_float, as_int
 from .openai_compat import USAGE, OpenAICompatible
 
@@ -62,9 +70,33 @@ class LlamaCpp(OpenAICompatible):
     observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
-    # /v1/responses (tools/server/server.cpp, converted to chat there; first build not recorded:
-    # the route itself is asked, runtimes/base.py native_support)
-    native_apis = {"responses": ""}
+    # /v1/messages (+ /count_tokens) and /v1/responses (tools/server/server.cpp, both converted to
+    # chat there; first builds not recorded: every build is taken to serve them, and a route that
+    # answers 404/405 takes its API off for the backend: proxy._lacks_route)
+    native_apis = {"messages": "", "responses": ""}
+
+    def relays(self, native: Native) -> bool:
+        if native.kind != "messages" or native.path.endswith("/count_tokens"):
+            return True  # counting needs no more than the prompt
+        choice = native.payload.get("tool_choice")
+        if isinstance(choice, dict) and (choice.get("type") in ("tool", "none") or choice.get("disable_parallel_tool_use")):
+            return False  # llama-server's converter loses these
+        return True
+
+    async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
+        """Its native counting route; else the chat template applied (/apply-template) and the
+        text tokenized (/tokenize): an approximation of the prompt the model would see."""
+        if req.relayed:
+            return await super().count_tokens(http, req)
+        body = {k: v for k, v in req.payload.items() if k in ("messages", "tools")}
+        prompt = (await self._post(http, "/apply-template", body) or {}).get("prompt")
+        tokens = None
+        if isinstance(prompt, str):
+            tokens = (await self._post(http, "/tokenize", {"content": prompt, "add_special": True,
+                                                          "parse_special": True}) or {}).get("tokens")
+        if not isinstance(tokens, list):
+            raise UpstreamError("The backend's /apply-template or /tokenize answered unexpectedly.", status=502)
+        return len(tokens)
 
     def version_from(self, data: Any) -> str | None:
         if not isinstance(data, dict):

@@ -22,7 +22,7 @@ from ..mtp.state import NO_EVIDENCE, Evidence
 from ..mtp.registry import REGISTRY, Support
 from ..stream.events import DONE, Batch, Event, Report, StreamFailure
 from ..stream.tap import content_count
-from ..wire import ApiRequest
+from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
 from ..upstream import describe
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
@@ -171,6 +171,12 @@ class Ollama:
         if shown is None:
             return None, NO_EVIDENCE
         return show_evidence(shown)
+
+    def relays(self, native: Native) -> bool:
+        return False  # no native_apis declared yet
+
+    async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
+        return None  # Ollama has no tokenizer route
 
     def prepare(self, req: ApiRequest) -> Upstream:
         kind = req.endpoint.kind

@@ -15,10 +15,11 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp import detect
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
+from ..stream.anthropic import AnthropicSSEDecoder, observe_message
 from ..stream.events import Report, StreamDecoder
 from ..stream.native import NativeDecoder, observe_native
 from ..stream.tap import Observer, SSEDecoder, attention_markers, observe_all
-from ..wire import ApiRequest
+from ..wire import ApiRequest, Native
 from ..upstream import describe
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
 
@@ -28,6 +29,13 @@ def model_ids(data: Any) -> tuple[str, ...] | None:
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         return tuple(m["id"] for m in data["data"] if isinstance(m, dict) and isinstance(m.get("id"), str))
     return None
+
+
+def _count(data: Any, field: str, path: str) -> int:
+    count = data.get(field) if isinstance(data, dict) else None
+    if count.__class__ is not int:
+        raise UpstreamError(f"The backend's {path} answered without `{field}`.", status=502)
+    return count
 
 
 def observe_usage(obj: dict[str, Any], report: Report) -> None:
@@ -71,6 +79,8 @@ class OpenAICompatible:
     mtp_support: ClassVar[Support] = REGISTRY["openai"]
     # Client APIs the runtime serves itself besides the OpenAI ones (Runtime.native_apis).
     native_apis: ClassVar[dict[str, str]] = {}
+    # A tokenizer route that takes chat messages ({"model", "messages"} -> {"count"}), if any.
+    chat_tokenize_path: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,9 +125,13 @@ class OpenAICompatible:
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[detect.Trained | None, Evidence]:
         return None, NO_EVIDENCE
 
+    def relays(self, native: Native) -> bool:
+        return True
+
     def prepare(self, req: ApiRequest) -> Upstream:
-        if req.endpoint.kind in self.native_apis:  # relayed in the client's API: its usage is always there
-            return Upstream(req.endpoint.path, req.body())
+        if req.relayed:  # the client's own request, to the runtime's own route for its API
+            assert req.native is not None  # (its usage is always in it: no stream_options)
+            return Upstream(req.native.path, req.native.body(req.payload["model"]))
         payload = req.payload
         options = None
         if req.stream and not req.client_usage:  # always ask for usage: token counts are exact
@@ -137,8 +151,11 @@ class OpenAICompatible:
         return payload.keys() & self.extension_fields
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
-        if req.endpoint.kind in self.native_apis:
-            return NativeDecoder(req.endpoint.kind, observe_all(self.observers), report)
+        if req.relayed and req.native is not None:  # the runtime's own stream in the client's API
+            if req.native.kind == "messages":  # Anthropic SSE
+                fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
+                return AnthropicSSEDecoder(observe_all(self.observers), report, fields)
+            return NativeDecoder(req.native.kind, observe_all(self.observers), report)
         return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -147,11 +164,33 @@ class OpenAICompatible:
         except orjson.JSONDecodeError:
             return body
         if isinstance(obj, dict):
-            if req.endpoint.kind in self.native_apis:
-                observe_native(req.endpoint.kind, obj, report, self.observe)
+            if req.relayed and req.native is not None and req.native.kind == "responses":
+                observe_native("responses", obj, report, self.observe)
             else:
+                if req.relayed:
+                    observe_message(obj, report)
                 self.observe(obj, report)
         return body
+
+    async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
+        """The runtime's own counting route for the client's API when relayed, else its
+        ``chat_tokenize_path`` (a /tokenize that renders chat messages, vLLM's), else None."""
+        if req.relayed and req.native is not None:
+            data = await self._post(http, req.native.path, {**req.native.payload, "model": req.payload["model"]})
+            return _count(data, "input_tokens", req.native.path)
+        if self.chat_tokenize_path is None:
+            return None
+        payload = req.payload
+        body = {"model": payload["model"], "messages": payload.get("messages") or [], "add_generation_prompt": True}
+        if payload.get("tools"):
+            body["tools"] = payload["tools"]
+        return _count(await self._post(http, self.chat_tokenize_path, body), "count", self.chat_tokenize_path)
+
+    async def _post(self, http: BackendHTTP, path: str, body: dict[str, Any]) -> Any:
+        status, data = await http.request("POST", path, json=body)
+        if status != 200:
+            raise self.upstream_error(status, orjson.dumps(data) if data is not None else b"")
+        return data
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
         return normalise_upstream_error(status, body)

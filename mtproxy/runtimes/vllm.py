@@ -59,6 +59,7 @@ class VLLM(OpenAICompatible):
     observers = (USAGE, Observer("metrics", observe_metrics))  # per-request metrics, with speculative_decoding
     health_path = "/health"
     version_path = "/version"
+    chat_tokenize_path = "/tokenize"  # {"model", "messages", "add_generation_prompt"} -> {"count"}
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         trained = None
