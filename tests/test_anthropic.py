@@ -239,6 +239,30 @@ async def test_length_and_stop_sequence_stop_reasons(start, http):
     assert ours[-2][1]["delta"]["stop_reason"] == "max_tokens"
 
 
+async def test_stop_sequence_named_by_the_runtime(start, http):
+    proxy, _ = await start("vllm", Extra(script=[{"content": "a"}], stop_reason="END"))
+    async with client(proxy) as c:
+        msg = await c.messages.create(model="m1", max_tokens=8, messages=HI, stop_sequences=["END"])
+        assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
+        async with c.messages.stream(model="m1", max_tokens=8, messages=HI, stop_sequences=["END"]) as stream:
+            final = await stream.get_final_message()
+        assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+        other = await c.messages.create(model="m1", max_tokens=8, messages=HI, stop_sequences=["STOP"])
+        assert (other.stop_reason, other.stop_sequence) == ("end_turn", None)
+
+
+async def test_native_mid_stream_error_event_is_relayed(start):
+    broken = MESSAGE_STREAM.split(b"\n\n")
+    stream = b"\n\n".join(broken[:4]) + (b'\n\nevent: error\ndata: {"type":"error","error":'
+                                          b'{"type":"overloaded_error","message":"Overloaded"}}\n\n')
+    proxy, _ = await start("llamacpp", Extra(native=True, native_stream=stream))
+    async with client(proxy) as c:
+        with pytest.raises(anthropic.APIStatusError) as exc:
+            async with c.messages.stream(model="m1", max_tokens=8, messages=HI) as s:
+                await s.get_final_message()
+    assert "Overloaded" in str(exc.value)
+
+
 async def test_mid_stream_failure_is_an_error_event(start):
     proxy, _ = await start("vllm", die_after=2)
     async with client(proxy) as c:
