@@ -20,7 +20,7 @@ b1-0c1e570 in tests/data/llamacpp/ (SOURCE.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ..embedded import UI_KEY
 from ..errors import UpstreamError
@@ -65,7 +65,7 @@ class LlamaCpp(OpenAICompatible):
     observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
-    native_apis = {"messages": ""}
+    native_apis: ClassVar[dict[str, str]] = {"messages": ""}
 
     def relays(self, native: Native) -> bool:
         if native.path.endswith("/count_tokens"):
