@@ -5,6 +5,7 @@ of the SDK's own fixtures; errors in Anthropic's shape; the same metrics as the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,29 @@ async def test_count_tokens(start):
     assert exc.value.status_code == 501
     assert exc.value.body["error"]["type"] == "api_error"
     assert "cannot count tokens" in exc.value.body["error"]["message"]
+
+
+async def test_count_tokens_while_the_backend_is_at_its_cap(proxy_factory):
+    """Counting takes no generation slot: it is answered while the one slot streams."""
+    gate = asyncio.Event()
+    rt = await MessagesRuntime("a", Behaviour(models=["m1"], gate=gate), Extra(native=True)).start()
+    try:
+        proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url,
+                                                  "max_concurrent": 1}]))
+        async with client(proxy) as c:
+            held = asyncio.create_task(_held_stream(proxy))
+            await rt.stream_started.wait()
+            assert (await c.messages.count_tokens(model="m1", messages=HI)).input_tokens == 21
+            gate.set()
+            await held
+    finally:
+        await rt.stop()
+
+
+async def _held_stream(proxy) -> None:
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0) as o:
+        stream = await o.chat.completions.create(model="m1", messages=HI, stream=True)
+        [_ async for _ in stream]
 
 
 async def test_count_tokens_on_a_llama_server_without_the_native_route(start):
