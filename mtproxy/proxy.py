@@ -224,7 +224,10 @@ class Proxy:
         when its runtime has no tokenizer route the proxy can use)."""
         route = self.router.resolve(req.model)
         req.set_model(route.model)
-        backend = self.router.pick(route)
+        try:
+            backend = self.router.pick(route)
+        except Busy:  # every healthy backend is at its cap: counting takes no generation slot
+            backend = next(b for b in route.candidates if b.up)
         req.relayed = backend.relays(req)
         http = BackendHTTP(self.session, backend.base_url, backend.headers, self.config.health.timeout)
         try:

@@ -35,6 +35,7 @@ class Extra:
     tokenize: bool = False
     script: list[dict[str, Any]] | None = None  # OpenAI deltas
     finish: str = "stop"
+    stop_reason: str | None = None  # vLLM's: the stop string that ended the answer
     usage: dict[str, Any] = field(default_factory=lambda: {"prompt_tokens": 5, "completion_tokens": 4,
                                                             "total_tokens": 9})
     event_delay: float = 0.0
@@ -79,7 +80,10 @@ class MessagesRuntime(FakeRuntime):
         for delta in chunks:
             await resp.write(self._sse(body, [{"index": 0, "delta": delta, "finish_reason": None}]))
             await asyncio.sleep(self.x.event_delay)
-        await resp.write(self._sse(body, [{"index": 0, "delta": {}, "finish_reason": self.x.finish}]))
+        finish = {"index": 0, "delta": {}, "finish_reason": self.x.finish}
+        if self.x.stop_reason is not None:
+            finish["stop_reason"] = self.x.stop_reason
+        await resp.write(self._sse(body, [finish]))
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(self._sse(body, [], usage=self.x.usage))
         await resp.write(b"data: [DONE]\n\n")
@@ -109,7 +113,8 @@ class MessagesRuntime(FakeRuntime):
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": self.x.finish}],
+                "choices": [{"index": 0, "message": message, "finish_reason": self.x.finish,
+                             "stop_reason": self.x.stop_reason}],
                 "usage": self.x.usage}
 
     async def messages(self, request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,7 @@ of the SDK's own fixtures; errors in Anthropic's shape; the same metrics as the 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,30 @@ async def test_length_and_stop_sequence_stop_reasons(start, http):
     assert ours[-2][1]["delta"]["stop_reason"] == "max_tokens"
 
 
+async def test_stop_sequence_named_by_the_runtime(start, http):
+    proxy, _ = await start("vllm", Extra(script=[{"content": "a"}], stop_reason="END"))
+    async with client(proxy) as c:
+        msg = await c.messages.create(model="m1", max_tokens=8, messages=HI, stop_sequences=["END"])
+        assert (msg.stop_reason, msg.stop_sequence) == ("stop_sequence", "END")
+        async with c.messages.stream(model="m1", max_tokens=8, messages=HI, stop_sequences=["END"]) as stream:
+            final = await stream.get_final_message()
+        assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+        other = await c.messages.create(model="m1", max_tokens=8, messages=HI, stop_sequences=["STOP"])
+        assert (other.stop_reason, other.stop_sequence) == ("end_turn", None)
+
+
+async def test_native_mid_stream_error_event_is_relayed(start):
+    broken = MESSAGE_STREAM.split(b"\n\n")
+    stream = b"\n\n".join(broken[:4]) + (b'\n\nevent: error\ndata: {"type":"error","error":'
+                                          b'{"type":"overloaded_error","message":"Overloaded"}}\n\n')
+    proxy, _ = await start("llamacpp", Extra(native=True, native_stream=stream))
+    async with client(proxy) as c:
+        with pytest.raises(anthropic.APIStatusError) as exc:
+            async with c.messages.stream(model="m1", max_tokens=8, messages=HI) as s:
+                await s.get_final_message()
+    assert "Overloaded" in str(exc.value)
+
+
 async def test_mid_stream_failure_is_an_error_event(start):
     proxy, _ = await start("vllm", die_after=2)
     async with client(proxy) as c:
@@ -363,6 +388,29 @@ async def test_count_tokens(start):
     assert exc.value.status_code == 501
     assert exc.value.body["error"]["type"] == "api_error"
     assert "cannot count tokens" in exc.value.body["error"]["message"]
+
+
+async def test_count_tokens_while_the_backend_is_at_its_cap(proxy_factory):
+    """Counting takes no generation slot: it is answered while the one slot streams."""
+    gate = asyncio.Event()
+    rt = await MessagesRuntime("a", Behaviour(models=["m1"], gate=gate), Extra(native=True)).start()
+    try:
+        proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url,
+                                                  "max_concurrent": 1}]))
+        async with client(proxy) as c:
+            held = asyncio.create_task(_held_stream(proxy))
+            await rt.stream_started.wait()
+            assert (await c.messages.count_tokens(model="m1", messages=HI)).input_tokens == 21
+            gate.set()
+            await held
+    finally:
+        await rt.stop()
+
+
+async def _held_stream(proxy) -> None:
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0) as o:
+        stream = await o.chat.completions.create(model="m1", messages=HI, stream=True)
+        [_ async for _ in stream]
 
 
 async def test_count_tokens_on_a_llama_server_without_the_native_route(start):

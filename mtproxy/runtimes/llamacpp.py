@@ -20,7 +20,7 @@ b1-0c1e570 in tests/data/llamacpp/ (SOURCE.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from ..embedded import UI_KEY
 from ..errors import UpstreamError
@@ -73,7 +73,7 @@ class LlamaCpp(OpenAICompatible):
     # /v1/messages (+ /count_tokens) and /v1/responses (tools/server/server.cpp, both converted to
     # chat there; first builds not recorded: every build is taken to serve them, and a route that
     # answers 404/405 takes its API off for the backend: proxy._lacks_route)
-    native_apis = {"messages": "", "responses": ""}
+    native_apis: ClassVar[dict[str, str]] = {"messages": "", "responses": ""}
 
     def relays(self, native: Native) -> bool:
         if native.kind != "messages" or native.path.endswith("/count_tokens"):
