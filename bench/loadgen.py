@@ -4,8 +4,8 @@
         [--rate 0] [--concurrency 16] [--requests 2000] [--seconds 10]
 
 ``concurrency`` workers (their starts spread over ``ramp`` seconds) each send one request after
-another until ``requests`` have been started or ``seconds`` have passed; requests still running ``grace`` seconds later are cancelled and
-counted as errors. Reports requests/s, latency p50/p90/p99 (request sent → last byte), TTFT
+another until ``requests`` have been started or ``seconds`` have passed; requests still running
+``grace`` seconds later are cancelled and counted as errors. Reports requests/s, latency p50/p90/p99 (request sent → last byte), TTFT
 p50/p99 for streams (request sent → first chunk carrying content) and errors (a status other
 than 200, a failure, an ``event: error`` in a stream, or a stream not ending with [DONE]).
 """
@@ -171,7 +171,7 @@ async def run_load(session: aiohttp.ClientSession, spec: LoadSpec) -> LoadResult
                 result.errors += 1
                 result.error_kinds["cancelled at the time limit"] += 1
                 raise
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, StreamError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, StreamError) as exc:
                 result.errors += 1
                 result.error_kinds[str(exc) if isinstance(exc, StreamError) else type(exc).__name__] += 1
 

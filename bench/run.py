@@ -83,7 +83,8 @@ class Bench:
         self.rounds = rounds
         self.progress = progress
 
-    async def segment(self, session: aiohttp.ClientSession, target: Target, sc: Scenario, body: bytes) -> tuple[LoadResult, float | None, float]:
+    async def segment(self, session: aiohttp.ClientSession, target: Target, sc: Scenario,
+                      body: bytes) -> tuple[LoadResult, float | None, float]:
         clock = CpuClock(target.pid, target.tree) if target.pid else None
         before = clock.read() if clock else None
         fake_before = self.fake.read()

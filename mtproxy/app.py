@@ -14,11 +14,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from . import front, handlers
 from .backends import BackendPool
 from .config import Config
-from .middleware import Keys, add_cors, front_door
-from .proxy import Proxy
 from .metrics.export import metrics_handler
 from .metrics.instruments import Metrics
 from .metrics.window import TokenWindow
+from .middleware import Keys, add_cors, front_door
+from .proxy import Proxy
 from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY
 
 log = logging.getLogger("mtproxy")

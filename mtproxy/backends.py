@@ -244,7 +244,7 @@ class BackendPool:
             if backend.config.ready is not None:
                 try:
                     status, _ = await http.get(backend.config.ready)
-                except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, OSError, aiohttp.ClientError):
                     return False
                 return status == 200
             probe = await backend.runtime.probe(http, discover=False)

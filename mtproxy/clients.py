@@ -32,7 +32,6 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
-
 from aiohttp.web_request import BaseRequest
 
 from .config import ServerConfig

@@ -8,8 +8,8 @@ from .errors import InvalidRequest
 from .openapi import spec
 from .reload import reload
 from .state import DRAINING, POOL
-
 from .status import pool_status
+
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})

@@ -17,14 +17,14 @@ from time import perf_counter
 import aiohttp
 from aiohttp import web
 
+from . import upstream
 from .backends import Backend, BackendPool
 from .config import Config
-from .formats import ClientFormat, StreamEncoder
-from . import upstream
 from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
+from .formats import ClientFormat, StreamEncoder
+from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
 from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
-from .limits import Gate, Waiters
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .stream.events import StreamDecoder, StreamFailure

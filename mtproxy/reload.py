@@ -64,6 +64,7 @@ def _retire(app: web.Application, backend: Backend) -> None:
     async def retire() -> None:
         while backend.outstanding > 0:
             await asyncio.sleep(0.1)
-        await backend.process.close()
+        if backend.process is not None:
+            await backend.process.close()
 
     app[POOL].track(asyncio.create_task(retire(), name=f"retire-{backend.name}"))

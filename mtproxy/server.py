@@ -11,8 +11,8 @@ from aiohttp import web
 
 from .app import create_app
 from .clients import ClientRunner
-from .reload import reload
 from .config import Config
+from .reload import reload
 from .state import METRICS, POOL
 
 log = logging.getLogger("mtproxy")

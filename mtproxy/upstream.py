@@ -19,6 +19,7 @@ import asyncio
 import logging
 
 import aiohttp
+from yarl import URL
 
 from .errors import ProxyError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
 
@@ -51,7 +52,7 @@ def failure(exc: BaseException, message: str) -> ProxyError:
     return UpstreamUnreachable(text)
 
 
-async def send(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+async def send(session: aiohttp.ClientSession, url: str | URL, body: bytes, headers: dict[str, str],
                name: str) -> aiohttp.ClientResponse:
     """POST ``body``; the response with its headers read. A pooled keep-alive connection the
     runtime closed meanwhile fails on write (llama-server closes after a chunked stream although

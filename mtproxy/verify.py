@@ -90,7 +90,7 @@ async def _one(session: aiohttp.ClientSession, backend: Backend, payload: dict[s
                timeout: float) -> None:
     req = from_payload(dict(payload), CHAT)
     prepared = backend.runtime.prepare(req)
-    meter = RequestMeter(perf_counter(), "chat", stream=True)
+    meter: RequestMeter[Backend] = RequestMeter(perf_counter(), "chat", stream=True)
     try:
         async with asyncio.timeout(timeout):
             async with await upstream.send(session, backend.url(prepared.path), prepared.body, backend.headers,

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     # lm head: row succ(c) reads u[c]; row 'a' also reads the sink
     byte_tok = {chr(b): b for b in range(256)}  # ascii chars are their own byte token ids
     output = np.zeros((n_vocab, d), np.float32)
-    for i, c in enumerate(CYCLE):
+    for i, _c in enumerate(CYCLE):
         nxt = CYCLE[(i + 1) % len(CYCLE)]
         output[byte_tok[nxt], i] = args.scale
     output[byte_tok[CYCLE[0]], sink] = args.scale

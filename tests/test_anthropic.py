@@ -15,12 +15,12 @@ import openai
 import orjson
 import pytest
 
-from .conftest import make_config
-from .fake_messages import MESSAGE_STREAM, Extra, MessagesRuntime
 from bench.fake_runtime import Behaviour
-from .promtext import scrape, value
 from mtproxy.state import POOL
 
+from .conftest import make_config
+from .fake_messages import MESSAGE_STREAM, Extra, MessagesRuntime
+from .promtext import scrape, value
 from .transcripts import RUNTIMES, meta, replay
 
 GOLDEN = Path(__file__).parent / "data" / "anthropic"
@@ -566,7 +566,8 @@ def test_anthropic_decoder_counts_no_empty_delta():
     from mtproxy.stream.events import Report
 
     decoder = AnthropicSSEDecoder(lambda obj, report: None, Report())
-    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":%s}}\n\n'
+    delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             b'"delta":{"type":"text_delta","text":%s}}\n\n')
     batch = decoder.feed(delta % b'"a"' + delta % b'""' + delta % b'"say \\"hi\\""' + delta % b'"b"')
     assert batch is not None and batch.content == 3
 

@@ -355,7 +355,7 @@ def test_kubernetes_manifests_match_the_kubernetes_schemas():
     assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
             "ServiceMonitor"} == set(resources)
     assert resources["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
-    for kind, doc in resources.items():
+    for _kind, doc in resources.items():
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             continue  # a CRD: not in the Kubernetes schemas (test_servicemonitor_matches_its_crd_schema)
         for version in (versions[0], versions[-1]):  # the oldest and newest bundled releases

@@ -233,7 +233,7 @@ async def test_metrics_render_off_the_event_loop(runtime_factory, proxy_factory,
 async def test_random_model_names_create_no_series(runtime_factory, proxy_factory, http):
     rt = await runtime_factory("a", models=["m"])
     proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url}]))
-    before = len(scrape((await (await http.get(proxy.url + "/metrics")).text())))
+    before = len(scrape(await (await http.get(proxy.url + "/metrics")).text()))
     for i in range(300):
         async with http.post(proxy.url + "/v1/chat/completions", json={"model": f"junk-{i}-{random.random()}",
                                                                        "messages": []}) as resp:
@@ -389,7 +389,7 @@ def test_metrics_page_is_prometheus_clients_own_exposition(openmetrics):
     ProcessCollector(registry=registry)
     metrics = Metrics(registry, BackendPool(config), TokenWindow())
     rnd = random.Random(3)
-    for i in range(60):
+    for _i in range(60):
         meter = RequestMeter(0.0, rnd.choice(["chat", "completions"]), stream=rnd.random() < 0.6)
         meter.route(None, rnd.choice(["a", "b\nc"]), "vllm", rnd.choice(['m"1', "m\\2"]), False)
         outcome = rnd.choice([200, 502, Outcome.CLIENT_CLOSED])

@@ -8,7 +8,6 @@ import signal
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 import mtproxy
@@ -257,7 +256,7 @@ async def test_1000_disconnects_leak_nothing(runtime_factory, proxy_factory, pha
         writer.close()
 
     n = 1000 if phase != "waiting for the first token" else 300
-    for i in range(0, n, 50):
+    for _i in range(0, n, 50):
         await asyncio.gather(*(one() for _ in range(50)))
     await until(lambda: pool.backends[0].outstanding == 0 and px.in_flight == 0, 20)
     connector = px.session.connector

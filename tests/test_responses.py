@@ -18,8 +18,8 @@ from mtproxy.front.response_store import MemoryStore
 from .conftest import make_config
 from .promtext import scrape, value
 from .redis_server import RedisServer
-from .transcripts import RUNTIMES, meta, replay
 from .responses_fakes import DATA, Scripted, golden, sse_events
+from .transcripts import RUNTIMES, meta, replay
 
 WEATHER = {"type": "function", "name": "get_weather", "strict": False,
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}

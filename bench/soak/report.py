@@ -277,7 +277,8 @@ class Soak:
         lines += ["", f"Besides: {len(c.finished)} upstream answers the fake finished on its own after the client "
                   f"had left, before mtproxy closed them{fin}; {c.cut_by_fault} cut by an injected fault first; "
                   f"{len(c.expired)} never closed; {c.sent_late} upstream requests started after their client "
-                  f"had left, at most {_ms(c.sent_late_max)} ms after (included above). Before routing the body is incomplete: nothing may reach a backend."]
+                  f"had left, at most {_ms(c.sent_late_max)} ms after (included above). "
+                  "Before routing the body is incomplete: nothing may reach a backend."]
         return lines
 
     def _sched(self, start: float, end: float) -> str:
@@ -342,7 +343,7 @@ class Soak:
                 f"- event-loop tasks: {s.tasks} at rest after the warm-up, {e.tasks} at the end",
                 f"- RSS: {s.rss / MB:.1f} MB after the warm-up, {e.rss / MB:.1f} MB at the end "
                 f"({e.rss / s.rss - 1:+.1%})",
-                f"- backends up at the end: " + ", ".join(f"{b} {v:g}" for b, v in sorted(e.backend_up.items())),
+                "- backends up at the end: " + ", ".join(f"{b} {v:g}" for b, v in sorted(e.backend_up.items())),
                 "- mtproxy_requests_total by status, counted during the soak: " + _statuses(e.proxy_requests)
                 + "; the clients' outcomes counted the same way: " + _statuses(as_statuses(self.tally))
                 + (" (the same)" if e.proxy_requests == as_statuses(self.tally) else

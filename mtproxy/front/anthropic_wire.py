@@ -30,6 +30,11 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is an object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def error_type(status: int) -> str:
     return ERROR_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
 
@@ -333,7 +338,7 @@ def message_from_chat(obj: dict[str, Any], model: str, stops: Any, prompt: int |
     """A non-streaming chat completion as an Anthropic Message."""
     choices = obj.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = _mapping(choice.get("message"))
     content: list[dict[str, Any]] = []
     thinking = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(thinking, str) and thinking:
@@ -344,7 +349,7 @@ def message_from_chat(obj: dict[str, Any], model: str, stops: Any, prompt: int |
     for call in message.get("tool_calls") or ():
         if not isinstance(call, dict):
             continue
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
+        fn = _mapping(call.get("function"))
         content.append({"type": "tool_use", "id": call.get("id") or new_id("toolu"), "name": fn.get("name") or "",
                         "input": tool_input(fn.get("arguments"))})
     reason, sequence = stop_of(choice, stops)

@@ -19,7 +19,17 @@ from ..errors import InvalidRequest, ProxyError
 from ..runtimes.ollama_wire import now_iso
 from ..state import POOL, PROXY
 from ..stream.events import DONE, Batch, Report
-from ..wire import CHAT, COMPLETIONS, EMBEDDINGS, ApiRequest, Endpoint, deeply_nested, from_payload, load_request, too_deep
+from ..wire import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    ApiRequest,
+    Endpoint,
+    deeply_nested,
+    from_payload,
+    load_request,
+    too_deep,
+)
 from . import ollama_wire as wire
 
 PREFIX = "/api/"  # the routes answered in this format, errors included

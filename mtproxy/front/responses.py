@@ -497,7 +497,8 @@ class ResponsesFormat:
         if not isinstance(obj, dict):
             raise ProxyError("The backend's answer is not a JSON object.", status=502, type_="upstream_error")
         if req.relayed:
-            status = obj.get("status") if obj.get("status") in ("completed", "incomplete", "failed") else "completed"
+            given = obj.get("status")
+            status = given if given in ("completed", "incomplete", "failed") else "completed"
             response = complete_response(turn, obj, status)
         else:
             output, status, incomplete = rw.output_from_chat(obj)

@@ -29,6 +29,11 @@ _ECHO_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is an object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def new_id(prefix: str) -> str:
     """``resp_``, ``msg_``, ``fc_``, ``rs_``, ``call_`` ids: random, unique across replicas."""
     return f"{prefix}_{secrets.token_hex(24)}"
@@ -430,7 +435,7 @@ def output_from_chat(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, d
     """A non-streaming chat completion's first choice as output items, status, incomplete_details."""
     choices = body.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = _mapping(choice.get("message"))
     status, incomplete = terminal(choice.get("finish_reason"))
     item_status = "incomplete" if status == "incomplete" else "completed"
     output: list[dict[str, Any]] = []
@@ -449,11 +454,11 @@ def output_from_chat(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, d
     for call in calls if isinstance(calls, list) else ():
         if not isinstance(call, dict):
             continue
-        fn = call.get("function") if isinstance(call.get("function"), dict) else {}
-        call_id = call.get("id") if isinstance(call.get("id"), str) and call.get("id") not in seen else new_id("call")
+        fn = _mapping(call.get("function"))
+        given, name, args = call.get("id"), fn.get("name"), fn.get("arguments")
+        call_id = given if isinstance(given, str) and given not in seen else new_id("call")
         seen.add(call_id)
-        args = fn.get("arguments")
-        output.append(call_item(new_id("fc"), call_id, fn.get("name") if isinstance(fn.get("name"), str) else "",
+        output.append(call_item(new_id("fc"), call_id, name if isinstance(name, str) else "",
                                 args if isinstance(args, str) else "", "completed"))
     if not output and not isinstance(message.get("tool_calls"), list):
         output.append(message_item(new_id("msg"), "", item_status))

@@ -45,7 +45,7 @@ def metrics_handler(metrics: Metrics):
     registry, state, lean = metrics.registry, metrics.state, metrics.lean
 
     async def handle(request: web.Request) -> web.Response:
-        _, content_type = choose_encoder(request.headers.get("Accept"))
+        _, content_type = choose_encoder(request.headers.get("Accept", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
         state.snapshot()

@@ -161,7 +161,7 @@ class Metrics:
             s.accepted_tokens.inc(report.accepted_tokens)
         if m.ttft is not None:
             s.ttft.observe(m.ttft)
-        if m.content_chunks > 1:
+        if m.content_chunks > 1 and m.gaps is not None:
             s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
             s.tpot.observe(m.time_per_output_token)

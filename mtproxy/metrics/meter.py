@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from functools import cache
 from enum import Enum
+from functools import cache
 from typing import Generic, NamedTuple, TypeVar
 
 from ..stream.events import Report
@@ -207,8 +207,9 @@ class RequestMeter(Generic[T]):
         else:
             times.append(t)
             self.counts.append(n)
-        if self.window is not None:
-            self.window.add(self.window_key, t, n)
+        window = self.window
+        if window is not None:
+            window.add(self.window_key, t, n)  # type: ignore[arg-type]  # (set with the window)
 
     def measure(self) -> Measurement:
         end = self.t_end if self.t_end is not None else self.t0

@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from .auth import Keys, bearer
 from .cors import OriginsOf, preflight
 from .errors import ShapeOf, answer_error
 
 
-def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf, shape_of: ShapeOf) -> web.middleware:
+def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf,
+               shape_of: ShapeOf) -> Middleware:
     """``keys_of(app)``: the :class:`Keys` in force; ``origins_of(app)``: the CORS origins;
     ``shape_of(request)``: the client format whose error body answers it."""
 

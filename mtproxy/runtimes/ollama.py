@@ -18,13 +18,13 @@ import orjson
 
 from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp.detect import Trained
-from ..mtp.state import NO_EVIDENCE, Evidence
 from ..mtp.registry import REGISTRY, Support
+from ..mtp.state import NO_EVIDENCE, Evidence
 from ..stream.events import DONE, Batch, Event, Report, StreamFailure
 from ..stream.tap import content_count
+from ..upstream import describe
 from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
-from ..upstream import describe
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
@@ -153,7 +153,7 @@ class Ollama:
                 status, tags = await http.get("/api/tags")
                 if status != 200:
                     return Probe(False, f"/api/tags answered HTTP {status}")
-                models = tuple(m.get("name") or m.get("model") for m in (tags or {}).get("models") or ()
+                models = tuple(str(m.get("name") or m.get("model")) for m in (tags or {}).get("models") or ()
                                if isinstance(m, dict) and (m.get("name") or m.get("model")))
         except PROBE_ERRORS as exc:
             return Probe(False, describe(exc))

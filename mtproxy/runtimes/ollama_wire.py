@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ FINISH_REASON = {"stop": "stop", "length": "length", "load": "stop", "unload": "
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def new_id(prefix: str) -> str:

@@ -19,8 +19,8 @@ from ..stream.anthropic import AnthropicSSEDecoder, observe_message
 from ..stream.events import Report, StreamDecoder
 from ..stream.native import NativeDecoder, observe_native
 from ..stream.tap import Observer, SSEDecoder, attention_markers, observe_all
-from ..wire import ApiRequest, Native
 from ..upstream import describe
+from ..wire import ApiRequest, Native
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
 
 

@@ -40,4 +40,4 @@ class TensorRTLLM(OpenAICompatible):
     version_path = "/version"
 
     def __init__(self) -> None:
-        self.accepted_fields = _accepted_fields()
+        type(self).accepted_fields = _accepted_fields()  # read once, from the package data

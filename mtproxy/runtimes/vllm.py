@@ -10,9 +10,8 @@ protocol.py (ErrorResponse {"error": {message, type, param, code}}; older releas
 
 from __future__ import annotations
 
-from typing import Any
-
 import re
+from typing import Any
 
 from ..mtp import detect
 from ..mtp.detect import Trained

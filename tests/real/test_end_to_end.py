@@ -15,7 +15,8 @@ import aiohttp
 import openai
 import pytest
 
-from .conftest import MODEL, RealServer, get_json as get_json_sync, get_text
+from .conftest import MODEL, RealServer, get_text
+from .conftest import get_json as get_json_sync
 from .helpers import MAX_TOKENS, STORY, backend, client, get_json, labels_of, metrics, start_proxy, value
 
 # test id: (fixture, the backend's `runtime`); the embedded runtime is a llama.cpp server to the proxy

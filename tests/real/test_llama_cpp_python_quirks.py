@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 
 from .conftest import MODEL
 from .helpers import STORY, backend, client, get_json, start_proxy

@@ -206,7 +206,7 @@ async def test_drafts_accepted_tokens_per_step_and_decode_rate(llama_server, lla
     # old rule's 17.7 tokens per step on this stream fails either way.
     assert_matches_the_runtime(timed_proxy, timed_runtime, steps_within=0.20)
 
-    print(f"\nruntime vs proxy (tokens/step, decode tok/s, TTFT s): "
+    print("\nruntime vs proxy (tokens/step, decode tok/s, TTFT s): "
           + "; ".join(f"{name}: {r['per_step']:.2f}/{p['per_step']:.2f}, {r['decode_rate']:.1f}/{p['decode_rate']:.1f}, "
                       f"{r['ttft']:.3f}/{p['ttft']:.3f}"
                       for name, r, p in (("spec", spec_runtime, spec_proxy), ("plain", plain_runtime, plain_proxy),
