@@ -6,8 +6,9 @@
 ``concurrency`` workers (their starts spread over ``ramp`` seconds) each send one request after
 another until ``requests`` have been started or ``seconds`` have passed; requests still running
 ``grace`` seconds later are cancelled and counted as errors. Reports requests/s, latency
-p50/p90/p99 (request sent → last byte), TTFT p50/p99 for streams (request sent → first chunk carrying content) and errors (a status other
-than 200, a failure, an ``event: error`` in a stream, or a stream not ending with [DONE]).
+p50/p90/p99 (request sent → last byte), TTFT p50/p99 for streams (request sent → first chunk
+carrying content) and errors (a status other than 200, a failure, an ``event: error`` in a
+stream, or a stream not ending with [DONE]).
 """
 
 from __future__ import annotations
