@@ -35,7 +35,7 @@ MODEL = "bench-model"
 
 
 async def _load(url: str, sc: Scenario, requests: int) -> tuple[int, int]:
-    path = "/v1/chat/completions" if sc.kind == "chat" else "/v1/completions"
+    path = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}.get(sc.kind, "/v1/completions")
     async with client_session() as session:
         r = await run_load(session, LoadSpec((url + path,), sc.body(), sc.stream, sc.concurrency, requests,
                                              900, 60))
