@@ -31,8 +31,11 @@ from bench.common import percentile, run_loop
 HEADERS = {"Content-Type": "application/json"}
 DONE = b"data: [DONE]\n\n"
 MESSAGE_STOP = b'data: {"type":"message_stop"}\n\n'  # the end of an Anthropic Messages stream
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
-CONTENT_MARKERS = (b'"content":"', b'"text":"')
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages",
+         "responses": "/v1/responses"}
+# the end of an OpenAI Responses stream, which has no [DONE] (incomplete: it reached max_output_tokens)
+RESPONSE_ENDS = (b"event: response.completed\n", b"event: response.incomplete\n")
+CONTENT_MARKERS = (b'"content":"', b'"text":"', b'"delta":"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,10 @@ def request_body(kind: str, tokens: int, *, stream: bool, rate: float = 0.0, tpc
                              "messages": [{"role": "user", "content": "Write a short story about a fox."}]})
     body: dict[str, object] = {"model": model, "max_tokens": tokens, "stream": stream,
                                "temperature": 0, "bench_rate": rate, "bench_tpc": tpc}
-    if kind == "chat":
+    if kind == "responses":  # OpenAI Responses: its own names for the prompt and the length
+        body = {"model": model, "input": "Write a short story about a fox.", "max_output_tokens": tokens,
+                "stream": stream, "temperature": 0}
+    elif kind == "chat":
         body["messages"] = [{"role": "user", "content": "Write a short story about a fox."}]
     else:
         body["prompt"] = "Write a short story about a fox."
@@ -132,7 +138,10 @@ async def one_request(session: aiohttp.ClientSession, url: str, spec: LoadSpec, 
         ttft: float | None = None
         pause = spec.read_pause
         carry = prev = last = b""
+        completed = False
         async for data in resp.content.iter_any():
+            if not completed and b"event: response." in last[-32:] + data:
+                completed = any(end in last[-32:] + data for end in RESPONSE_ENDS)
             if ttft is None:
                 if _has_content(carry + data):
                     ttft = clock() - t0
@@ -145,7 +154,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, spec: LoadSpec, 
                 await asyncio.sleep(pause)
         end = clock()
     end_marker = spec.end
-    if not (prev[-len(end_marker):] + last).endswith(end_marker):
+    if not (prev[-len(end_marker):] + last).endswith(end_marker) and not completed:
         raise StreamError("stream did not end with [DONE]" if end_marker is DONE else "stream did not end properly")
     result.latencies.append(end - t0)
     if ttft is not None:

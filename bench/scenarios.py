@@ -95,6 +95,14 @@ def default_scenarios(scale: float = 1.0) -> list[Scenario]:
     ]
 
 
+def responses_scenarios(scale: float = 1.0) -> list[Scenario]:
+    """OpenAI Responses streams, translated by mtproxy to chat completions on the same fake
+    runtime (bench/responses.py, bench/instructions.py): mtproxy only, no direct or floor path."""
+    s = 1.0 * scale
+    return [Scenario("responses-stream-16-c16", True, 16, 0, 16, seconds=s, kind="responses"),
+            Scenario("responses-stream-512-c16", True, 512, 0, 16, seconds=s, kind="responses")]
+
+
 def quick_scenarios(scale: float = 1.0) -> list[Scenario]:
     s = 0.5 * scale
     return [

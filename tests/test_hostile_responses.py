@@ -60,7 +60,9 @@ HOSTILE_NATIVE: list[bytes] = [
 NATIVE_SSE = (DATA / "llamacpp_responses_stream.sse").read_bytes()
 NATIVE_JSON = (DATA / "llamacpp_responses.json").read_bytes()
 HOSTILE_BODIES: list[bytes] = [b"{}", b"[]", b"null", b'{"output": 5, "usage": "x", "id": []}', b"not json",
-                               b'{"status": "incomplete", "output": [{"type": "message", "content": 7}]}']
+                               b'{"status": "incomplete", "output": [{"type": "message", "content": 7}]}',
+                               b'{"status": "completed", "output": [{"type": "function_call"}, {"type": "weird"}, '
+                               b'{"type": "message", "role": 5, "content": "x"}, 7]}']
 
 
 class Served:
@@ -115,6 +117,8 @@ class Served:
         url = f"http://127.0.0.1:{self.up_runner.addresses[0][1]}"
         cfg = make_config([{"name": "chat", "runtime": "vllm", "url": url, "models": ["m1"]},
                            {"name": "native", "runtime": "llamacpp", "url": url, "models": ["n1"]},
+                           # the hostile runtime: its broken streams get it ejected, not n1's backend
+                           {"name": "hostile", "runtime": "llamacpp", "url": url, "models": ["h1"]},
                            {"name": "oll", "runtime": "ollama", "url": url, "models": ["o1"]}],
                           server={"max_body_bytes": 64 * 1024}, responses={"max_items": 50})
         self.runner, port = await start(create_app(cfg), "127.0.0.1", 0, shutdown_grace=1)
@@ -285,15 +289,17 @@ def test_hostile_ids_and_queries_on_the_stored_routes(served):
 
 def test_a_runtime_with_a_hostile_responses_stream(served):
     """Whatever a runtime serving /v1/responses itself sends, the client gets a stream that ends
-    (completed or failed) or an upstream error, and the proxy keeps serving."""
+    (completed or failed), an upstream error, or, once the runtime is ejected for its failures,
+    503; and the proxy keeps serving the others."""
     tally = Tally()
+    stored: list[str] = []
     for i in range(len(HOSTILE_NATIVE) * 3):
         stream = i % 2 == 0
-        status, data, headers = send(served.port, PATH, orjson.dumps({"model": "n1", "input": "hostile", "stream": stream}))
+        status, data, headers = send(served.port, PATH, orjson.dumps({"model": "h1", "input": "hostile", "stream": stream}))
         if status == 502:  # e.g. an empty answer: the backend failed before its first byte
             tally(b"upstream_error" in data, data[:200])
-        elif status == 503:  # broken streams count toward ejection: the backend is out for a while
-            tally(b"No healthy backend" in data, data[:200])
+        elif status == 503:  # five broken answers in a row: ejected (outlier detection)
+            tally(b"no_backend_available" in data, data[:200])
         elif stream:
             tally(status == 200 and headers.get("Content-Type", "").startswith("text/event-stream"), status, data[:200])
             last = [line for line in data.split(b"\n") if line.startswith(b"event: ")]
@@ -301,6 +307,15 @@ def test_a_runtime_with_a_hostile_responses_stream(served):
                                            b"event: response.incomplete", b"event: error"), last[-1:])
         else:
             tally.check(PATH, status, data)
+            if status == 200:
+                stored.append(orjson.loads(data)["id"])
+    # what such a runtime answered, stored, is a conversation to continue like any other
+    for rid in stored:
+        for model in MODELS:
+            status, data, _ = send(served.port, PATH, orjson.dumps({"model": model, "input": "on",
+                                                                    "previous_response_id": rid}))
+            tally.check(PATH, status, data, rid)
+    tally(len(stored) >= 3, stored)
     status, _, _ = send(served.port, PATH, orjson.dumps({"model": "m1", "input": "hi"}))
     tally(status == 200, status)
     tally.done()

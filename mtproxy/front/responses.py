@@ -27,7 +27,8 @@ from aiohttp import web
 
 from ..errors import InvalidRequest, ProxyError
 from ..state import POOL, PROXY
-from ..stream.events import DONE, Batch, Report
+from ..stream.events import DONE, PLAIN, Batch, Report
+from ..stream.tap import parse_event
 from ..wire import CHAT, RESPONSES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import responses_wire as rw
 from .response_store import MAX_ID, ResponseStore, open_store
@@ -58,23 +59,33 @@ class Turn:
     create: rw.Create
     store: ResponseStore
     history: list[dict[str, Any]]  # the earlier turns' items (previous_response_id), oldest first
-    rid: str = field(default_factory=lambda: rw.new_id("resp"))
+    rid: str = field(default_factory=rw.response_id)
     created_at: int = field(default_factory=lambda: int(time.time()))
     model: str = ""
     record: bytes | None = None  # what settle() stores
+    fragments: list[bytes] | None = None  # the request's fields as JSON (rw.echo_fragments)
 
     def response(self, **kwargs: Any) -> dict[str, Any]:
         return rw.response_object(self.rid, self.created_at, self.model or self.create.model, self.create.echo,
                                   **kwargs)
 
-    def keep(self, response: dict[str, Any]) -> None:
-        """The finished response, to be stored (``store`` true) with its conversation."""
-        if not self.create.store or response.get("status") not in ("completed", "incomplete"):
+    def response_json(self, **kwargs: Any) -> bytes:
+        if self.fragments is None:
+            self.fragments = rw.echo_fragments(self.create.echo)
+        return rw.response_json(self.rid, self.created_at, self.model or self.create.model, self.create.echo,
+                                fragments=self.fragments, **kwargs)
+
+    def keep(self, response: dict[str, Any], encoded: bytes | None = None) -> None:
+        """The finished response (``encoded``: as JSON already), to be stored (``store`` true)
+        with its conversation."""
+        self.keep_json(response.get("status"), response.get("output"), encoded or orjson.dumps(response))
+
+    def keep_json(self, status: Any, output: Any, encoded: bytes) -> None:
+        if not self.create.store or status not in ("completed", "incomplete"):
             return
-        output = response.get("output")
-        output = [item for item in output if isinstance(item, dict)] if isinstance(output, list) else []
-        self.record = orjson.dumps({"response": response, "input": self.create.items,
-                                    "history": [*self.history, *self.create.items, *output]})
+        self.record = b"".join((b'{"response":', encoded, b',"input":', orjson.dumps(self.create.items),
+                                b',"history":', orjson.dumps([*self.history, *self.create.items,
+                                                              *rw.history_items(output)]), b"}"))
 
     async def settle(self) -> None:
         record, self.record = self.record, None
@@ -105,7 +116,7 @@ class _Open:
         self.kind = kind
         self.item_id = item_id
         self.index = index
-        self.parts: list[str] = []
+        self.parts: list[bytes] = []  # the text so far, as escaped JSON string contents
         self.call_id = call_id
         self.name = name
         # the bytes between a delta event's sequence number and its delta
@@ -114,8 +125,63 @@ class _Open:
                     + b',"delta":')
 
 
+# A content chunk's text field, compact or spaced JSON: what its template is learnt around.
+_CONTENT_MARKERS = (b'"content":"', b'"content": "')
+_TEXT_TAIL = b',"logprobs":[]}\n\n'
+_TEXT_SEP = b'"' + _TEXT_TAIL + _DELTA_HEAD  # one text delta's end and the next one's start
+_TEXT_END = b'"' + _TEXT_TAIL
+_NUMBERS: list[bytes] = []  # sequence numbers as bytes, made as streams need them (up to 8192)
+
+
+def _numbers(start: int, n: int) -> list[bytes]:
+    end = start + n
+    if end > len(_NUMBERS) and len(_NUMBERS) < 8192:
+        _NUMBERS.extend(str(i).encode() for i in range(len(_NUMBERS), min(max(end, 256), 8192)))
+    if end <= len(_NUMBERS):
+        return _NUMBERS[start:end]
+    return [str(i).encode() for i in range(start, end)]
+
+
+def _valid(texts: bytes) -> bool:
+    """Whether ``texts`` (escaped JSON string contents) are valid JSON text: they are copied
+    into the client's events unparsed."""
+    try:
+        orjson.loads(b'"' + texts + b'"')
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _template(event: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, suffix) around the text of a one-line content chunk with a plain text (no quote
+    or escape in it): every content chunk of a stream is written alike but for its text (same
+    id, model, created, keys in the same order)."""
+    for marker in _CONTENT_MARKERS:
+        at = event.find(marker)
+        if at >= 0:
+            break
+    else:
+        return None
+    start = at + len(marker)
+    end = event.find(b'"', start)
+    if end <= start or b"\\" in event[start:end] or b"\n" in event or event.find(marker, end) >= 0:
+        return None
+    return event[:start], event[end:]
+
+
+def _text(parts: list[bytes]) -> str:
+    return orjson.loads(b'"' + b"".join(parts) + b'"')
+
+
 class ResponsesStream:
-    """OpenAI chat chunks in, Responses events out."""
+    """OpenAI chat chunks in, Responses events out.
+
+    The decoder's fast paths stay on (``parse_all`` False): events that need attention (tool
+    calls, usage, the end) come parsed, plain content chunks as raw blocks. A run of content
+    chunks alike but for their text (prefix and suffix learnt here from
+    the first parsed one) becomes text deltas with bytes operations only: each text is copied,
+    still escaped, from its chunk into its delta event; the rest of a block is parsed.
+    """
 
     content_type = "text/event-stream"
 
@@ -131,33 +197,131 @@ class ResponsesStream:
         self.call_ids: set[str] = set()
         self.finish_reason: Any = None
         self.usage: Any = None
+        self.template: tuple[bytes, bytes] | None = None  # (prefix, suffix) of a content chunk
 
     def _event(self, type_: str, **fields: Any) -> bytes:
         seq = self.seq
         self.seq = seq + 1
-        return _sse(type_, {"type": type_, "sequence_number": seq, **fields})
+        return b"".join((b"event: ", type_.encode(), b"\ndata: ",
+                         orjson.dumps({"type": type_, "sequence_number": seq, **fields}), b"\n\n"))
 
     def _start(self, out: list[bytes]) -> None:
         self.started = True
-        response = self.turn.response(status="in_progress", output=[])
-        out.append(self._event("response.created", response=response))
-        out.append(self._event("response.in_progress", response=response))
+        response = self.turn.response_json(status="in_progress", output=b"[]")
+        for seq, type_ in enumerate(("response.created", "response.in_progress")):
+            out.append(b"event: %s\ndata: {\"type\":\"%s\",\"sequence_number\":%d,\"response\":%s}\n\n"
+                       % (type_.encode(), type_.encode(), seq, response))
+        self.seq = 2
 
     def encode(self, batch: Batch) -> bytes:
         out: list[bytes] = []
         if not self.started:
             self._start(out)
-        for _raw, obj in batch.events or ():
-            if obj.__class__ is dict:
-                usage = obj.get("usage")
-                if usage:
-                    self.usage = usage
-                choices = obj.get("choices")
-                if choices and choices[0].__class__ is dict:
-                    self._choice(choices[0], out)
-            elif obj is DONE and not self.finished:
-                self._finish(out)
+        events = batch.events
+        if events is None:
+            self._plain(batch.raw or b"", out)
+        else:
+            for raw, obj in events:
+                if obj is PLAIN:
+                    self._plain(raw or b"", out)
+                else:
+                    self._parsed(raw, obj, out)
         return b"".join(out)
+
+    def _parsed(self, raw: bytes | None, obj: Any, out: list[bytes]) -> None:
+        if obj.__class__ is dict:
+            usage = obj.get("usage")
+            if usage:
+                self.usage = usage
+            choices = obj.get("choices")
+            if choices and choices[0].__class__ is dict:
+                if self.template is None and raw is not None and len(raw) < 4096:
+                    self.template = _template(raw.rstrip(b"\n"))
+                self._choice(choices[0], out)
+        elif obj is DONE and not self.finished:
+            self._finish(out)
+
+    def _plain(self, block: bytes, out: list[bytes]) -> None:
+        """Plain events (content chunks, a role or finish chunk): those shaped as the template
+        become text deltas straight from their bytes, the others are parsed."""
+        template = self.template
+        if template is None:
+            if len(block) > 256:  # several events: learn from the first or the second
+                template = self.template = self._learn(block)
+            if template is None:
+                self._plain_parsed(block, out)
+                return
+        lines = block.split(b"\n")
+        if lines[-1] or any(lines[1::2]):  # not one `data:` line per event
+            self._plain_parsed(block, out)
+            return
+        events = lines[0:-1:2]
+        prefix, suffix = template
+        end_marker = suffix + b"\n\n"
+        first, last = 0, len(events)
+        if not events[0].startswith(prefix):  # a role chunk
+            first = 1
+        while last > first and not events[last - 1].endswith(suffix):  # finish, usage, [DONE]
+            last -= 1
+        if last - first < 1:
+            self._plain_parsed(block, out)
+            return
+        cut_head, cut_tail = len(prefix), -len(suffix)
+        texts = [event[cut_head:cut_tail] for event in events[first:last]]
+        # one check for the whole run: its bytes are the template around these texts, and no
+        # text holds a quote (then it is nothing but text)
+        start = len(events[0]) + 2 if first else 0
+        stop = len(block) - sum(len(e) + 2 for e in events[last:])
+        whole = b"".join(texts)
+        if b'"' in whole or block[start:stop] != prefix + (end_marker + prefix).join(texts) + end_marker \
+                or not _valid(whole):
+            self._plain_parsed(block, out)
+            return
+        if first:
+            self._parsed(events[0] + b"\n\n", parse_event(events[0]), out)
+        self._texts([t for t in texts if t] if b"" in texts else texts, out)
+        for event in events[last:]:
+            self._parsed(event + b"\n\n", parse_event(event), out)
+
+    @staticmethod
+    def _learn(block: bytes) -> tuple[bytes, bytes] | None:
+        start = 0
+        for _ in range(2):  # the first may be a role chunk
+            end = block.find(b"\n\n", start)
+            if end < 0:
+                return None
+            template = _template(block[start:end])
+            if template is not None:
+                return template
+            start = end + 2
+        return None
+
+    def _plain_parsed(self, block: bytes, out: list[bytes]) -> None:
+        for part in block.split(b"\n\n"):
+            if part:
+                self._parsed(part + b"\n\n", parse_event(part), out)
+
+    def _texts(self, texts: list[bytes], out: list[bytes]) -> None:
+        """Text deltas of the message, each text as its chunk had it (escaped, unquoted)."""
+        if not texts:
+            return
+        current = self.open
+        if current is None or current.kind != "message":
+            current = self._open_item("message", out)
+        current.parts.extend(texts)
+        n = len(texts)
+        seq = self.seq
+        self.seq = seq + n
+        # head, then per delta: number, item and indexes, text, its end and the next head;
+        # joined once with the rest (1,150 instructions a delta; a bytes format: 2,300)
+        parts: list[bytes] = [b""] * (4 * n)
+        parts[0::4] = _numbers(seq, n)
+        parts[1::4] = [current.mid + b'"'] * n
+        parts[2::4] = texts
+        parts[3::4] = [_TEXT_SEP] * n
+        parts[-1] = _TEXT_END
+        out.append(_DELTA_HEAD)
+        out.extend(parts)
 
     def _choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta")
@@ -181,21 +345,27 @@ class ResponsesStream:
         current = self.open
         if current is None or current.kind != kind:
             current = self._open_item(kind, out)
-        current.parts.append(text)
+        escaped = orjson.dumps(text)
+        current.parts.append(escaped[1:-1])
         seq = self.seq
         self.seq = seq + 1
-        tail = b',"logprobs":[]}\n\n' if kind == "message" else b"}\n\n"
-        out.append(head + str(seq).encode() + current.mid + orjson.dumps(text) + tail)
+        out.append(head + str(seq).encode() + current.mid + escaped + (_TEXT_TAIL if kind == "message" else b"}\n\n"))
 
     def _open_item(self, kind: str, out: list[bytes], call_id: str = "", name: str = "") -> _Open:
         self._close(out)
         index = len(self.output)
         if kind == "message":
             item = _Open(kind, rw.new_id("msg"), index)
-            out.append(self._event("response.output_item.added", output_index=index, item={
-                "id": item.item_id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}))
-            out.append(self._event("response.content_part.added", item_id=item.item_id, output_index=index,
-                                   content_index=0, part=rw.text_part("")))
+            seq = self.seq
+            self.seq = seq + 2
+            out.append(b'event: response.output_item.added\ndata: {"type":"response.output_item.added",'
+                       b'"sequence_number":%d,"output_index":%d,"item":{"id":"%s","type":"message",'
+                       b'"status":"in_progress","content":[],"role":"assistant"}}\n\n'
+                       % (seq, index, item.item_id.encode()))
+            out.append(b'event: response.content_part.added\ndata: {"type":"response.content_part.added",'
+                       b'"sequence_number":%d,"item_id":"%s","output_index":%d,"content_index":0,'
+                       b'"part":{"type":"output_text","annotations":[],"logprobs":[],"text":""}}\n\n'
+                       % (seq + 1, item.item_id.encode(), index))
         elif kind == "reasoning":
             item = _Open(kind, rw.new_id("rs"), index)
             out.append(self._event("response.output_item.added", output_index=index, item={
@@ -232,24 +402,34 @@ class ResponsesStream:
             return
         args = fn.get("arguments")
         if args and args.__class__ is str:
-            current.parts.append(args)
+            escaped = orjson.dumps(args)
+            current.parts.append(escaped[1:-1])
             seq = self.seq
             self.seq = seq + 1
-            out.append(_ARGS_HEAD + str(seq).encode() + current.mid + orjson.dumps(args) + b"}\n\n")
+            out.append(_ARGS_HEAD + str(seq).encode() + current.mid + escaped + b"}\n\n")
 
     def _close(self, out: list[bytes], status: str = "completed") -> None:
         current, self.open = self.open, None
         if current is None:
             return
-        text = "".join(current.parts)
+        text = _text(current.parts)
         index, item_id = current.index, current.item_id
-        if current.kind == "message":
-            part = rw.text_part(text)
-            out.append(self._event("response.output_text.done", item_id=item_id, output_index=index, content_index=0,
-                                   text=text, logprobs=[]))
-            out.append(self._event("response.content_part.done", item_id=item_id, output_index=index,
-                                   content_index=0, part=part))
+        if current.kind == "message":  # three events with the whole text: written as bytes
             item = rw.message_item(item_id, text, status)
+            self.output[index] = item
+            seq, quoted = self.seq, b'"' + b"".join(current.parts) + b'"'
+            self.seq = seq + 3
+            ids = b'"item_id":"%s","output_index":%d,"content_index":0' % (item_id.encode(), index)
+            part = b'{"type":"output_text","annotations":[],"logprobs":[],"text":%s}' % quoted
+            out.append(b'event: response.output_text.done\ndata: {"type":"response.output_text.done",'
+                       b'"sequence_number":%d,%s,"text":%s,"logprobs":[]}\n\n' % (seq, ids, quoted))
+            out.append(b'event: response.content_part.done\ndata: {"type":"response.content_part.done",'
+                       b'"sequence_number":%d,%s,"part":%s}\n\n' % (seq + 1, ids, part))
+            out.append(b'event: response.output_item.done\ndata: {"type":"response.output_item.done",'
+                       b'"sequence_number":%d,"output_index":%d,"item":{"id":"%s","type":"message",'
+                       b'"status":"%s","content":[%s],"role":"assistant"}}\n\n'
+                       % (seq + 2, index, item_id.encode(), status.encode(), part))
+            return
         elif current.kind == "reasoning":
             out.append(self._event("response.reasoning_text.done", item_id=item_id, output_index=index,
                                    content_index=0, text=text))
@@ -267,11 +447,14 @@ class ResponsesStream:
         status, incomplete = rw.terminal(self.finish_reason)
         self._close(out, "incomplete" if status == "incomplete" else "completed")
         usage = rw.usage(self.usage, self.report.prompt_tokens, self.report.completion_tokens)
-        response = self.turn.response(status=status, output=self.output, usage=usage, incomplete=incomplete)
-        out.append(self._event("response.completed" if status == "completed" else "response.incomplete",
-                               response=response))
+        encoded = self.turn.response_json(status=status, output=orjson.dumps(self.output), usage=orjson.dumps(usage),
+                                          incomplete=orjson.dumps(incomplete))
+        type_ = b"response.completed" if status == "completed" else b"response.incomplete"
+        out.append(b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":%s}\n\n'
+                   % (type_, type_, self.seq, encoded))
+        self.seq += 1
         self.finished = True
-        self.turn.keep(response)
+        self.turn.keep_json(status, self.output, encoded)
 
     def error(self, body: dict[str, Any]) -> bytes:
         out: list[bytes] = []
@@ -431,7 +614,7 @@ class ResponsesFormat:
     """One ``POST /v1/responses``: made per request, with the body the handler parsed already
     (to look up ``previous_response_id``) and what the store holds for it."""
 
-    parse_all = True  # every chat event is rewritten
+    parse_all = False  # plain content chunks come as raw blocks (ResponsesStream._plain)
 
     def __init__(self, store: ResponseStore, parsed: Any = _UNPARSED, prior: dict[str, Any] | None = None) -> None:
         self.store = store

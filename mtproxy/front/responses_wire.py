@@ -10,13 +10,17 @@ written by front/responses.py.
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidRequest
 
+_random = random.Random(secrets.randbits(128))  # item ids: unique, not secret
 # The roles of a Responses message and what chat calls them.
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _TOOL_CHOICES = ("none", "auto", "required")
@@ -34,9 +38,16 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def response_id() -> str:
+    """A response's id: it reads the stored response back (GET, input_items, DELETE, and
+    previous_response_id), for any client with the proxy's key, so it is unguessable (128
+    bits from the OS) and unique across replicas."""
+    return f"resp_{secrets.token_hex(16)}"
+
+
 def new_id(prefix: str) -> str:
-    """``resp_``, ``msg_``, ``fc_``, ``rs_``, ``call_`` ids: random, unique across replicas."""
-    return f"{prefix}_{secrets.token_hex(24)}"
+    """An item's id (``msg_``, ``fc_``, ``rs_``, ``call_``): unique, read nothing back."""
+    return f"{prefix}_{_random.getrandbits(128):032x}"
 
 
 @dataclass(slots=True)
@@ -191,6 +202,18 @@ def _item(raw: Any, i: int) -> dict[str, Any]:
                "function_call_output and reasoning are).", f"{param}.type")
 
 
+def history_items(output: Any) -> list[dict[str, Any]]:
+    """A response's output items as they are kept for the next turn: checked as input items
+    are (a runtime's output relayed natively is not trusted), those that are not left out."""
+    items = []
+    for i, raw in enumerate(output if isinstance(output, list) else ()):
+        try:
+            items.append(_item(raw, i))
+        except InvalidRequest:
+            continue
+    return items
+
+
 def input_items(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"id": new_id("msg"), "type": "message", "role": "user",
@@ -260,6 +283,20 @@ def _text_format(value: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
     raise _bad("`text.format.type` must be 'text', 'json_object' or 'json_schema'.", "text.format.type")
 
 
+# The scalar fields checked by type: the JSON types each may have (exact classes: a boolean is
+# no number here) and how an error names them. Only the fields a request has are looked at.
+_SCALARS: dict[str, tuple[tuple[type, ...], str]] = {
+    "stream": ((bool,), "a boolean"), "store": ((bool,), "a boolean"),
+    "previous_response_id": ((str,), "a string"), "instructions": ((str,), "a string"),
+    "max_output_tokens": ((int,), "an integer"), "temperature": ((int, float), "a number"),
+    "top_p": ((int, float), "a number"), "parallel_tool_calls": ((bool,), "a boolean"),
+    "metadata": ((dict,), "an object"), "user": ((str,), "a string"), "reasoning": ((dict,), "an object"),
+}
+# The request fields chat completions takes as they are (Responses name -> chat name).
+_TO_CHAT = (("max_output_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
+            ("parallel_tool_calls", "parallel_tool_calls"), ("user", "user"))
+
+
 def parse_create(body: Any) -> Create:
     """A Responses request body, checked (InvalidRequest naming the field)."""
     if not isinstance(body, dict):
@@ -267,51 +304,52 @@ def parse_create(body: Any) -> Create:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("You must provide a model parameter.", param="model", code="missing_model")
-    stream = _opt(body, "stream", bool, "a boolean") or False
-    store = _opt(body, "store", bool, "a boolean")
-    previous = _opt(body, "previous_response_id", str, "a string")
+    echo: dict[str, Any] = dict(_ECHO_DEFAULTS)
+    for key in body.keys() & _SCALARS.keys():
+        value = body[key]
+        if value is None:
+            continue
+        types, what = _SCALARS[key]
+        if value.__class__ not in types:
+            raise _bad(f"`{key}` must be {what}.", key)
+        echo[key] = value
     if "input" not in body or body["input"] is None:
         raise _bad("'input' is required.", "input")
     items = input_items(body["input"])
-    echo: dict[str, Any] = {key: body.get(key, default) if body.get(key) is not None else default
-                            for key, default in _ECHO_DEFAULTS.items()}
-    _opt(body, "instructions", str, "a string")
-    _opt(body, "max_output_tokens", int, "an integer")
-    if echo["max_output_tokens"] is not None and echo["max_output_tokens"] < 1:
+    max_tokens = echo["max_output_tokens"]
+    if max_tokens is not None and max_tokens < 1:
         raise _bad("`max_output_tokens` must be at least 1.", "max_output_tokens")
-    for key in ("temperature", "top_p"):
-        _opt(body, key, (int, float), "a number")
-    _opt(body, "parallel_tool_calls", bool, "a boolean")
-    _opt(body, "metadata", dict, "an object")
-    _opt(body, "user", str, "a string")
-    echo["tools"] = _tools(body["tools"]) if body.get("tools") is not None else []
-    echo["tool_choice"] = _tool_choice(body.get("tool_choice")) or "auto"
-    text, response_format = _text_format(body["text"]) if body.get("text") is not None else ({"format": {"type": "text"}}, None)
+    tools = body.get("tools")
+    echo["tools"] = _tools(tools) if tools is not None else []
+    choice = body.get("tool_choice")
+    echo["tool_choice"] = _tool_choice(choice) or "auto"
+    text = body.get("text")
+    text, response_format = _text_format(text) if text is not None else ({"format": {"type": "text"}}, None)
     echo["text"] = text
-    reasoning = _opt(body, "reasoning", dict, "an object") or {}
+    reasoning = echo.pop("reasoning", None) or {}
     effort = reasoning.get("effort")
     if effort is not None and not isinstance(effort, str):
         raise _bad("`reasoning.effort` must be a string.", "reasoning.effort")
     echo["reasoning"] = {"effort": effort, "summary": reasoning.get("summary")}
-    echo["store"] = True if store is None else store
-    create = Create(model, stream, echo["store"], previous, items, echo)
+    stream = echo.pop("stream", False)
+    store = echo.setdefault("store", True)
+    create = Create(model, stream, store, echo.pop("previous_response_id", None), items, echo)
+    echo["previous_response_id"] = create.previous_response_id
     create.native = response_format is None and not any(i["type"] == "reasoning" for i in items)
     chat: dict[str, Any] = {"model": model}
     if stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    for src, dst in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p"),
-                     ("parallel_tool_calls", "parallel_tool_calls"), ("user", "user")):
-        if body.get(src) is not None:
+    for src, dst in _TO_CHAT:
+        if echo.get(src) is not None and src in body:
             chat[dst] = body[src]
     if echo["tools"]:
         chat["tools"] = [{"type": "function", "function": {
             k: v for k, v in (("name", t["name"]), ("description", t["description"]), ("parameters", t["parameters"]),
                               ("strict", t["strict"])) if v is not None}} for t in echo["tools"]]
-    choice = echo["tool_choice"]
-    if body.get("tool_choice") is not None:
-        chat["tool_choice"] = choice if isinstance(choice, str) else {"type": "function",
-                                                                        "function": {"name": choice["name"]}}
+    if choice is not None:
+        named = echo["tool_choice"]
+        chat["tool_choice"] = named if isinstance(named, str) else {"type": "function", "function": {"name": named["name"]}}
     if response_format is not None:
         chat["response_format"] = response_format
     if effort is not None:
@@ -331,8 +369,12 @@ def chat_messages(instructions: str | None, items: list[dict[str, Any]]) -> list
         kind = item["type"]
         if kind == "message":
             role = _ROLES[item["role"]]
-            if role == "user":
-                content: Any = _user_content(item["content"], "input")
+            content: Any = item["content"]
+            if len(content) == 1 and content[0].get("type") == "input_text":  # the usual: one text
+                # (items are checked: from this request's input, or kept by history_items)
+                content = content[0]["text"]
+            elif role == "user":
+                content = _user_content(content, "input")
             else:
                 content = _text_of(item["content"], "input")
             messages.append({"role": role, "content": content})
@@ -429,6 +471,29 @@ def response_object(rid: str, created_at: int, model: str, echo: dict[str, Any],
             "reasoning": echo["reasoning"], "store": echo["store"], "temperature": echo["temperature"],
             "text": echo["text"], "tool_choice": echo["tool_choice"], "tools": echo["tools"], "top_p": echo["top_p"],
             "truncation": echo["truncation"], "usage": usage, "user": echo["user"]}
+
+
+def response_json(rid: str, created_at: int, model: str, echo: dict[str, Any], *, status: str, output: bytes,
+                  usage: bytes = b"null", incomplete: bytes = b"null", error: bytes = b"null",
+                  fragments: list[bytes] | None = None) -> bytes:
+    """:func:`response_object` written as JSON directly (the same fields in the same order), the
+    request's fields from ``fragments`` when given (:func:`echo_fragments`, made once a request),
+    ``output``, ``usage`` and the rest as JSON already: a stream writes it twice."""
+    before, after, user = fragments or echo_fragments(echo)
+    completed = b"%d" % int(time.time()) if status in ("completed", "incomplete", "failed") else b"null"
+    return b"".join((b'{"id":', orjson.dumps(rid), b',"object":"response","created_at":%d,"status":"%s",'
+                     b'"background":false,"completed_at":%s,"error":%s,"incomplete_details":%s,'
+                     % (created_at, status.encode(), completed, error, incomplete), before, b',"model":',
+                     orjson.dumps(model), b',"output":', output, b",", after, b',"usage":', usage, b",", user, b"}"))
+
+
+def echo_fragments(echo: dict[str, Any]) -> list[bytes]:
+    """The request's fields of a Response object as JSON fragments: before ``model``, between
+    ``output`` and ``usage``, and after ``usage``."""
+    return [orjson.dumps({k: echo[k] for k in keys})[1:-1] for keys in (
+        ("instructions", "max_output_tokens", "metadata"),
+        ("parallel_tool_calls", "previous_response_id", "reasoning", "store", "temperature", "text", "tool_choice",
+         "tools", "top_p", "truncation"), ("user",))]
 
 
 def output_from_chat(body: dict[str, Any]) -> tuple[list[dict[str, Any]], str, dict[str, Any] | None]:
