@@ -80,12 +80,14 @@ class Turn:
         with its conversation."""
         self.keep_json(response.get("status"), response.get("output"), encoded or orjson.dumps(response))
 
-    def keep_json(self, status: Any, output: Any, encoded: bytes) -> None:
+    def keep_json(self, status: Any, output: Any, encoded: bytes, *, ours: bool = False) -> None:
+        """``ours``: the output items are the proxy's own (translated), checked already."""
         if not self.create.store or status not in ("completed", "incomplete"):
             return
         self.record = b"".join((b'{"response":', encoded, b',"input":', orjson.dumps(self.create.items),
                                 b',"history":', orjson.dumps([*self.history, *self.create.items,
-                                                              *rw.history_items(output)]), b"}"))
+                                                              *(output if ours else rw.history_items(output))]),
+                                b"}"))
 
     async def settle(self) -> None:
         record, self.record = self.record, None
@@ -454,7 +456,7 @@ class ResponsesStream:
                    % (type_, type_, self.seq, encoded))
         self.seq += 1
         self.finished = True
-        self.turn.keep_json(status, self.output, encoded)
+        self.turn.keep_json(status, self.output, encoded, ours=True)
 
     def error(self, body: dict[str, Any]) -> bytes:
         out: list[bytes] = []
