@@ -41,7 +41,7 @@ class Scripted:
     def __init__(self, deltas: list[dict[str, Any]] | None = None, *, finish: str = "stop",
                  usage: tuple[int, int] = (5, 3), models: tuple[str, ...] = ("m1",),
                  native_sse: bytes | None = None, native_json: bytes | None = None,
-                 build: str = "b1-0c1e570", status: int = 200) -> None:
+                 build: str = "b1-0c1e570", status: int = 200, at_once: bool = False) -> None:
         self.deltas = deltas if deltas is not None else [{"content": "Hel"}, {"content": "lo"}, {"content": "!"}]
         self.finish = finish
         self.usage = usage
@@ -50,6 +50,7 @@ class Scripted:
         self.native_json = native_json
         self.build = build
         self.status = status
+        self.at_once = at_once  # the whole stream in one write (the proxy reads it as one block)
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -124,14 +125,13 @@ class Scripted:
             return b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": model,
                                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n"
 
-        await resp.write(chunk({"role": "assistant", "content": ""}))
-        for d in self.deltas:
-            await resp.write(chunk(d))
-        await resp.write(chunk({}, self.finish))
+        events = [chunk({"role": "assistant", "content": ""}), *(chunk(d) for d in self.deltas), chunk({}, self.finish)]
         if (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0,
-                                                       "model": model, "choices": [], "usage": self._usage()}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+            events.append(b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                                                    "model": model, "choices": [], "usage": self._usage()}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        for data in [b"".join(events)] if self.at_once else events:
+            await resp.write(data)
         return resp
 
     async def responses(self, request: web.Request) -> web.StreamResponse:

@@ -310,6 +310,31 @@ async def test_tool_round_trip(serve, stream):
         {"role": "tool", "tool_call_id": "call_2", "content": "25C"}]
 
 
+TRICKY = ['say "hi"', " back\\slash", " new\nline", " tab\t", " é", " 日本", " 🦊", " \u0001", " </s>", "'", " %d %s",
+          "{", "}", "\\", '"']
+
+
+@pytest.mark.parametrize("odd", [False, True])
+@pytest.mark.parametrize("at_once", [False, True])
+async def test_texts_are_copied_exactly_whatever_is_in_them(serve, at_once, odd):
+    """Text deltas copied as bytes from the runtime's chunks (a block of chunks read at once) or
+    parsed one by one: the same text, escapes and all; a chunk of another shape in the middle
+    (another field after the text, with or without quotes) is parsed where it stands."""
+    plain = [{"content": f" w{i}"} for i in range(40)]
+    deltas = [*plain[:20], *({"content": t} for t in TRICKY), *([{"content": " odd", "extra": [1]}] if odd else []),
+              *plain[20:30], {"content": " sly", "note": "x"}, *plain[30:]]
+    _, proxy = await serve(deltas, at_once=at_once)
+    want = "".join(d["content"] for d in deltas)
+    async with client(proxy, strict=True) as c:
+        async with c.responses.stream(model="m1", input="hi") as s:
+            events = [e async for e in s]
+            final = await s.get_final_response()
+    assert final.output_text == want
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == want
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert (await client(proxy).responses.retrieve(final.id)).output_text == want
+
+
 async def test_reasoning_and_length_map_to_items_and_incomplete(serve):
     _, proxy = await serve([{"reasoning_content": "think"}, {"content": "an"}, {"content": "swer"}], finish="length")
     async with client(proxy, strict=True) as c:

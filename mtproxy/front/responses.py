@@ -80,12 +80,14 @@ class Turn:
         with its conversation."""
         self.keep_json(response.get("status"), response.get("output"), encoded or orjson.dumps(response))
 
-    def keep_json(self, status: Any, output: Any, encoded: bytes) -> None:
+    def keep_json(self, status: Any, output: Any, encoded: bytes, *, ours: bool = False) -> None:
+        """``ours``: the output items are the proxy's own (translated), checked already."""
         if not self.create.store or status not in ("completed", "incomplete"):
             return
         self.record = b"".join((b'{"response":', encoded, b',"input":', orjson.dumps(self.create.items),
                                 b',"history":', orjson.dumps([*self.history, *self.create.items,
-                                                              *rw.history_items(output)]), b"}"))
+                                                              *(output if ours else rw.history_items(output))]),
+                                b"}"))
 
     async def settle(self) -> None:
         record, self.record = self.record, None
@@ -275,13 +277,41 @@ class ResponsesStream:
         whole = b"".join(texts)
         if b'"' in whole or block[start:stop] != prefix + (end_marker + prefix).join(texts) + end_marker \
                 or not _valid(whole):
-            self._plain_parsed(block, out)
+            self._each(events, template, out)
             return
         if first:
             self._parsed(events[0] + b"\n\n", parse_event(events[0]), out)
         self._texts([t for t in texts if t] if b"" in texts else texts, out)
         for event in events[last:]:
             self._parsed(event + b"\n\n", parse_event(event), out)
+
+    def _each(self, events: list[bytes], template: tuple[bytes, bytes], out: list[bytes]) -> None:
+        """Event by event (a block with something else in it): the template's with a text
+        without quote or escape as text deltas, the others parsed, in order."""
+        prefix, suffix = template
+        head, tail = len(prefix), -len(suffix)
+        texts: list[bytes] = []
+        for event in events:
+            if event.startswith(prefix) and event.endswith(suffix):
+                text = event[head:tail]
+                if b'"' not in text and b"\\" not in text:
+                    if text:
+                        texts.append(text)
+                    continue
+            self._flush(texts, out)
+            self._parsed(event + b"\n\n", parse_event(event), out)
+        self._flush(texts, out)
+
+    def _flush(self, texts: list[bytes], out: list[bytes]) -> None:
+        if not texts:
+            return
+        if _valid(b"".join(texts)):
+            self._texts(texts[:], out)
+        else:  # a control character: not JSON, as the runtime's parsed chunk would show
+            for text in texts:
+                if _valid(text):
+                    self._texts([text], out)
+        texts.clear()
 
     @staticmethod
     def _learn(block: bytes) -> tuple[bytes, bytes] | None:
@@ -454,7 +484,7 @@ class ResponsesStream:
                    % (type_, type_, self.seq, encoded))
         self.seq += 1
         self.finished = True
-        self.turn.keep_json(status, self.output, encoded)
+        self.turn.keep_json(status, self.output, encoded, ours=True)
 
     def error(self, body: dict[str, Any]) -> bytes:
         out: list[bytes] = []
