@@ -47,7 +47,8 @@ class ClientFormat(ErrorShape, Protocol):
     def stream_encoder(self, req: ApiRequest, report: Report) -> StreamEncoder: ...
 
     def body(self, req: ApiRequest, body: bytes, report: Report) -> tuple[bytes, str]:
-        """A non-streaming OpenAI body as the client's body and content type."""
+        """A non-streaming OpenAI body as the client's body and content type (empty: the
+        runtime's own content type, for an answer relayed as it came)."""
         ...
 
     async def settle(self, req: ApiRequest) -> None:

@@ -91,6 +91,30 @@ MESSAGES = {"type": "object", "required": ["model", "max_tokens", "messages"], "
                            "top_k": {"type": "integer"}, "metadata": {"type": "object"}}}
 MESSAGES_COUNT = {"type": "object", "required": ["model", "messages"], "additionalProperties": True,
                   "properties": _ANTHROPIC}
+# The rest of the local API (front/local.py): only `model` is read, the rest relayed as it came
+_MODEL = {"model": _COMMON["model"]}
+RERANK = {"type": "object", "required": ["model", "query", "documents"], "additionalProperties": True,
+          "properties": {**_MODEL, "query": {"type": "string"}, "documents": {"type": "array"},
+                         "top_n": {"type": "integer"}, "return_documents": {"type": "boolean"}}}
+SCORE = {"type": "object", "required": ["model", "text_1", "text_2"], "additionalProperties": True,
+         "properties": {**_MODEL, "text_1": {"type": ["string", "array"]}, "text_2": {"type": ["string", "array"]}}}
+TOKENIZE = {"type": "object", "required": ["model"], "additionalProperties": True, "properties": {
+    **_MODEL, "content": {"type": "string"}, "prompt": {"type": "string"}, "messages": {"type": "array"},
+    "add_special": {"type": "boolean"}, "with_pieces": {"type": "boolean"}}}
+DETOKENIZE = {"type": "object", "required": ["model", "tokens"], "additionalProperties": True,
+              "properties": {**_MODEL, "tokens": {"type": "array", "items": {"type": "integer"}}}}
+INFILL = {"type": "object", "required": ["model"], "additionalProperties": True, "properties": {
+    **_MODEL, "input_prefix": {"type": "string"}, "input_suffix": {"type": "string"},
+    "input_extra": {"type": "array"}, "prompt": {"type": "string"}, "n_predict": {"type": "integer"}}}
+SPEECH = {"type": "object", "required": ["model", "input"], "additionalProperties": True, "properties": {
+    **_MODEL, "input": {"type": "string"}, "voice": {"type": "string"}, "speed": {"type": "number"},
+    "response_format": {"type": "string", "enum": ["mp3", "opus", "aac", "flac", "wav", "pcm"]}}}
+IMAGE = {"type": "object", "required": ["model", "prompt"], "additionalProperties": True, "properties": {
+    **_MODEL, "prompt": {"type": "string"}, "n": {"type": "integer"}, "size": {"type": "string"},
+    "response_format": {"type": "string", "enum": ["url", "b64_json"]}}}
+AUDIO_FORM = {"type": "object", "required": ["model", "file"], "additionalProperties": True, "properties": {
+    **_MODEL, "file": {"type": "string", "format": "binary"}, "language": {"type": "string"},
+    "prompt": {"type": "string"}, "response_format": {"type": "string"}, "temperature": {"type": "number"}}}
 
 REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": CHAT,
@@ -100,6 +124,13 @@ REQUEST_BODIES: dict[str, dict[str, Any]] = {
     "/api/generate": OLLAMA_GENERATE,
     "/v1/responses": RESPONSES,
     "/v1/messages": MESSAGES,
+    "/v1/rerank": RERANK,
+    "/v1/score": SCORE,
+    "/tokenize": TOKENIZE,
+    "/detokenize": DETOKENIZE,
+    "/infill": INFILL,
+    "/v1/audio/speech": SPEECH,
+    "/v1/images/generations": IMAGE,
 }
 
 
@@ -109,6 +140,15 @@ def _post(schema: dict[str, Any], summary: str, error: dict[str, Any] = _ERROR) 
     return {"post": {"summary": summary, "requestBody": {"required": True, "content": {
         "application/json": {"schema": schema}}}, "responses": {"200": {"description": "the runtime's answer"},
                                                               **errors}}}
+
+
+def _form(schema: dict[str, Any], summary: str) -> dict[str, Any]:
+    post = _post(schema, summary)
+    post["post"]["requestBody"]["content"] = {"multipart/form-data": {"schema": schema}}
+    return post
+
+
+_RELAYED = ", routed by model and relayed as it came to a runtime serving it (404 when none does)"
 
 
 def _get(summary: str) -> dict[str, Any]:
@@ -139,6 +179,19 @@ def spec() -> dict[str, Any]:
                                   _ANTHROPIC_ERROR),
             "/v1/messages/count_tokens": _post(MESSAGES_COUNT, "Anthropic token count, by the backend's "
                                                "tokenizer (501 when its runtime has none)", _ANTHROPIC_ERROR),
+            "/v1/rerank": _post(RERANK, "Rerank" + _RELAYED),
+            "/rerank": _post(RERANK, "Rerank (vLLM's, llama-server's path)" + _RELAYED),
+            "/v1/reranking": _post(RERANK, "Rerank (llama-server's path)" + _RELAYED),
+            "/v1/score": _post(SCORE, "Score text pairs (vLLM)" + _RELAYED),
+            "/tokenize": _post(TOKENIZE, "Tokenize (vLLM, llama-server)" + _RELAYED),
+            "/detokenize": _post(DETOKENIZE, "Detokenize (vLLM, llama-server)" + _RELAYED),
+            "/infill": _post(INFILL, "Fill in the middle (llama-server)" + _RELAYED),
+            "/v1/audio/transcriptions": _form(AUDIO_FORM, "Transcribe audio (multipart, by its model "
+                                              "field)" + _RELAYED),
+            "/v1/audio/translations": _form(AUDIO_FORM, "Translate audio (multipart, by its model "
+                                            "field)" + _RELAYED),
+            "/v1/audio/speech": _post(SPEECH, "Speech: the runtime's audio bytes and content type" + _RELAYED),
+            "/v1/images/generations": _post(IMAGE, "Generate images" + _RELAYED),
             "/api/chat": _post(OLLAMA_CHAT, "Ollama API chat (NDJSON when stream)"),
             "/api/generate": _post(OLLAMA_GENERATE, "Ollama API generate"),
             "/api/tags": _get("Ollama API model list"),

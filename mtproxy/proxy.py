@@ -261,7 +261,19 @@ class Proxy:
             backend.mark_down(upstream.describe(exc))
         return _Retry(err)
 
-    def _error_status(self, meter: RequestMeter[Backend], backend: Backend, status: int, data: bytes) -> Exception:
+    @staticmethod
+    def _not_served(req: ApiRequest, backend: Backend, detail: str) -> _Retry:
+        """A route of the rest of the local API that this backend does not serve: 404, or the
+        next candidate that may."""
+        log.info("backend %s does not serve %s (%s)", backend.name, req.endpoint.path, detail)
+        return _Retry(ProxyError(f"Backend {backend.name} ({backend.runtime.name}) does not serve "
+                                 f"{req.endpoint.path} ({detail}).", status=404,
+                                 type_="invalid_request_error", code="route_not_served"))
+
+    def _error_status(self, req: ApiRequest, meter: RequestMeter[Backend], backend: Backend, status: int,
+                      data: bytes) -> Exception:
+        if req.endpoint.relay and status in (404, 405):
+            return self._not_served(req, backend, f"it answered HTTP {status}")
         err = backend.runtime.upstream_error(status, data)
         err.headers = self._headers(meter)
         log.info("backend %s answered HTTP %d: %s", backend.name, status, err.message)
@@ -269,12 +281,17 @@ class Proxy:
 
     async def _unary(self, request: web.Request, req: ApiRequest, fmt: ClientFormat, backend: Backend,
                      meter: RequestMeter[Backend]) -> web.Response:
+        if req.endpoint.relay and not backend.runtime.relays_local:
+            raise self._not_served(req, backend, "its runtime has no such route")
         prepared = backend.runtime.prepare(req)
+        headers = backend.headers
+        if prepared.content_type is not None:
+            headers = {**headers, "Content-Type": prepared.content_type}
         meter.t_sent = perf_counter()
         try:
             with self.watchdog.watch(self._request, meter.t_sent):
                 async with await upstream.send(self.session, backend.url(prepared.path), prepared.body,
-                                               backend.headers, backend.name) as resp:
+                                               headers, backend.name) as resp:
                     data = await resp.read()
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
@@ -282,12 +299,14 @@ class Proxy:
             raise self._failed(backend, exc) from None
         meter.t_in = perf_counter()
         if resp.status >= 400:
-            raise self._error_status(meter, backend, resp.status, data)
+            raise self._error_status(req, meter, backend, resp.status, data)
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         await fmt.settle(req)
-        out = web.Response(body=body, status=resp.status, headers=self._headers(meter),
-                           content_type=content_type)
+        headers = self._headers(meter)
+        if not content_type:  # the format relays the runtime's answer as it came
+            headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")
+        out = web.Response(body=body, status=resp.status, headers=headers, content_type=content_type or None)
         meter.http_status = out.status
         meter.t_out = perf_counter()
         try:  # sent here, so the client does not wait for the metrics
@@ -308,7 +327,7 @@ class Proxy:
                     resp = await upstream.send(self.session, backend.url(prepared.path), prepared.body,
                                                backend.headers, backend.name)
                     if resp.status >= 400:
-                        raise self._error_status(meter, backend, resp.status, await resp.read())
+                        raise self._error_status(req, meter, backend, resp.status, await resp.read())
                     first = await resp.content.readany()
             except TimeoutError:
                 raise UpstreamTimeout(

@@ -14,7 +14,10 @@ import orjson
 
 from .errors import InvalidRequest
 
-Kind = Literal["chat", "completions", "embeddings", "messages", "responses"]
+Kind = Literal["chat", "completions", "embeddings", "messages", "responses",
+               # the rest of the local API, relayed as it came (Endpoint.relay)
+               "rerank", "score", "tokenize", "detokenize", "infill", "transcriptions", "translations",
+               "speech", "images"]
 
 # The deepest nesting of objects and arrays a request may have: every encoder on the way out must
 # take what was accepted. orjson, the proxy's, writes at most 254 levels (and reads 1024);
@@ -28,6 +31,9 @@ class Endpoint:
     kind: Kind
     path: str  # the OpenAI path; adapters of runtimes with another API map it
     streams: bool  # whether `stream: true` is allowed
+    # The rest of the local API (rerank, tokenize, audio, images): the body relayed as it came to
+    # the same path on a runtime that serves it, the runtime's answer relayed as it came
+    relay: bool = False
 
 
 CHAT = Endpoint("chat", "/v1/chat/completions", streams=True)
@@ -37,6 +43,27 @@ EMBEDDINGS = Endpoint("embeddings", "/v1/embeddings", streams=False)
 # natively (Runtime.native_apis): the endpoint a request arrived at labels its metrics.
 MESSAGES = Endpoint("messages", "/v1/messages", streams=True)  # Anthropic Messages
 RESPONSES = Endpoint("responses", "/v1/responses", streams=True)  # OpenAI Responses
+
+
+def relayed(kind: Kind, path: str) -> Endpoint:
+    return Endpoint(kind, path, streams=False, relay=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    """A multipart form relayed as it came (audio transcriptions): its bytes, its content type
+    (with the boundary) and where the value of its ``model`` field lies in it."""
+
+    raw: bytes
+    content_type: str
+    start: int
+    end: int
+
+    def body(self, model: str) -> bytes:
+        name = model.encode()
+        if self.raw[self.start:self.end] == name:
+            return self.raw
+        return b"".join((self.raw[:self.start], name, self.raw[self.end:]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +98,7 @@ class ApiRequest:
     native: Native | None = None
     relayed: bool = False
     context: Any = None  # the client format's own state for the answer, carried along untouched
+    form: Form | None = None  # a multipart form, relayed as it came (Endpoint.relay)
 
     def set_model(self, model: str) -> None:
         if self.payload["model"] != model:

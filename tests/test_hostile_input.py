@@ -657,15 +657,22 @@ def test_mutated_request_heads(served, caplog):
 MODEL_NAMES = 2000
 
 
+def _request_series(served) -> list[str]:
+    status, data, _ = served.send("/metrics", b"", method="GET")
+    assert b"random-" not in data
+    return [line for line in data.decode().splitlines() if line.startswith("mtproxy_requests_total{")]
+
+
 def test_thousands_of_model_names_leave_labels_bounded(served):
+    """Unknown models add no series of their own (the other tests' routes and statuses made
+    those there are: the count is taken before and after)."""
+    before = _request_series(served)
     for i in range(MODEL_NAMES):
         status, data, _ = served.send("/v1/chat/completions", orjson.dumps({"model": f"random-{i}", "messages": []}))
         assert status == 404
-    status, data, _ = served.send("/metrics", b"", method="GET")
-    assert b"random-" not in data
-    series = [line for line in data.decode().splitlines() if line.startswith("mtproxy_requests_total{")]
-    assert len(series) < 60
-    assert served.sent == MODEL_NAMES + 1
+    series = _request_series(served)
+    assert len(series) <= len(before) + 1  # at most the one of unrouted chat requests answered 404
+    assert served.sent == MODEL_NAMES + 2
 
 
 def test_at_least_10000_requests_in_all():
@@ -683,6 +690,6 @@ def test_at_least_10000_requests_in_all():
         "nesting": sum(len(SITES[path]) for path in CLIENT_POSTS) * len(NEST_MODELS) * len(DEPTHS),
         "header values": len(CLIENT_POSTS + CLIENT_GETS) * HEADER_ROUNDS,
         "malformed heads": len(HEADS) + HEAD_MUTATIONS,
-        "model names": MODEL_NAMES + 1,
+        "model names": MODEL_NAMES + 2,
     }
     assert sum(sent.values()) >= 10_000, sent

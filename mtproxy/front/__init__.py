@@ -1,4 +1,5 @@
-"""Client formats: one module per API the proxy serves (openai, ollama, anthropic, responses).
+"""Client formats: one module per API the proxy serves (openai, ollama, anthropic, responses,
+local: the rest of the local API, relayed).
 
 Each parses its client's request into the proxy's one internal request (wire.ApiRequest) and
 encodes the proxy's one internal event stream back into its client's wire format, errors
@@ -14,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..formats import ErrorShape
-from . import anthropic, ollama, openai, responses
+from . import anthropic, local, ollama, openai, responses
 
 # Which format answers a path's errors: the first prefix that matches, else OpenAI's.
 _SHAPES: tuple[tuple[str, ErrorShape], ...] = ((ollama.PREFIX, ollama.CHAT_FORMAT),)
@@ -37,3 +38,4 @@ def add_routes(app: web.Application) -> None:
     ollama.add_routes(app)
     anthropic.add_routes(app)
     responses.add_routes(app)
+    local.add_routes(app)

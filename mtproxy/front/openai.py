@@ -68,8 +68,7 @@ class OpenAIFormat:
 
     parse_all = False
 
-    @staticmethod
-    def parse(body: bytes, endpoint: Endpoint) -> ApiRequest:
+    def parse(self, body: bytes, endpoint: Endpoint) -> ApiRequest:
         return parse_request(body, endpoint)
 
     def stream_encoder(self, req: ApiRequest, report: Report) -> OpenAIStream:

@@ -39,6 +39,7 @@ class Upstream:
 
     path: str
     body: bytes
+    content_type: str | None = None  # None: JSON (the backend's headers say so)
 
 
 class BackendHTTP:
@@ -87,6 +88,9 @@ class Runtime(Protocol):
     # Anthropic Messages, "responses": OpenAI Responses) -> the first version that serves it
     # ("" when every version the adapter supports does, or none is recorded).
     native_apis: ClassVar[dict[str, str]]
+    # Whether requests to the rest of the local API (Endpoint.relay: rerank, tokenize, audio,
+    # images) go to the runtime as they came, to the same path; False: it serves none of them.
+    relays_local: ClassVar[bool]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the

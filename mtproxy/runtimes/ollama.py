@@ -141,6 +141,7 @@ class Ollama:
     rediscover: ClassVar[bool] = True
     mtp_support: ClassVar[Support] = REGISTRY["ollama"]
     native_apis: ClassVar[dict[str, str]] = {}  # (Ollama serves both since 0.13.3/0.14.0; not used yet)
+    relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

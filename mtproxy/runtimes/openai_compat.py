@@ -79,6 +79,8 @@ class OpenAICompatible:
     mtp_support: ClassVar[Support] = REGISTRY["openai"]
     # Client APIs the runtime serves itself besides the OpenAI ones (Runtime.native_apis).
     native_apis: ClassVar[dict[str, str]] = {}
+    # The rest of the local API goes to the runtime as it came (a route it lacks answers 404).
+    relays_local: ClassVar[bool] = True
     # A tokenizer route that takes chat messages ({"model", "messages"} -> {"count"}), if any.
     chat_tokenize_path: ClassVar[str | None] = None
 
@@ -129,6 +131,10 @@ class OpenAICompatible:
         return True
 
     def prepare(self, req: ApiRequest) -> Upstream:
+        if req.endpoint.relay:  # the rest of the local API: as it came, to the same path
+            if req.form is not None:
+                return Upstream(req.endpoint.path, req.form.body(req.payload["model"]), req.form.content_type)
+            return Upstream(req.endpoint.path, req.body())
         if req.relayed:  # the client's own request, to the runtime's own route for its API
             assert req.native is not None  # (its usage is always in it: no stream_options)
             return Upstream(req.native.path, req.native.body(req.payload["model"]))
