@@ -519,6 +519,12 @@ async def test_metrics_of_a_responses_stream_equal_the_openai_ones(runtime_facto
     chat = value(samples, "mtproxy_decode_tokens_per_second_sum", endpoint="chat")
     responses = value(samples, "mtproxy_decode_tokens_per_second_sum", endpoint="responses")
     assert 0.5 < responses / chat < 2.0
+    # OpenTelemetry GenAI: a Responses request is a "chat" operation, as a chat completion is
+    otel = {"gen_ai_request_model": "m1", "gen_ai_provider_name": "vllm"}
+    chat_tokens = value(samples, "mtproxy_completion_tokens_total", endpoint="chat")
+    assert value(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type="output",
+                 gen_ai_operation_name="chat", **otel) == 2 * chat_tokens
+    assert not [k for k in samples if ("gen_ai_operation_name", "responses") in k[1]]
 
 
 async def test_native_stream_metrics_count_its_deltas_and_usage(serve):

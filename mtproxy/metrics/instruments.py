@@ -41,7 +41,9 @@ TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 419
 LABELS = ("backend", "runtime", "model", "mtp", "endpoint", "stream")
 CUT_REASONS = ("header_timeout", "body_timeout", "too_many")  # client connections cut (clients.py)
 OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
-OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+# Anthropic Messages and OpenAI Responses are chat operations in the GenAI conventions.
+OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings",
+                  "messages": "chat", "responses": "chat"}
 
 
 def otel_labels(*extra: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
