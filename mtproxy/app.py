@@ -81,7 +81,7 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     pool, session = app[POOL], app[PROXY].session
-    pool.start_managed(session)  # its tasks are the pool's, cancelled by stop_managed
+    pool.start_managed(session, app[METRICS].swaps)  # its tasks are the pool's, cancelled by stop_managed
     await pool.probe_all(session)
     health = asyncio.create_task(pool.run(session), name="mtproxy-health")
     try:

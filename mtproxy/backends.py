@@ -19,6 +19,7 @@ from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
 from .runtimes.base import native_kinds
+from .swap import Events, Member, Swapper
 from .wire import ApiRequest
 
 log = logging.getLogger("mtproxy.backends")
@@ -55,6 +56,7 @@ class Backend:
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
         self.process: ManagedProcess | None = None  # for a backend with `launch`
+        self.member: Member | None = None  # a backend mtproxy starts and stops (swap.py)
         self.cap = config.max_concurrent or 0  # 0: no cap
         # passive outlier detection (Envoy-style): consecutive 5xx answers eject the backend
         self.failures = 0
@@ -80,6 +82,12 @@ class Backend:
         return native is not None and native.kind in self.native and self.runtime.relays(native)
 
     @property
+    def warm(self) -> bool:
+        """Serving now: not a member of a swap group that is stopped, starting or leaving."""
+        member = self.member
+        return member is None or member.state == "ready"
+
+    @property
     def full(self) -> bool:
         return self.cap > 0 and self.outstanding >= self.cap
 
@@ -89,6 +97,13 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} up={self.up} outstanding={self.outstanding}>"
+
+
+class _NoEvents:
+    def started(self, backend: str, reason: str, seconds: float) -> None: ...
+    def stopped(self, backend: str, reason: str) -> None: ...
+    def swapped(self, group: str) -> None: ...
+    def waited(self, backend: str, seconds: float) -> None: ...
 
 
 class BackendPool:
@@ -101,9 +116,10 @@ class BackendPool:
         self.by_model: dict[str, list[Backend]] = {}
         self.trained: dict[str, Trained] = {}
         self._files: dict[str, Trained | None] = {}  # model_path → what the file says
-        # background work on managed backends (starting them, retiring those a reload removed),
-        # owned here and cancelled by stop_managed
+        # background work on managed backends (starting them), owned here and cancelled by
+        # stop_managed; their starts, stops and swaps are the swapper's
         self.tasks: set[asyncio.Task] = set()
+        self.swapper: Swapper | None = None
         self._reindex()
 
     def update(self, config: Config) -> list[Backend]:
@@ -217,25 +233,41 @@ class BackendPool:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def start_managed(self, session: aiohttp.ClientSession) -> None:
-        """Create the child-process managers of backends that have none yet (at start-up and
-        after a reload); start the `start: startup` ones in the background."""
+    def start_managed(self, session: aiohttp.ClientSession, events: Events | None = None) -> None:
+        """Members for the backends mtproxy starts and stops (swap.py), at start-up and after a
+        reload; the `start: startup` ones are started in the background."""
+        swapper = self.swapper
+        if swapper is None:
+            swapper = self.swapper = Swapper(session, events or _NoEvents(), self._member_ready,
+                                             lambda b: self._process(session, b))
+        fresh = swapper.sync(self.config, self.backends, self.config.health.timeout)
         for backend in self.backends:
-            cfg = backend.config
-            if cfg.launch is None or backend.process is not None:
-                continue
-            backend.process = ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend),
-                                             cfg.ready_timeout, cfg.idle_stop)
-            backend.process.busy = lambda b=backend: b.outstanding > 0
-            backend.detail = "not started; starts on the first request"
-            if cfg.start == "startup":
-                self.track(asyncio.create_task(self._start_quietly(backend.process), name=f"start-{backend.name}"))
+            member = swapper.members.get(backend.name)
+            backend.member = member
+            backend.process = member.process if member is not None else None
+            if member is not None and member.state == "stopped" and member.failure is None and member.process:
+                backend.detail = "not started; starts on the first request"
+        for member in fresh:
+            self.track(asyncio.create_task(self._start_quietly(swapper, member.name), name=f"start-{member.name}"))
+
+    def _process(self, session: aiohttp.ClientSession, backend: Backend) -> ManagedProcess:
+        cfg = backend.config
+        assert cfg.launch is not None
+        return ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend), cfg.ready_timeout)
+
+    def _member_ready(self, member: Member) -> None:
+        backend = member.backend
+        assert isinstance(backend, Backend)
+        if not backend.up:
+            log.info("backend %s is up", backend.name)
+        backend.up = True
+        backend.detail = "ready"
 
     @staticmethod
-    async def _start_quietly(process: ManagedProcess) -> None:
+    async def _start_quietly(swapper: Swapper, name: str) -> None:
         try:
-            await process.ensure_running()
-        except Exception:  # logged by the process manager; the backend shows as down
+            await swapper.start(name, "startup")
+        except Exception:  # logged by the swapper; the backend shows as down
             pass
 
     def _ready_check(self, session: aiohttp.ClientSession, backend: Backend):
@@ -258,7 +290,8 @@ class BackendPool:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(*(b.process.close() for b in self.backends if b.process is not None))
+        if self.swapper is not None:
+            await self.swapper.close()
 
     # --- probes --------------------------------------------------------------------------------
 
@@ -269,14 +302,16 @@ class BackendPool:
         self._reindex()
 
     async def _probe(self, session: aiohttp.ClientSession, backend: Backend) -> None:
-        process = backend.process
-        if process is not None and not process.running:  # a managed backend not running now
-            if process.failure is not None:
-                backend.mark_down(f"launch failed: {process.failure}")
-                process.failure = None  # routable again next round: the next request retries
+        member = backend.member
+        if member is not None and member.process is not None and member.state != "ready":
+            # a launched backend not running now: nothing to probe
+            if member.failure is not None:
+                backend.mark_down(f"launch failed: {member.failure}")
+                member.failure = None  # routable again next round: the next request retries
             else:
                 backend.up = True
-                backend.detail = "not running; starts on the first request"
+                backend.detail = f"{member.state}; starts on the first request" if member.state == "stopped" \
+                    else member.state
             return
         http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
         # discovery: every round, unless the runtime asks for it only when it (re)appears

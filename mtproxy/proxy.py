@@ -20,7 +20,7 @@ from aiohttp import web
 from . import upstream
 from .backends import Backend, BackendPool
 from .config import Config
-from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
+from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, error_body
 from .formats import ClientFormat, StreamEncoder
 from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
@@ -28,6 +28,7 @@ from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .stream.events import StreamDecoder, StreamFailure
+from .swap import Member, StartFailed
 from .watchdog import Watchdog
 from .wire import ApiRequest, Endpoint
 
@@ -144,9 +145,10 @@ class Proxy:
                 meter.route(backend, backend.name, backend.runtime.name, route.model,
                             self.router.mtp_on(route, backend))
                 backend.outstanding += 1
+                member = None
                 try:
-                    if backend.process is not None:
-                        await self._launched(backend)
+                    if backend.member is not None:
+                        member = await self._admitted(backend)
                     resp = await self._send(request, req, fmt, backend, meter)
                     # a stream cut by a reset or a silence after its first byte is a failure too
                     self.pool.answered(backend, 502 if meter.outcome is STREAM_ERROR else resp.status)
@@ -171,8 +173,8 @@ class Proxy:
                     backend.outstanding -= 1
                     if backend.cap:
                         self.backend_waiters.wake_all()
-                    if backend.process is not None:
-                        backend.process.touch()
+                    if member is not None:
+                        member.release()
                 await asyncio.sleep(self._backoff(len(tried)))
         finally:
             if retrying:
@@ -201,16 +203,18 @@ class Proxy:
         req.relayed = False
         return True
 
-    async def _launched(self, backend: Backend) -> None:
-        """A managed backend: started (and waited for) on the first request that needs it."""
-        process = backend.process
-        assert process is not None
-        process.touch()
+    async def _admitted(self, backend: Backend) -> Member:
+        """A backend mtproxy starts and stops: started (or swapped in) and waited for when it is
+        not ready; the request then counts on it until ``Member.release``."""
+        member = backend.member
+        assert member is not None and member.group is not None
         try:
-            await process.ensure_running()
-        except UpstreamUnreachable as err:
-            backend.mark_down(err.message)
+            await member.group.admit(member)
+        except StartFailed as err:
+            if member.process is not None:
+                backend.mark_down(err.message)
             raise _Retry(err) from None
+        return member
 
     async def show(self, model: str) -> dict | None:
         """The serving runtime's own description of ``model``, where it has one."""

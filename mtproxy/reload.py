@@ -9,12 +9,10 @@ body-size limit need a restart.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
 
-from .backends import Backend
 from .config import Config, ConfigError, load_config
 from .state import CONFIG_PATH, KEYS, POOL, PROXY
 
@@ -39,12 +37,10 @@ async def reload(app: web.Application) -> tuple[bool, str]:
 async def apply(app: web.Application, config: Config) -> str:
     pool, proxy = app[POOL], app[PROXY]
     old = pool.config
-    retired = pool.update(config)
+    pool.update(config)
     proxy.apply(config)
     app[KEYS].update(config)
-    for backend in retired:
-        _retire(app, backend)
-    pool.start_managed(proxy.session)
+    pool.start_managed(proxy.session)  # members of retired backends are stopped once idle
     await pool.probe_all(proxy.session)
     # requests queued for a full backend look again: new backends (their models discovered by
     # now) or raised caps may have room for them
@@ -55,16 +51,3 @@ async def apply(app: web.Application, config: Config) -> str:
     log.info("%s", message)
     return message
 
-
-def _retire(app: web.Application, backend: Backend) -> None:
-    """Stop a managed backend that left the config, once its requests are done."""
-    if backend.process is None:
-        return
-
-    async def retire() -> None:
-        while backend.outstanding > 0:
-            await asyncio.sleep(0.1)
-        if backend.process is not None:
-            await backend.process.close()
-
-    app[POOL].track(asyncio.create_task(retire(), name=f"retire-{backend.name}"))

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as ClientCounter
+from prometheus_client import Histogram as ClientHistogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -35,6 +36,8 @@ OTEL_TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
 TOKENS_PER_SECOND = (0.5, 1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 TOKENS_PER_CHUNK = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0)
 OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+START = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)  # a runtime's start or load
+SWAP_STATES = ("stopped", "starting", "ready", "draining", "stopping")  # swap.STATES
 TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
                67108864)  # OTel advised
 
@@ -120,6 +123,7 @@ class Metrics:
             "(header_timeout, body_timeout) or refused beyond server.max_connections (too_many).",
             ("reason",), registry=r)
         self._cuts = {reason: self.client_cuts.labels(reason) for reason in CUT_REASONS}  # at 0 from the start
+        self.swaps = SwapInstruments(r)
         self.clients_open = 0  # client connections open now: kept by clients.ClientServer
         self.state = StateCollector(pool, window, lambda: self.clients_open)
         r.register(self.state)
@@ -174,6 +178,38 @@ class Metrics:
         if m.tokens_per_step is not None:
             s.per_step.observe(m.tokens_per_step)
         return m
+
+
+class SwapInstruments:
+    """Starts, stops, swaps and queue waits of the backends mtproxy starts and stops (swap.py,
+    whose ``Events`` protocol this implements)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.starts = ClientCounter("mtproxy_backend_starts", "Backends started (reason: request, startup, "
+                                    "admin, restart), counted once ready.", ("backend", "reason"), registry=r)
+        self.stops = ClientCounter("mtproxy_backend_stops", "Backends stopped (reason: swap, idle, admin, "
+                                   "exit: on its own, failed: its start failed).", ("backend", "reason"), registry=r)
+        self.start_seconds = ClientHistogram("mtproxy_backend_start_duration_seconds",
+                                             "Seconds from starting a backend (or loading its model) to ready.",
+                                             ("backend",), buckets=START, registry=r)
+        self.swaps = ClientCounter("mtproxy_group_swaps", "Members swapped in after others were drained to "
+                                   "make room, per group.", ("group",), registry=r)
+        self.queue_wait = ClientHistogram("mtproxy_backend_queue_wait_seconds",
+                                          "Seconds a request waited for its backend to start or swap in.",
+                                          ("backend",), buckets=DURATION, registry=r)
+
+    def started(self, backend: str, reason: str, seconds: float) -> None:
+        self.starts.labels(backend, reason).inc()
+        self.start_seconds.labels(backend).observe(seconds)
+
+    def stopped(self, backend: str, reason: str) -> None:
+        self.stops.labels(backend, reason).inc()
+
+    def swapped(self, group: str) -> None:
+        self.swaps.labels(group).inc()
+
+    def waited(self, backend: str, seconds: float) -> None:
+        self.queue_wait.labels(backend).observe(seconds)
 
 
 class Bound:
@@ -234,6 +270,17 @@ class BackendState(Protocol):
 
     @property
     def mtp(self) -> Mapping[str, _MtpState]: ...
+
+    @property
+    def member(self) -> _Member | None: ...
+
+
+class _Member(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 
 class Pool(Protocol):
@@ -296,7 +343,18 @@ class StateCollector(Collector):
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
         clients = GaugeMetricFamily("mtproxy_client_connections", "Client connections open.",
                                     value=self.clients_open())
-        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients]
+        state = GaugeMetricFamily("mtproxy_backend_state", "1 for the state a backend mtproxy starts and "
+                                  "stops is in (stopped, starting, ready, draining, stopping).",
+                                  labels=("backend", "state"))
+        queue = GaugeMetricFamily("mtproxy_backend_queue_depth",
+                                  "Requests waiting for a backend to start or swap in.", labels=("backend",))
+        for b in self.pool.backends:
+            member = b.member
+            if member is not None:
+                for name in SWAP_STATES:
+                    state.add_metric((b.name, name), 1.0 if member.state == name else 0.0)
+                queue.add_metric((b.name,), float(member.waiting))
+        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients, state, queue]
         if loop is not None:
             for (backend, model), rate in self.window.rates(perf_counter()):  # the meter's clock
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)

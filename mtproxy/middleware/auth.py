@@ -17,6 +17,11 @@ from ..errors import ProxyError, Unauthorized
 
 OPEN_PATHS = frozenset({"/", "/health", "/ready", "/openapi.json"})  # and CORS preflights (OPTIONS)
 ADMIN_PATHS = frozenset({"/mtproxy/reload"})
+ADMIN_ACTIONS = ("/start", "/stop")  # POST /mtproxy/backends/{name}/start|stop
+
+
+def is_admin(path: str) -> bool:
+    return path in ADMIN_PATHS or (path.startswith("/mtproxy/backends/") and path.endswith(ADMIN_ACTIONS))
 
 
 class Keys:
@@ -43,10 +48,10 @@ class Keys:
         """Whether ``path`` needs a check at all (so an open proxy reads no header)."""
         if path in OPEN_PATHS:
             return False
-        return bool(self.client) or path in ADMIN_PATHS or (path == "/metrics" and self.metrics_auth)
+        return bool(self.client) or is_admin(path) or (path == "/metrics" and self.metrics_auth)
 
     def check(self, path: str, token: str) -> None:
-        if path in ADMIN_PATHS:
+        if is_admin(path):
             if not self.admin:
                 raise ProxyError("Admin endpoints are off: set server.admin_keys to enable them.",
                                  status=403, type_="permission_error", code="admin_disabled")

@@ -1,0 +1,268 @@
+"""Groups of managed backends: swapping without losing a request (swap.py).
+
+The members are the fake runtime run as processes of their own (bench/fake_runtime.py), so a
+start, a drain and a stop are real: what runs at any moment is read from the process list
+(/proc), not from the proxy's word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench import fake_runtime
+from mtproxy.config import ConfigError, load_config_text
+from mtproxy.state import POOL
+
+from .conftest import make_config, until
+from .promtext import scrape, value
+from .test_launcher import alive, free_port
+
+FAKE = str(Path(fake_runtime.__file__).resolve())
+
+
+def member(name: str, port: int, *, rate: float = 0.0, tokens: int = 16, **extra) -> dict:
+    argv = [sys.executable, FAKE, "--port", str(port), "--models", name, "--version", "0.11.0",
+            "--tokens", str(tokens)]
+    if rate:
+        argv += ["--rate", str(rate)]
+    return {"name": name, "runtime": "vllm", "url": f"http://127.0.0.1:{port}", "models": [name],
+            "launch": argv, "ready_timeout": 30, **extra}
+
+
+def running_ports(ports: set[int]) -> set[int]:
+    """The ports of the fake runtimes alive now, read from /proc (zombies excluded)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == b"Z" or FAKE.encode() not in argv or b"--port" not in argv:
+            continue
+        port = int(argv[argv.index(b"--port") + 1])
+        if port in ports:
+            found.add(port)
+    return found
+
+
+class Watch:
+    """Samples the process list while a test runs: the most members alive at once."""
+
+    def __init__(self, ports: set[int]) -> None:
+        self.ports = ports
+        self.most = 0
+        self.samples = 0
+        self._task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        while True:
+            alive_now = await asyncio.to_thread(running_ports, self.ports)
+            self.most = max(self.most, len(alive_now))
+            self.samples += 1
+            await asyncio.sleep(0.01)
+
+    def __enter__(self) -> Watch:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def chat(model: str, stream: bool = False, max_tokens: int | None = None) -> dict:
+    body: dict = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+async def stream_text(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, str, bool]:
+    """(status, the text streamed, whether the stream ended with [DONE])."""
+    async with http.post(url + "/v1/chat/completions", json=body) as resp:
+        if resp.status != 200:
+            return resp.status, await resp.text(), False
+        raw = await resp.read()
+    text = ""
+    for line in raw.decode().splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:])["choices"]:
+                text += choice["delta"].get("content") or ""
+    return 200, text, raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_three_models_in_a_group_of_one_under_random_concurrent_load(proxy_factory, http):
+    names = ["m-a", "m-b", "m-c"]
+    ports = {name: free_port() for name in names}
+    group = {"max_running": 1, "min_run": 0.5, "drain_timeout": 60, "queue_timeout": 120}
+    proxy = await proxy_factory(make_config(
+        [member(n, ports[n], rate=200.0, group="gpu") for n in names], groups={"gpu": group},
+        health={"interval": 0.5, "timeout": 1}))
+    rng = random.Random(21)
+    results: list[tuple[str, int, str, bool]] = []
+
+    async def client(i: int) -> None:
+        for _ in range(4):
+            model = rng.choice(names)
+            status, text, done = await stream_text(http, proxy.url, chat(model, stream=True))
+            results.append((model, status, text, done))
+
+    with Watch(set(ports.values())) as watch:
+        await asyncio.gather(*(client(i) for i in range(6)))
+    assert len(results) == 24
+    for model, status, text, done in results:  # every request served whole, none cut off mid-stream
+        assert status == 200, (model, text)
+        assert done and text == fake_runtime.words(16), (model, text)
+    assert watch.samples > 20 and watch.most == 1  # never two alive at once, by the process list
+    async with http.get(proxy.url + "/mtproxy/backends") as resp:
+        status = await resp.json()
+    swaps = status["groups"]["gpu"]["swaps"]
+    # batching: each swap serves every request queued for its model, so there are fewer swaps
+    # than requests that found their model stopped; at least one per model but the first
+    used = {m for m, *_ in results}
+    assert len(used) - 1 <= swaps < len(results)
+    async with http.get(proxy.url + "/metrics") as resp:
+        samples = scrape(await resp.text())
+    assert value(samples, "mtproxy_group_swaps_total", group="gpu") == swaps
+    starts = value(samples, "mtproxy_backend_starts_total")
+    assert starts == swaps + 1  # the first start made no room
+    assert value(samples, "mtproxy_backend_stops_total", reason="swap") == swaps
+    assert value(samples, "mtproxy_backend_queue_wait_seconds_count") >= len(used)
+
+
+async def test_a_victim_finishes_its_streams_before_it_is_stopped(proxy_factory, http):
+    pa, pb = free_port(), free_port()
+    proxy = await proxy_factory(make_config(
+        [member("m-a", pa, rate=20.0, tokens=40, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    pool = proxy.app[POOL]
+    a = next(b for b in pool.backends if b.name == "m-a")
+    long_stream = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    await until(lambda: a.member.admitted == 1, 30)
+    pid_a = a.process.pid
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")) as resp:  # waits for the swap
+        assert resp.status == 200
+    status, text, done = await long_stream
+    assert status == 200 and done and text == fake_runtime.words(40)  # whole: drained, not cut
+    assert not alive(pid_a)
+    assert a.member.state == "stopped"
+
+
+async def test_a_start_that_fails_frees_the_slot_and_quotes_the_runtime(proxy_factory, http):
+    pa = free_port()
+    broken = {"name": "m-x", "runtime": "vllm", "url": f"http://127.0.0.1:{free_port()}", "models": ["m-x"],
+              "launch": [sys.executable, "-c", "import sys; print('CUDA out of memory'); sys.exit(3)"],
+              "group": "gpu"}
+    hangs = {"name": "m-h", "runtime": "vllm", "url": f"http://127.0.0.1:{free_port()}", "models": ["m-h"],
+             "launch": [sys.executable, "-c", "import time; print('loading'); time.sleep(60)"],
+             "ready_timeout": 1, "group": "gpu"}
+    proxy = await proxy_factory(make_config([member("m-a", pa, group="gpu"), broken, hangs],
+                                            groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-a")) as resp:
+        assert resp.status == 200
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-x")) as resp:
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+    assert error["code"] == "backend_start_failed" and "CUDA out of memory" in error["message"]
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-h")) as resp:
+        assert resp.status == 503
+        assert "not ready within 1 s" in (await resp.json())["error"]["message"]
+    pool = proxy.app[POOL]
+    hang = next(b for b in pool.backends if b.name == "m-h")
+    assert hang.process.pid is None  # the hung start was killed
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-a")) as resp:  # nothing stuck
+        assert resp.status == 200
+    async with http.get(proxy.url + "/mtproxy/backends") as resp:
+        groups = (await resp.json())["groups"]
+    assert groups["gpu"]["running"] == ["m-a"]
+
+
+async def test_pinned_members_stay_and_memory_budgets_decide_who_goes(proxy_factory, http):
+    ports = {n: free_port() for n in ("p", "a", "b", "c")}
+    backends = [member("p", ports["p"], group="gpu", memory="20GB", pinned=True),
+                member("a", ports["a"], group="gpu", memory="30GB"),
+                member("b", ports["b"], group="gpu", memory="30GB"),
+                member("c", ports["c"], group="gpu", memory="50GB")]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"memory": "80GB", "min_run": 0}}))
+    pool = proxy.app[POOL]
+    state = {b.name: b.member for b in pool.backends}
+    for model in ("p", "a", "b"):  # 20 + 30 + 30 = 80: all fit
+        async with http.post(proxy.url + "/v1/chat/completions", json=chat(model)) as resp:
+            assert resp.status == 200
+    assert [n for n, m in state.items() if m.state == "ready"] == ["p", "a", "b"]
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("c")) as resp:  # 50: a and b go
+        assert resp.status == 200
+    assert {n: m.state for n, m in state.items()} == {"p": "ready", "a": "stopped", "b": "stopped", "c": "ready"}
+    assert running_ports(set(ports.values())) == {ports["p"], ports["c"]}
+
+
+async def test_queue_bound_and_admin_start_stop(proxy_factory, http):
+    pa, pb = free_port(), free_port()
+    proxy = await proxy_factory(make_config(
+        [member("m-a", pa, rate=10.0, tokens=30, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 0, "max_queue": 1}},
+        server={"admin_keys": ["adm"]}))
+    admin = {"Authorization": "Bearer adm"}
+    async with http.post(proxy.url + "/mtproxy/backends/m-a/start") as resp:
+        assert resp.status == 401  # the admin key is needed
+    async with http.post(proxy.url + "/mtproxy/backends/m-a/start", headers=admin) as resp:
+        assert resp.status == 200 and (await resp.json())["state"] == "ready"
+    async with http.post(proxy.url + "/mtproxy/backends/nope/start", headers=admin) as resp:
+        assert resp.status == 404 and "m-a" in (await resp.json())["error"]["message"]
+    busy = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    pool = proxy.app[POOL]
+    a, b = (next(x for x in pool.backends if x.name == n).member for n in ("m-a", "m-b"))
+    await until(lambda: a.admitted == 1, 30)
+    first = asyncio.create_task(http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")))
+    await until(lambda: b.waiting == 1, 30)
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")) as resp:  # the queue is full
+        assert resp.status == 429 and resp.headers["Retry-After"].isdigit()
+    resp = await first
+    assert resp.status == 200
+    resp.release()
+    assert (await busy)[0] == 200
+    async with http.post(proxy.url + "/mtproxy/backends/m-b/stop", headers=admin) as resp:
+        assert resp.status == 200 and (await resp.json())["state"] == "stopped"
+    async with http.get(proxy.url + "/mtproxy/backends") as resp:
+        listed = {x["name"]: x["managed"] for x in (await resp.json())["backends"]}
+    assert listed["m-b"]["state"] == "stopped" and listed["m-a"]["state"] == "stopped"
+    assert listed["m-b"]["last_start_seconds"] > 0
+
+
+@pytest.mark.parametrize("text, field", [
+    ("groups: {g: {max_running: 0}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], launch: x, group: g}\n", "groups.g.max_running"),
+    ("groups: {g: {max_running: 1}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], group: g}\n", "backends[0].group"),
+    ("groups: {g: {max_running: 1}, h: {max_running: 1, members: [a]}}\nbackends:\n- {name: a, runtime: vllm, "
+     "url: 'http://127.0.0.1:1', models: [a], launch: x, group: g}\n", "groups.h.members"),
+    ("groups: {g: {memory: 10GB}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], launch: x, group: g, memory: 12GB}\n", "backends[0].memory"),
+    ("groups: {g: {memory: 10GB}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], launch: x, group: g}\n", "backends[0].memory"),
+    ("groups: {g: {max_running: 1}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], launch: x, group: nope}\n", "backends[0].group"),
+    ("groups: {g: {}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1'}\n", "groups.g"),
+    ("groups: {g: {max_running: 1}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
+     "models: [a], launch: x, group: g, pinned: true}\n- {name: b, runtime: vllm, url: 'http://127.0.0.1:2', "
+     "models: [b], launch: x, group: g}\n", "groups.g.max_running"),
+    ("groups: {g: {memory: lots}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1'}\n",
+     "groups.g.memory"),
+])
+def test_bad_groups_name_the_field(text, field):
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text)
+    assert str(err.value).startswith(field + ":") or f"\n{field}:" in str(err.value), str(err.value)
