@@ -6,7 +6,9 @@ an OpenAI runtime (vLLM-flavoured) does, or replays a runtime's golden transcrip
 
 :class:`FakeRuntime` serves ``GET /health``, ``/v1/models`` (and the paths of
 ``Behaviour.routes``), ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``,
-unary and SSE; its :class:`Behaviour` sets what it answers and how: tokens, pacing, faults.
+unary and SSE; its :class:`Behaviour` sets what it answers and how: tokens, pacing, faults, and
+which runtime it stands for (``flavour``: the route of its ``version``; Ollama's /api/chat), with
+the client APIs it serves itself (``native``: /v1/messages, /v1/responses in their own shapes).
 :class:`ReplayRuntime` serves a directory of golden transcripts (tests/data/<runtime>/) as that
 runtime writes them. The tests start them in their own event loop on port 0; the bench, the soak
 (bench/soak/faulty_runtime.py builds on this one) and the tests' managed backends run the command
@@ -93,6 +95,11 @@ def _texts(shape: Shape) -> list[str]:
 
 def _sse(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _typed(name: str, obj: dict[str, Any]) -> bytes:
+    """One typed SSE event (Anthropic's, OpenAI Responses')."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _usage(tokens: int) -> dict[str, int]:
@@ -219,6 +226,13 @@ class Behaviour:
     length: int = 16
     role_chunk: bool = False
     record: bool = True  # keep every request (`requests`, `headers`): not over 100,000 requests
+    # the runtime it stands for: "vllm" (GET /version), "sglang" (GET /server_info), "ollama"
+    # (GET /api/version, /api/tags; POST /api/chat in NDJSON instead of the OpenAI routes) ...
+    flavour: Literal["vllm", "sglang", "ollama"] = "vllm"
+    version: str | None = None  # ...the version it reports there (None: no such route)...
+    # ...and the client APIs it serves itself, answering in that API's shape (streamed or not,
+    # with usage): "messages" (POST /v1/messages, /v1/messages/count_tokens), "responses"
+    native: tuple[str, ...] = ()
 
 
 def as_asked(models: list[str], version: str, tokens: int = 16, rate: float = 0.0, tpc: int = 1) -> Behaviour:
@@ -269,6 +283,7 @@ class FakeRuntime:
         self.n_ports = ports
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []  # the path of each recorded request
         self.closed_early = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.write_times: list[float] = []  # when each step of the last paced stream really left
@@ -288,15 +303,29 @@ class FakeRuntime:
     def app(self) -> web.Application:
         app = web.Application()
         self.add_info_routes(app)
-        app.router.add_post("/v1/chat/completions", self.generate)
-        app.router.add_post("/v1/completions", self.generate)
-        app.router.add_post("/v1/embeddings", self.embeddings)
+        if self.b.flavour == "ollama":
+            app.router.add_post("/api/chat", self.ollama_chat)
+        else:
+            app.router.add_post("/v1/chat/completions", self.generate)
+            app.router.add_post("/v1/completions", self.generate)
+            app.router.add_post("/v1/embeddings", self.embeddings)
+        if "messages" in self.b.native:
+            app.router.add_post("/v1/messages", self.messages)
+            app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        if "responses" in self.b.native:
+            app.router.add_post("/v1/responses", self.responses)
         return app
 
     def add_info_routes(self, app: web.Application) -> None:
+        b = self.b
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
-        for path in self.b.routes:
+        if b.flavour == "ollama":
+            app.router.add_get("/api/tags", self.tags)
+        if b.version is not None:
+            where = {"vllm": "/version", "sglang": "/server_info", "ollama": "/api/version"}[b.flavour]
+            app.router.add_get(where, self.version)
+        for path in b.routes:
             app.router.add_get(path, self.route)
 
     async def start(self) -> FakeRuntime:
@@ -343,6 +372,102 @@ class FakeRuntime:
         if self.b.record:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
+            self.paths.append(request.path)
+
+    # --- a runtime's own APIs: Ollama's, and the client APIs it serves itself ------------------
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.b.version})
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": m, "model": m} for m in self.b.models]})
+
+    async def ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ollama's /api/chat: NDJSON (streaming unless "stream": false), counts on the last line."""
+        body = await read_json(request)
+        self._record(request, body)
+        model, texts = body.get("model") or self.b.models[0], self.b.tokens
+        last = {"model": model, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": ""},
+                "done": True, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": len(texts),
+                "prompt_eval_duration": 1_000_000, "eval_duration": 2_000_000}
+        if body.get("stream") is False:
+            return web.json_response({**last, "message": {"role": "assistant", "content": "".join(texts)}})
+        lines = [{"model": model, "created_at": last["created_at"], "message": {"role": "assistant", "content": t},
+                  "done": False} for t in texts]
+        return await self._events(request, [orjson.dumps(obj) + b"\n" for obj in (*lines, last)], "application/x-ndjson")
+
+    async def _events(self, request: web.Request, events: list[bytes], content_type: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        for event in events:
+            await resp.write(event)
+            await asyncio.sleep(self.b.token_delay)
+        await resp.write_eof()
+        return resp
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages as vLLM (and Ollama) write them: usage on message_start and on
+        message_delta (input and output tokens)."""
+        body = await read_json(request)
+        self._record(request, body)
+        if self.b.status != 200:
+            return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
+        model, texts = body.get("model"), self.b.tokens
+        usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": len(texts)}
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                   "stop_sequence": None}
+        if not body.get("stream"):
+            return web.json_response({**message, "content": [{"type": "text", "text": "".join(texts)}],
+                                      "stop_reason": "end_turn", "usage": usage})
+        events = [("message_start", {"type": "message_start", "message": {
+                      **message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 0}}}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+                  *(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": t}}) for t in texts),
+                  ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
+                  ("message_stop", {"type": "message_stop"})]
+        return await self._events(request, [_typed(name, obj) for name, obj in events], "text/event-stream")
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        self._record(request, await read_json(request))
+        return web.json_response({"input_tokens": PROMPT_TOKENS})
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI Responses as vLLM writes them: the Response with its usage (cached and
+        reasoning tokens in the details), on response.completed when streamed."""
+        body = await read_json(request)
+        self._record(request, body)
+        if self.b.status != 200:
+            return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
+        texts = self.b.tokens
+        text = "".join(texts)
+        usage = {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": len(texts), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": PROMPT_TOKENS + len(texts)}
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item = {"id": "msg_fake", "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        response = {"id": "resp_fake", "object": "response", "created_at": CREATED, "model": body.get("model"),
+                    "status": "completed", "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "usage": usage}
+        if not body.get("stream"):
+            return web.json_response(response)
+        begun = {**response, "status": "in_progress", "output": [], "usage": None}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": begun}), ("response.in_progress", {"response": begun}),
+            ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+            ("response.content_part.added", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                             "part": {**part, "text": ""}}),
+            *(("response.output_text.delta", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                              "delta": t, "logprobs": []}) for t in texts),
+            ("response.output_text.done", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                           "text": text, "logprobs": []}),
+            ("response.content_part.done", {"output_index": 0, "item_id": "msg_fake", "content_index": 0, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            ("response.completed", {"response": response})]
+        return await self._events(request, [_typed(name, {"type": name, "sequence_number": i, **obj})
+                                            for i, (name, obj) in enumerate(events)], "text/event-stream")
 
     def shape(self, body: dict[str, Any], kind: Kind) -> tuple[Shape, float]:
         """The answer this request gets, and its pace (tokens/s; 0: at once)."""

@@ -7,6 +7,17 @@ Source: ollama/ollama server/routes.go (/api/chat, /api/generate, /api/embed, /a
 - an error inside a stream is an object {"error": "<text>"};
 - errors are {"error": "<text>"} with the HTTP status;
 - no draft/acceptance figures at all; `options.draft_num_predict` sets MTP drafting length.
+- OpenAI Responses served natively: POST /v1/responses since v0.13.3 (PR #13351, commit 1eb5e75,
+  openai/responses.go), stateless: previous_response_id, background and conversation are not
+  supported, tool_choice and parallel_tool_calls are not read, image URLs other than data: are
+  refused. The proxy puts the turns of previous_response_id in front of the input itself
+  (front/responses.py); requests asking for the others are translated. Usage on
+  `response.completed`.
+- Anthropic Messages served natively: POST /v1/messages since v0.14.0 (PR #13600, commit 2b2cda7,
+  anthropic/anthropic.go); no /v1/messages/count_tokens. Its converter reads no tool_choice,
+  maps thinking "enabled"/"disabled" only (not "adaptive"), takes base64 images only, drops
+  "document" blocks and tool_result.is_error: such requests are translated. Usage on
+  message_start (an estimate of the input) and message_delta (the counts).
 """
 
 from __future__ import annotations
@@ -20,12 +31,13 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp.detect import Trained
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..stream.events import DONE, Batch, Event, Report, StreamFailure
+from ..stream.events import DONE, Batch, Event, Report, StreamDecoder, StreamFailure
 from ..stream.tap import content_count
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
+from .native import message_blocks, nothing, observe_body, relay_decoder, response_parts, tool_choice
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
 
@@ -140,7 +152,8 @@ class Ollama:
     name: ClassVar[str] = "ollama"
     rediscover: ClassVar[bool] = True
     mtp_support: ClassVar[Support] = REGISTRY["ollama"]
-    native_apis: ClassVar[dict[str, str]] = {}  # (Ollama serves both since 0.13.3/0.14.0; not used yet)
+    # the first release serving each (the module docstring has the sources)
+    native_apis: ClassVar[dict[str, str]] = {"messages": "0.14.0", "responses": "0.13.3"}
     relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
@@ -174,12 +187,37 @@ class Ollama:
         return show_evidence(shown)
 
     def relays(self, native: Native) -> bool:
-        return False  # no native_apis declared yet
+        payload = native.payload
+        if native.kind == "responses":
+            if payload.get("background") or payload.get("conversation") is not None:
+                return False
+            if payload.get("tool_choice") not in (None, "auto") or payload.get("parallel_tool_calls") is False:
+                return False
+            return not any(part.get("type") == "input_image" and not str(part.get("image_url") or "").startswith("data:")
+                           for part in response_parts(payload))
+        if native.path.endswith("/count_tokens"):
+            return False  # no such route
+        choice = tool_choice(payload)
+        if choice.get("type", "auto") != "auto" or choice.get("disable_parallel_tool_use"):
+            return False
+        thinking = payload.get("thinking")
+        if thinking is not None and (not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled")):
+            return False
+        for block in message_blocks(payload):
+            kind = block.get("type")
+            source = block.get("source")
+            if kind == "document" or block.get("is_error") or (
+                    kind == "image" and not (isinstance(source, dict) and source.get("type") == "base64")):
+                return False
+        return True
 
     async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
         return None  # Ollama has no tokenizer route
 
     def prepare(self, req: ApiRequest) -> Upstream:
+        if req.relayed:  # the client's own request, to Ollama's route for its API
+            assert req.native is not None
+            return Upstream(req.native.path, req.native.body(req.payload["model"]))
         kind = req.endpoint.kind
         if kind == "chat":
             body = wire.chat_request(req.payload, req.stream)
@@ -189,7 +227,9 @@ class Ollama:
             body = wire.embed_request(req.payload)
         return Upstream(_PATHS[kind], orjson.dumps(body))
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> NDJSONDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+        if req.relayed and req.native is not None:  # Ollama's own SSE in the client's API
+            return relay_decoder(req.native, nothing, report)
         return NDJSONDecoder(req, report)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -199,6 +239,9 @@ class Ollama:
             raise UpstreamError("Ollama sent a body that is not JSON.", status=502) from None
         if not isinstance(obj, dict):
             raise UpstreamError("Ollama sent an unexpected body.", status=502)
+        if req.relayed and req.native is not None:  # in the client's API, relayed as it is
+            observe_body(req.native, obj, report, nothing)
+            return body
         observe(obj, report)
         kind = req.endpoint.kind
         if kind == "chat":

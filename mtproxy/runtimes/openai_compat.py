@@ -15,13 +15,12 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp import detect
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..stream.anthropic import AnthropicSSEDecoder, observe_message
 from ..stream.events import Report, StreamDecoder
-from ..stream.native import NativeDecoder, observe_native
 from ..stream.tap import Observer, SSEDecoder, attention_markers, observe_all
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
+from .native import observe_body, relay_decoder
 
 
 def model_ids(data: Any) -> tuple[str, ...] | None:
@@ -158,10 +157,8 @@ class OpenAICompatible:
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
         if req.relayed and req.native is not None:  # the runtime's own stream in the client's API
-            if req.native.kind == "messages":  # Anthropic SSE
-                fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
-                return AnthropicSSEDecoder(observe_all(self.observers), report, fields)
-            return NativeDecoder(req.native.kind, observe_all(self.observers), report)
+            fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
+            return relay_decoder(req.native, observe_all(self.observers), report, fields)
         return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -170,11 +167,9 @@ class OpenAICompatible:
         except orjson.JSONDecodeError:
             return body
         if isinstance(obj, dict):
-            if req.relayed and req.native is not None and req.native.kind == "responses":
-                observe_native("responses", obj, report, self.observe)
+            if req.relayed and req.native is not None:
+                observe_body(req.native, obj, report, self.observe)
             else:
-                if req.relayed:
-                    observe_message(obj, report)
                 self.observe(obj, report)
         return body
 

@@ -6,6 +6,10 @@ Source: sgl-project/sglang python/sglang/srt/entrypoints/http_server.py (/health
 - version: GET /server_info → "version" (with the server args, e.g. speculative_algorithm,
   and internal_states[].avg_spec_accept_length);
 - usage in streams only with stream_options.include_usage.
+- native_apis {}: the repository has python/sglang/srt/entrypoints/anthropic/ (/v1/messages and
+  /count_tokens, PR #18630, opened 2026-02-11) and srt/entrypoints/openai/serving_responses.py,
+  but the first release serving either is not determined (docs/client-apis-wire.md §3.1), and a
+  declaration needs one: every request is translated until it is.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ tensorrt_llm/serve/openai_protocol.py (request models with extra="forbid": an un
 a 400; flat ErrorResponse {"object":"error", …}).
 - per choice `avg_decoded_tokens_per_iter`: tokens per decode iteration, > 1 with MTP;
 - usage in streams with stream_options.include_usage.
+- native_apis {}: tensorrt_llm/serve/anthropic_adapter.py, anthropic_protocol.py and
+  responses_utils.py exist in the repository, but which routes they serve and since which
+  release is not verified (docs/client-apis-wire.md §3.1): every request is translated.
 """
 
 from __future__ import annotations

@@ -6,19 +6,37 @@ protocol.py (ErrorResponse {"error": {message, type, param, code}}; older releas
   `metrics.speculative_decoding` {num_draft_tokens, num_accepted_draft_tokens,
   mean_acceptance_length, …} — on the body, or on the usage chunk when streaming;
 - usage in streams only with stream_options.include_usage.
+- OpenAI Responses served natively: POST /v1/responses (vllm/entrypoints/openai/serving_responses.py,
+  documented from v0.10.0: https://docs.vllm.ai/en/v0.10.0/api/vllm/entrypoints/openai/serving_responses.html,
+  absent from v0.9.2's docs). Streaming for models other than gpt-oss came with PR #23741 (merged
+  2025-08-27, after v0.10.1): 0.10.2 is the first release relayed. Stateless as relayed: `store`
+  is ignored unless VLLM_ENABLE_RESPONSES_API_STORE is set (responses/serving.py), and the proxy
+  puts the turns of previous_response_id in front of the input itself (front/responses.py);
+  `background` needs that store (400 without it): such requests are translated. Usage on the
+  Response (`usage.input_tokens`/`output_tokens`), on `response.completed` when streamed.
+- Anthropic Messages served natively: POST /v1/messages (vllm/entrypoints/anthropic/, documented
+  from v0.11.1: https://docs.vllm.ai/en/v0.11.1/api/vllm/entrypoints/anthropic/; PR #27882 put it
+  on `vllm serve`). Its request model (anthropic/protocol.py AnthropicMessagesRequest) has no
+  `thinking` and no tool_choice.disable_parallel_tool_use (ignored), no "document" block (400),
+  ignores tool_result.is_error, and its stream never reports stop_reason "stop_sequence"
+  (anthropic/serving.py stop_reason_map): requests with any of these are translated. Usage on
+  message_start (input) and message_delta (input and output). /v1/messages/count_tokens came
+  later (listed by the v0.32.0 docs, not v0.22.1): /tokenize counts in every version instead.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from ..mtp import detect
 from ..mtp.detect import Trained
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..stream.events import Report
 from ..stream.tap import Observer
+from ..wire import Native
 from .base import PROBE_ERRORS, BackendHTTP, as_float, as_int
+from .native import message_blocks, tool_choice
 from .openai_compat import USAGE, OpenAICompatible
 
 _DRAFTS = re.compile(r"^vllm:spec_decode_num_draft_tokens_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.M)
@@ -59,6 +77,20 @@ class VLLM(OpenAICompatible):
     health_path = "/health"
     version_path = "/version"
     chat_tokenize_path = "/tokenize"  # {"model", "messages", "add_generation_prompt"} -> {"count"}
+    # the first release serving each (the module docstring has the sources)
+    native_apis: ClassVar[dict[str, str]] = {"messages": "0.11.1", "responses": "0.10.2"}
+
+    def relays(self, native: Native) -> bool:
+        payload = native.payload
+        if native.kind == "responses":
+            return not payload.get("background")  # needs vLLM's own store, off by default
+        if native.path.endswith("/count_tokens"):
+            return False  # /tokenize counts exactly, in releases without the route too
+        if payload.get("thinking") is not None or payload.get("stop_sequences"):
+            return False  # thinking ignored; a stop sequence reported as end_turn
+        if tool_choice(payload).get("disable_parallel_tool_use"):
+            return False
+        return not any(block.get("type") == "document" or block.get("is_error") for block in message_blocks(payload))
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         trained = None
