@@ -37,8 +37,9 @@ def member(name: str, port: int, *, rate: float = 0.0, tokens: int = 16, **extra
             "launch": argv, "ready_timeout": 30, **extra}
 
 
-def running_ports(ports: set[int]) -> set[int]:
-    """The ports of the fake runtimes alive now, read from /proc (zombies excluded)."""
+def running_ports(ports: set[int], program: str = FAKE) -> set[int]:
+    """Which of ``ports`` a live process of ``program`` was started with (``--port N``), read from
+    /proc (zombies excluded)."""
     found = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -50,7 +51,7 @@ def running_ports(ports: set[int]) -> set[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == b"Z" or FAKE.encode() not in argv or b"--port" not in argv:
+        if state == b"Z" or program.encode() not in argv or b"--port" not in argv:
             continue
         port = int(argv[argv.index(b"--port") + 1])
         if port in ports:
@@ -61,15 +62,16 @@ def running_ports(ports: set[int]) -> set[int]:
 class Watch:
     """Samples the process list while a test runs: the most members alive at once."""
 
-    def __init__(self, ports: set[int]) -> None:
+    def __init__(self, ports: set[int], program: str = FAKE) -> None:
         self.ports = ports
+        self.program = program
         self.most = 0
         self.samples = 0
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         while True:
-            alive_now = await asyncio.to_thread(running_ports, self.ports)
+            alive_now = await asyncio.to_thread(running_ports, self.ports, self.program)
             self.most = max(self.most, len(alive_now))
             self.samples += 1
             await asyncio.sleep(0.01)
@@ -99,7 +101,7 @@ async def stream_text(http: aiohttp.ClientSession, url: str, body: dict) -> tupl
     text = ""
     for line in raw.decode().splitlines():
         if line.startswith("data: {"):
-            for choice in json.loads(line[6:])["choices"]:
+            for choice in json.loads(line[6:]).get("choices", ()):  # an error event has none
                 text += choice["delta"].get("content") or ""
     return 200, text, raw.endswith(b"data: [DONE]\n\n")
 
@@ -266,3 +268,54 @@ def test_bad_groups_name_the_field(text, field):
     with pytest.raises(ConfigError) as err:
         load_config_text(text)
     assert str(err.value).startswith(field + ":") or f"\n{field}:" in str(err.value), str(err.value)
+
+
+async def test_priority_goes_first_and_a_victim_dying_in_its_drain_frees_the_slot(proxy_factory, http):
+    ports = {n: free_port() for n in ("m-a", "m-b", "m-c")}
+    proxy = await proxy_factory(make_config(
+        [member("m-a", ports["m-a"], rate=10.0, tokens=200, group="gpu"),
+         member("m-b", ports["m-b"], group="gpu"),
+         member("m-c", ports["m-c"], group="gpu", priority=5)],
+        groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    pool = proxy.app[POOL]
+    a, b, c = (next(x for x in pool.backends if x.name == n) for n in ("m-a", "m-b", "m-c"))
+    long_stream = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    await until(lambda: a.member.admitted == 1, 30)
+    order: list[str] = []
+
+    async def ask(model: str) -> int:
+        async with http.post(proxy.url + "/v1/chat/completions", json=chat(model)) as resp:
+            order.append(model)
+            return resp.status
+
+    low = asyncio.create_task(ask("m-b"))  # arrives first
+    await until(lambda: b.member.waiting == 1 and a.member.state == "draining", 30)
+    high = asyncio.create_task(ask("m-c"))  # arrives second, with a higher priority
+    await until(lambda: c.member.waiting == 1, 30)
+    os.kill(a.process.pid, 9)  # the victim dies in its drain: its stream fails, the slot frees
+    status, text, _ = await long_stream
+    assert status == 200 and text != fake_runtime.words(200)  # cut by the crash (an error event), not by the swap
+    assert await high == 200 and await low == 200
+    assert order == ["m-c", "m-b"]
+    assert a.member.state == "stopped"
+
+
+async def test_min_run_keeps_a_busy_member_before_swapping_it_out(proxy_factory, http):
+    pa, pb = free_port(), free_port()
+    proxy = await proxy_factory(make_config(
+        [member("m-a", pa, rate=20.0, tokens=10, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 4}}))
+    pool = proxy.app[POOL]
+    a, b = (next(x for x in pool.backends if x.name == n).member for n in ("m-a", "m-b"))
+    first = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    await until(lambda: a.admitted == 1, 30)
+    wants_b = asyncio.create_task(stream_text(http, proxy.url, chat("m-b")))
+    await until(lambda: b.waiting == 1, 30)
+    loop = asyncio.get_running_loop()
+    assert a.state == "ready"  # young and busy: not drained yet, so more work for it gets in at once
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-a")) as resp:
+        assert resp.status == 200
+    await first
+    await wants_b
+    assert b.state == "ready" and a.state == "stopped"
+    assert loop.time() - a.ready_at >= 4 - 0.1  # swapped out only once min_run had passed
