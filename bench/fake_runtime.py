@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # `python bench/fake_runtime.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LOCALHOST, run_loop
+from bench.fake_swap import Swapper
 
 Kind = Literal["chat", "completions"]
 CREATED = 1_700_000_000
@@ -219,6 +220,13 @@ class Behaviour:
     length: int = 16
     role_chunk: bool = False
     record: bool = True  # keep every request (`requests`, `headers`): not over 100,000 requests
+    # a runtime's load/unload API (bench/fake_swap.py): llama.cpp's router mode, Ollama, vLLM's
+    # sleep mode; how long a load (a wake-up) takes (None: forever), models whose load fails, and
+    # whether the router loads a model a request asks for (--no-models-autoload: False)
+    swap: Literal["llamacpp", "ollama", "vllm"] | None = None
+    load_seconds: float | None = 0.0
+    fail_load: list[str] = field(default_factory=list)
+    autoload: bool = True
 
 
 def as_asked(models: list[str], version: str, tokens: int = 16, rate: float = 0.0, tpc: int = 1) -> Behaviour:
@@ -276,6 +284,7 @@ class FakeRuntime:
         self.runner: web.AppRunner | None = None
         self.port = 0  # the first port; set it before start() to choose one
         self.ports: list[int] = []
+        self.swapper = Swapper(self.b) if self.b.swap else None  # its models' load state
 
     @property
     def url(self) -> str:
@@ -287,6 +296,8 @@ class FakeRuntime:
 
     def app(self) -> web.Application:
         app = web.Application()
+        if self.swapper is not None:  # first: its /v1/models (llama.cpp's router) wins
+            self.swapper.routes(app, read_json)
         self.add_info_routes(app)
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
@@ -294,10 +305,11 @@ class FakeRuntime:
         return app
 
     def add_info_routes(self, app: web.Application) -> None:
+        taken = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
         app.router.add_get("/health", self.health)
-        app.router.add_get("/v1/models", self.models)
-        for path in self.b.routes:
-            app.router.add_get(path, self.route)
+        for path, handler in (("/v1/models", self.models), *((path, self.route) for path in self.b.routes)):
+            if path not in taken:
+                app.router.add_get(path, handler)
 
     async def start(self) -> FakeRuntime:
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
@@ -312,6 +324,8 @@ class FakeRuntime:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.swapper is not None:
+            await self.swapper.stop()
 
     async def route(self, request: web.Request) -> web.Response:
         body = self.b.routes[request.path]
@@ -370,6 +384,10 @@ class FakeRuntime:
             return web.Response()  # never sent: the connection is gone
         if b.status != 200:
             return web.Response(status=b.status, body=b.error_body, content_type="application/json")
+        if self.swapper is not None:  # its model loaded on demand, or a refusal
+            refused = await self.swapper.before_generate(str(body.get("model") or b.models[0]))
+            if refused is not None:
+                return refused
         shape, rate = self.shape(body, "chat" if request.path.endswith("/chat/completions") else "completions")
         if not body.get("stream"):
             delay = b.first_token_delay + (shape.tokens / rate if b.from_body and rate > 0 else 0.0)
