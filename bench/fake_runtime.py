@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # `python bench/fake_runtime.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LOCALHOST, run_loop
+from bench.fake_swap import Swapper
 
 Kind = Literal["chat", "completions"]
 CREATED = 1_700_000_000
@@ -233,6 +234,13 @@ class Behaviour:
     # ...and the client APIs it serves itself, answering in that API's shape (streamed or not,
     # with usage): "messages" (POST /v1/messages, /v1/messages/count_tokens), "responses"
     native: tuple[str, ...] = ()
+    # a runtime's load/unload API (bench/fake_swap.py): llama.cpp's router mode, Ollama, vLLM's
+    # sleep mode; how long a load (a wake-up) takes (None: forever), models whose load fails, and
+    # whether the router loads a model a request asks for (--no-models-autoload: False)
+    swap: Literal["llamacpp", "ollama", "vllm"] | None = None
+    load_seconds: float | None = 0.0
+    fail_load: list[str] = field(default_factory=list)
+    autoload: bool = True
 
 
 def as_asked(models: list[str], version: str, tokens: int = 16, rate: float = 0.0, tpc: int = 1) -> Behaviour:
@@ -291,6 +299,7 @@ class FakeRuntime:
         self.runner: web.AppRunner | None = None
         self.port = 0  # the first port; set it before start() to choose one
         self.ports: list[int] = []
+        self.swapper = Swapper(self.b) if self.b.swap else None  # its models' load state
 
     @property
     def url(self) -> str:
@@ -302,6 +311,8 @@ class FakeRuntime:
 
     def app(self) -> web.Application:
         app = web.Application()
+        if self.swapper is not None:  # first: its /v1/models (llama.cpp's router) wins
+            self.swapper.routes(app, read_json)
         self.add_info_routes(app)
         if self.b.flavour == "ollama":
             app.router.add_post("/api/chat", self.ollama_chat)
@@ -318,15 +329,18 @@ class FakeRuntime:
 
     def add_info_routes(self, app: web.Application) -> None:
         b = self.b
+        taken = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
         app.router.add_get("/health", self.health)
-        app.router.add_get("/v1/models", self.models)
+        gets: list[tuple[str, Any]] = [("/v1/models", self.models)]
         if b.flavour == "ollama":
-            app.router.add_get("/api/tags", self.tags)
+            gets.append(("/api/tags", self.tags))
         if b.version is not None:
-            where = {"vllm": "/version", "sglang": "/server_info", "ollama": "/api/version"}[b.flavour]
-            app.router.add_get(where, self.version)
-        for path in b.routes:
-            app.router.add_get(path, self.route)
+            gets.append(({"vllm": "/version", "sglang": "/server_info", "ollama": "/api/version"}[b.flavour],
+                         self.version))
+        gets.extend((path, self.route) for path in b.routes)
+        for path, handler in gets:
+            if path not in taken:
+                app.router.add_get(path, handler)
 
     async def start(self) -> FakeRuntime:
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
@@ -341,6 +355,8 @@ class FakeRuntime:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.swapper is not None:
+            await self.swapper.stop()
 
     async def route(self, request: web.Request) -> web.Response:
         body = self.b.routes[request.path]
@@ -495,6 +511,10 @@ class FakeRuntime:
             return web.Response()  # never sent: the connection is gone
         if b.status != 200:
             return web.Response(status=b.status, body=b.error_body, content_type="application/json")
+        if self.swapper is not None:  # its model loaded on demand, or a refusal
+            refused = await self.swapper.before_generate(str(body.get("model") or b.models[0]))
+            if refused is not None:
+                return refused
         shape, rate = self.shape(body, "chat" if request.path.endswith("/chat/completions") else "completions")
         if not body.get("stream"):
             delay = b.first_token_delay + (shape.tokens / rate if b.from_body and rate > 0 else 0.0)

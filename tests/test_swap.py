@@ -247,8 +247,8 @@ async def test_queue_bound_and_admin_start_stop(proxy_factory, http):
 @pytest.mark.parametrize("text, field", [
     ("groups: {g: {max_running: 0}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
      "models: [a], launch: x, group: g}\n", "groups.g.max_running"),
-    ("groups: {g: {max_running: 1}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "
-     "models: [a], group: g}\n", "backends[0].group"),
+    ("groups: {g: {max_running: 1}}\nbackends:\n- {name: a, runtime: sglang, url: 'http://127.0.0.1:1', "
+     "models: [a], group: g}\n", "backends[0].group"),  # no launch, and SGLang cannot load/unload
     ("groups: {g: {max_running: 1}, h: {max_running: 1, members: [a]}}\nbackends:\n- {name: a, runtime: vllm, "
      "url: 'http://127.0.0.1:1', models: [a], launch: x, group: g}\n", "groups.h.members"),
     ("groups: {g: {memory: 10GB}}\nbackends:\n- {name: a, runtime: vllm, url: 'http://127.0.0.1:1', "

@@ -18,10 +18,18 @@ Source: ollama/ollama server/routes.go (/api/chat, /api/generate, /api/embed, /a
   maps thinking "enabled"/"disabled" only (not "adaptive"), takes base64 images only, drops
   "document" blocks and tool_result.is_error: such requests are translated. Usage on
   message_start (an estimate of the input) and message_delta (the counts).
+- swapping (docs/api.md "Load a model" / "Unload a model", docs/faq.mdx, server/routes.go
+  GenerateHandler, server/sched.go expireRunner): POST /api/generate {"model"} without a prompt
+  loads the model and answers once it is loaded (done_reason "load"); "keep_alive": -1 keeps it
+  loaded until told otherwise (api/types.go Duration: any negative number is forever; the string
+  "-1" has no unit and is refused). {"model", "keep_alive": 0} answers at once (done_reason
+  "unload") and only marks the runner expired: it is freed when its requests finish, and GET
+  /api/ps lists it until then (names as "<model>:<tag>").
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, ClassVar
 
@@ -36,7 +44,17 @@ from ..stream.tap import content_count
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
-from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
+from .base import (
+    POLL_SECONDS,
+    PROBE_ERRORS,
+    SWAP_REQUEST_SECONDS,
+    BackendHTTP,
+    Probe,
+    SwapFailed,
+    Upstream,
+    runtime_words,
+    swap_request,
+)
 from .native import message_blocks, nothing, observe_body, relay_decoder, response_parts, tool_choice
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
@@ -155,6 +173,7 @@ class Ollama:
     # the first release serving each (the module docstring has the sources)
     native_apis: ClassVar[dict[str, str]] = {"messages": "0.14.0", "responses": "0.13.3"}
     relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
+    swaps: ClassVar[bool] = True  # /api/generate without a prompt loads; with keep_alive 0 unloads
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:
@@ -254,3 +273,47 @@ class Ollama:
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
         return normalise_upstream_error(status, body)
+
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        for model in models:  # kept loaded (keep_alive -1) until mtproxy unloads it
+            await _generate(http, {"model": model, "keep_alive": -1, "stream": False})
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        for model in models:
+            await _generate(http, {"model": model, "keep_alive": 0, "stream": False})
+        while (running := await _running(http)) is None or any(_tagged(m) in running for m in models):
+            await asyncio.sleep(POLL_SECONDS)  # until its runner is gone (requests it still serves)
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        try:
+            running = await _running(http)
+        except SwapFailed:
+            return None
+        return None if running is None else all(_tagged(m) in running for m in models)
+
+
+def _tagged(model: str) -> str:
+    """A model's name as /api/ps writes it: with its tag (":latest" when none is given)."""
+    return model if ":" in model.rpartition("/")[2] else f"{model}:latest"
+
+
+async def _running(http: BackendHTTP) -> set[str] | None:
+    """The models /api/ps lists as loaded; None: it did not answer with a list."""
+    status, body = await swap_request(http, "GET", "/api/ps")
+    try:
+        data = orjson.loads(body) if status == 200 else None
+    except orjson.JSONDecodeError:
+        return None
+    listed = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        return None
+    return {_tagged(str(m.get("model") or m.get("name"))) for m in listed
+            if isinstance(m, dict) and (m.get("model") or m.get("name"))}
+
+
+async def _generate(http: BackendHTTP, body: dict[str, Any]) -> None:
+    status, answer = await swap_request(http, "POST", "/api/generate", body, timeout=SWAP_REQUEST_SECONDS)
+    if status != 200:
+        action = "unload" if body["keep_alive"] == 0 else "load"
+        raise SwapFailed(f"Ollama could not {action} {body['model']}: "
+                         f"{runtime_words('POST', '/api/generate', status, answer)}")

@@ -82,6 +82,8 @@ class OpenAICompatible:
     relays_local: ClassVar[bool] = True
     # A tokenizer route that takes chat messages ({"model", "messages"} -> {"count"}), if any.
     chat_tokenize_path: ClassVar[str | None] = None
+    # Loads and unloads models on request (Runtime.swaps); those that do override the three below.
+    swaps: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,3 +197,12 @@ class OpenAICompatible:
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
         return normalise_upstream_error(status, body)
+
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        raise NotImplementedError(f"{self.name} does not load models on request")
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        raise NotImplementedError(f"{self.name} does not unload models on request")
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        return None

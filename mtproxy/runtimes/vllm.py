@@ -22,12 +22,22 @@ protocol.py (ErrorResponse {"error": {message, type, param, code}}; older releas
   (anthropic/serving.py stop_reason_map): requests with any of these are translated. Usage on
   message_start (input) and message_delta (input and output). /v1/messages/count_tokens came
   later (listed by the v0.32.0 docs, not v0.22.1): /tokenize counts in every version instead.
+- sleep mode (vllm/entrypoints/serve/sleep/api_router.py; routes only with VLLM_SERVER_DEV_MODE=1,
+  sleeping only with --enable-sleep-mode): POST /sleep?level=1&mode=… answers 200 once asleep
+  (level 1: weights offloaded to CPU RAM, KV cache dropped; mode abort | wait | keep, how running
+  requests are treated: vllm/v1/engine/core.py pause_scheduler), POST /wake_up answers 200 once
+  awake, GET /is_sleeping {"is_sleeping": bool}. Without dev mode the routes answer 404. A
+  request to a sleeping engine waits in its paused scheduler until it wakes (older releases
+  crashed: vllm-project/vllm#15483). It serves one model: the names are not needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, ClassVar
+
+import orjson
 
 from ..mtp import detect
 from ..mtp.detect import Trained
@@ -35,7 +45,17 @@ from ..mtp.state import NO_EVIDENCE, Evidence
 from ..stream.events import Report
 from ..stream.tap import Observer
 from ..wire import Native
-from .base import PROBE_ERRORS, BackendHTTP, as_float, as_int
+from .base import (
+    POLL_SECONDS,
+    PROBE_ERRORS,
+    SWAP_REQUEST_SECONDS,
+    BackendHTTP,
+    SwapFailed,
+    as_float,
+    as_int,
+    runtime_words,
+    swap_request,
+)
 from .native import message_blocks, tool_choice
 from .openai_compat import USAGE, OpenAICompatible
 
@@ -91,6 +111,7 @@ class VLLM(OpenAICompatible):
         if tool_choice(payload).get("disable_parallel_tool_use"):
             return False
         return not any(block.get("type") == "document" or block.get("is_error") for block in message_blocks(payload))
+    swaps = True  # sleep mode: /sleep and /wake_up (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         trained = None
@@ -106,3 +127,42 @@ class VLLM(OpenAICompatible):
         except PROBE_ERRORS:
             return trained, NO_EVIDENCE
         return trained, spec_decode_evidence(text) if status == 200 else NO_EVIDENCE
+
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        await _sleep_call(http, "/wake_up", asleep=False)
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        # level 1 frees the GPU and keeps the weights in CPU RAM, so waking is quick; mode "wait"
+        # lets running requests finish first rather than aborting them (ignored before 0.17)
+        await _sleep_call(http, "/sleep?level=1&mode=wait", asleep=True)
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        try:
+            status, data = await http.get("/is_sleeping")
+        except PROBE_ERRORS:
+            return None
+        sleeping = data.get("is_sleeping") if status == 200 and isinstance(data, dict) else None
+        return (not sleeping) if isinstance(sleeping, bool) else None
+
+
+async def _sleep_call(http: BackendHTTP, path: str, *, asleep: bool) -> None:
+    """POST ``path`` (it answers once done), then wait until /is_sleeping agrees: older releases
+    answered before the engine had finished."""
+    status, body = await swap_request(http, "POST", path, timeout=SWAP_REQUEST_SECONDS)
+    if status == 404:
+        raise SwapFailed(f"vLLM serves no POST {path.partition('?')[0]}: start it with VLLM_SERVER_DEV_MODE=1 "
+                         "in its environment and --enable-sleep-mode to swap it")
+    if status != 200:
+        raise SwapFailed(f"vLLM refused: {runtime_words('POST', path, status, body)}")
+    while True:
+        status, body = await swap_request(http, "GET", "/is_sleeping")
+        try:
+            data = orjson.loads(body) if status == 200 else None
+        except orjson.JSONDecodeError:
+            data = None
+        sleeping = data.get("is_sleeping") if isinstance(data, dict) else None
+        if not isinstance(sleeping, bool):
+            raise SwapFailed(f"vLLM's GET /is_sleeping answered HTTP {status} without is_sleeping")
+        if sleeping == asleep:
+            return
+        await asyncio.sleep(POLL_SECONDS)
