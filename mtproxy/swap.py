@@ -225,6 +225,7 @@ class Group:
         self.swaps = 0
         self._making_room = False  # members are being drained for a waiting one
         self._retry: asyncio.TimerHandle | None = None
+        self.adopting = 0  # members whose runtime is being asked what it has loaded (Swapper.adopt)
 
     # --- limits -------------------------------------------------------------------------------
 
@@ -317,7 +318,7 @@ class Group:
 
     def kick(self) -> None:
         """Serve the queue in order as far as the limit allows (called on every change)."""
-        if self.swapper.closed:
+        if self.swapper.closed or self.adopting:
             return
         for member in {t.member for t in self.queue if t.member.state == "ready"}:
             self._grant(member)
@@ -481,6 +482,7 @@ class Swapper:
         self.arrivals = itertools.count()
         self.closed = False
         self.default_wait = 300.0
+        self._asked: set[Member] = set()  # runtimes asked what they have loaded (adopt)
 
     def spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -533,9 +535,48 @@ class Swapper:
                     group._enqueue(ticket)
             member.group = group
         self.members, self.groups = members, groups
+        adopt = [m for m in members.values() if m.process is None and m.state == "stopped" and m not in self._asked]
+        for member in adopt:
+            assert member.group is not None
+            member.group.adopting += 1
+            self._asked.add(member)
+        if adopt:
+            self.spawn(self._adopt(adopt), "adopt")
         for group in groups.values():
             group.kick()
         return fresh
+
+    async def _adopt(self, members: list[Member]) -> None:
+        """A runtime mtproxy did not launch may have models loaded already: those count as
+        running (ready) while their group has room, and are unloaded when it has none, so the
+        group's limit holds from the start. Asked one by one, in the config's order."""
+        from .runtimes.base import SwapFailed
+
+        for member in members:
+            group = member.group
+            assert group is not None and isinstance(member.driver, ApiDriver)
+            try:
+                loaded = await member.backend.runtime.loaded(member.driver._http(), member.driver._models())
+            except Exception as exc:  # unreachable, or an adapter bug: the group must not stay stuck
+                log.warning("backend %s: cannot tell what it has loaded (%s): taken as unloaded",
+                            member.name, exc.message if isinstance(exc, SwapFailed) else exc)
+                loaded = False
+            finally:
+                group.adopting -= 1
+            if not loaded or member.state != "stopped":
+                continue
+            if group._fits(member):
+                member.state = "ready"
+                member.ready_at = member.last_used = asyncio.get_running_loop().time()
+                log.info("backend %s has its model loaded already: counted as running", member.name)
+                self.on_ready(member)
+                member._arm_idle()
+            else:
+                log.info("backend %s has its model loaded but group %s is full: unloading it", member.name, group.name)
+                member.state = "stopping"
+                await group._stop(member, "limit")
+        for group in {m.group for m in members if m.group is not None}:
+            group.kick()
 
     def _member(self, backend: SwapBackend, health_timeout: float) -> Member:
         if backend.config.launch is None:

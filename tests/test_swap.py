@@ -319,3 +319,61 @@ async def test_min_run_keeps_a_busy_member_before_swapping_it_out(proxy_factory,
     await wants_b
     assert b.state == "ready" and a.state == "stopped"
     assert loop.time() - a.ready_at >= 4 - 0.1  # swapped out only once min_run had passed
+
+
+# --- runtimes mtproxy did not launch: swapped through their load/unload APIs --------------------
+
+def _loaded_at_once(calls: list[tuple[str, str]]) -> int:
+    """The most models loaded at once by a sequence of (route, model) load/unload calls."""
+    loaded: set[str] = set()
+    most = 0
+    for route, model in calls:
+        if route == "unload":
+            loaded.discard(model)
+        elif route == "load":
+            loaded.add(model)
+        most = max(most, len(loaded))
+    return most
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "ollama"])
+async def test_one_server_many_models_swapped_through_its_api(kind, runtime_factory, proxy_factory, http):
+    names = ["a:latest", "b:latest", "c:latest"]
+    behaviour = {"swap": kind, "load_seconds": 0.1, "models": names}
+    if kind == "llamacpp":
+        behaviour["autoload"] = False  # the proxy must load what it sends requests for
+    else:
+        behaviour.update(flavour="ollama", version="0.14.0")
+    rt = await runtime_factory(**behaviour)
+    backends = [{"name": f"be-{n[0]}", "runtime": kind, "url": rt.url, "models": [n], "group": "gpu"} for n in names]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    sequence = ["a:latest", "b:latest", "a:latest", "c:latest", "c:latest"]
+    for model in sequence:
+        async with http.post(proxy.url + "/v1/chat/completions", json=chat(model)) as resp:
+            assert resp.status == 200, await resp.text()
+    loads = [m for route, m in rt.swapper.calls if route == "load"]
+    assert _loaded_at_once(rt.swapper.calls) == 1, rt.swapper.calls
+    assert [m for m in loads if m in names] == ["a:latest", "b:latest", "a:latest", "c:latest"], rt.swapper.calls
+
+
+async def test_vllm_sleep_mode_members_and_adoption(runtime_factory, proxy_factory, http):
+    """Two vLLMs, both awake at start (a vLLM starts awake): the group of one adopts the first and
+    puts the second to sleep before any request; then requests swap them by sleep and wake-up."""
+    one = await runtime_factory(models=["m1"], swap="vllm", load_seconds=0.1)
+    two = await runtime_factory(models=["m2"], swap="vllm", load_seconds=0.1)
+    backends = [{"name": "v1", "runtime": "vllm", "url": one.url, "models": ["m1"], "group": "gpu"},
+                {"name": "v2", "runtime": "vllm", "url": two.url, "models": ["m2"], "group": "gpu"}]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    pool = proxy.app[POOL]
+    v1, v2 = (b.member for b in pool.backends)
+    await until(lambda: (v1.state, v2.state) == ("ready", "stopped"), 10)
+    assert not two.swapper.awake.is_set() and one.swapper.awake.is_set()
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m2")) as resp:
+        assert resp.status == 200
+    assert not one.swapper.awake.is_set() and two.swapper.awake.is_set()
+    assert (v1.state, v2.state) == ("stopped", "ready")
+    async with http.get(proxy.url + "/metrics") as resp:
+        samples = scrape(await resp.text())
+    assert value(samples, "mtproxy_backend_stops_total", backend="v2", reason="limit") == 1
+    assert value(samples, "mtproxy_backend_starts_total", backend="v2", reason="request") == 1
+    assert value(samples, "mtproxy_backend_state", backend="v2", state="ready") == 1
