@@ -2,8 +2,10 @@
 
 Streams are relayed as they arrive; the proxy only holds back a partial event until its end
 arrives. Status and headers are settled before ``prepare()``: failures before the first upstream
-byte are retried on another candidate or become an error with an HTTP status; failures after it
-become an error event in the client's format (SSE ``error`` + ``[DONE]`` for OpenAI clients).
+byte are retried on another candidate (a streamed multipart form only while none of the client's
+body beyond what was read of it has gone upstream: wire.Form) or become an error with an HTTP
+status; failures after it become an error event in the client's format (SSE ``error`` +
+``[DONE]`` for OpenAI clients).
 Measurement reads a copy of what is relayed and is recorded after the client got its last byte.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 import aiohttp
@@ -33,6 +36,9 @@ from .watchdog import Watchdog
 from .wire import ApiRequest, Endpoint
 
 log = logging.getLogger("mtproxy.proxy")
+
+# A client format's own reading of the request (front/local.py: a multipart form, streamed)
+Reader = Callable[[web.Request, Endpoint], Awaitable[ApiRequest]]
 
 # Statuses that say "this backend cannot take the request now", not "the request is bad": a
 # runtime that fails to load a model answers 500 (Ollama, llama-server), and another backend may
@@ -87,14 +93,16 @@ class Proxy:
         r = self.config.retries
         return random.uniform(0, min(r.backoff_max, r.backoff_base * 2 ** (attempt - 1)))
 
-    async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat) -> web.StreamResponse:
-        """Parse (in the client's format ``fmt``), forward and account for one request, whatever
+    async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat, *,
+                    read: Reader | None = None) -> web.StreamResponse:
+        """Parse (in the client's format ``fmt``, or by ``read``, which reads the body only as far
+        as it needs: a streamed multipart form), forward and account for one request, whatever
         its outcome."""
         meter: RequestMeter[Backend] = RequestMeter(perf_counter(), endpoint.kind)
         gate = self.gate
         held = False
         try:
-            built = fmt.parse(await request.read(), endpoint)
+            built = await read(request, endpoint) if read is not None else fmt.parse(await request.read(), endpoint)
             if built.load_only:  # nothing to generate: the model must exist, and is ready
                 self.router.resolve(built.model)
                 return web.Response(body=fmt.loaded(built), content_type="application/json")
@@ -155,6 +163,9 @@ class Proxy:
                     return resp
                 except _Retry as retry:
                     self.pool.answered(backend, retry.error.status)
+                    if not req.resendable():
+                        log.info("not retrying %s: its form was streamed to %s already", route.model, backend.name)
+                        raise retry.error from None
                     if not any(b.up and b not in tried for b in route.candidates):
                         raise retry.error from None
                     if not retrying and not self._retry_allowed():
@@ -300,6 +311,8 @@ class Proxy:
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
         except upstream.ERRORS as exc:
+            if req.form is not None and req.form.error is not None:  # the client's body, not the backend
+                raise req.form.error from None
             raise self._failed(backend, exc) from None
         meter.t_in = perf_counter()
         if resp.status >= 400:

@@ -38,7 +38,7 @@ class Upstream:
     """The request as the runtime wants it."""
 
     path: str
-    body: bytes
+    body: bytes | upstream.Streamed  # streamed: a multipart form (wire.FormBody)
     content_type: str | None = None  # None: JSON (the backend's headers say so)
 
 
