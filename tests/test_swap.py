@@ -377,3 +377,23 @@ async def test_vllm_sleep_mode_members_and_adoption(runtime_factory, proxy_facto
     assert value(samples, "mtproxy_backend_stops_total", backend="v2", reason="limit") == 1
     assert value(samples, "mtproxy_backend_starts_total", backend="v2", reason="request") == 1
     assert value(samples, "mtproxy_backend_state", backend="v2", state="ready") == 1
+
+
+async def test_reload_keeps_members_and_applies_new_limits(proxy_factory, http):
+    from mtproxy.reload import apply
+
+    pa, pb = free_port(), free_port()
+    backends = [member("m-a", pa, group="gpu"), member("m-b", pb, group="gpu")]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-a")) as resp:
+        assert resp.status == 200
+    pool = proxy.app[POOL]
+    a = pool.backends[0].member
+    pid = pool.backends[0].process.pid
+    await apply(proxy.app, make_config(backends, groups={"gpu": {"max_running": 2, "min_run": 0}}))
+    assert pool.backends[0].member is a and a.state == "ready"  # kept, process and all
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")) as resp:
+        assert resp.status == 200
+    assert {b.member.state for b in pool.backends} == {"ready"}  # room for both now
+    assert pool.backends[0].process.pid == pid
+    assert running_ports({pa, pb}) == {pa, pb}
