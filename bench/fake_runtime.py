@@ -79,6 +79,8 @@ class Shape:
     texts: tuple[str, ...] = ()
     extra: bytes = b""
     done: bool = True  # a stream ends with [DONE]
+    reasoning: int = 0  # a chat stream's first content chunks that are reasoning...
+    reasoning_field: str = "reasoning_content"  # ...in this delta field (vLLM: "reasoning")
 
 
 def words(n: int, start: int = 0) -> str:
@@ -117,9 +119,9 @@ def stream_events(shape: Shape) -> tuple[tuple[bytes, ...], tuple[bytes, ...], b
     base = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
             "created": CREATED, "model": shape.model}
 
-    def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
+    def choice(text: str | None, finish: str | None = None, field: str = "content") -> dict[str, Any]:
         if chat:
-            return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+            return {"index": 0, "delta": {} if text is None else {field: text}, "logprobs": None,
                     "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
@@ -127,7 +129,9 @@ def stream_events(shape: Shape) -> tuple[tuple[bytes, ...], tuple[bytes, ...], b
     if chat and shape.role:
         role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         head = (_sse({**base, "choices": [role]}),)
-    chunks = tuple(_sse({**base, "choices": [choice(text)]}) for text in _texts(shape))
+    chunks = tuple(_sse({**base, "choices": [choice(text, None, shape.reasoning_field if i < shape.reasoning
+                                                          else "content")]})
+                   for i, text in enumerate(_texts(shape)))
     extra = orjson.loads(shape.extra) if shape.extra else {}
     finish = {**base, "choices": [choice(None, shape.finish)]}
     if shape.usage:
@@ -220,6 +224,8 @@ class Behaviour:
     coalesce: bool = True
     routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
+    reasoning: int = 0  # a chat stream's first content chunks sent as reasoning deltas...
+    reasoning_field: str = "reasoning_content"  # ...in this field (vLLM: "reasoning")
     response_headers: dict[str, str] = field(default_factory=dict)  # sent with non-streaming answers
     # the bench's mode: each answer as its request asks (max_tokens tokens of WORDS, else `length`;
     # bench_rate, bench_tpc), a role chunk first, the first paced chunk one step after it
@@ -499,7 +505,7 @@ class FakeRuntime:
             tpc = max(1, int(_number(body.get("bench_tpc"), b.tokens_per_chunk)))
             return Shape(kind, model, tokens, tpc, usage, b.role_chunk, "length", (), extra, b.send_done), rate
         return Shape(kind, model, len(b.tokens), b.tokens_per_chunk, usage, b.role_chunk, "stop", tuple(b.tokens),
-                     extra, b.send_done), b.rate or 0.0
+                     extra, b.send_done, b.reasoning, b.reasoning_field), b.rate or 0.0
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self.received_at = asyncio.get_running_loop().time()

@@ -396,7 +396,7 @@ class Proxy:
                         if meter.t_out is None:
                             meter.t_out = perf_counter()
                         if batch.content:
-                            meter.content(now, batch.content)
+                            meter.content(now, batch.content, batch.hidden)
                     try:
                         data = await content.readany()
                     except upstream.ERRORS as exc:
@@ -407,7 +407,7 @@ class Proxy:
                 if batch is not None:
                     last += encoder.encode(batch)
                     if batch.content:
-                        meter.content(perf_counter(), batch.content)
+                        meter.content(perf_counter(), batch.content, batch.hidden)
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:

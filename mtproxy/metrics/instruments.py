@@ -19,6 +19,7 @@ from prometheus_client import Histogram as ClientHistogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..stream.events import Report
 from .lean import Bins, Histogram, LeanRegistry, Total, Twin
 from .meter import ANSWERED, Labels, Measurement, RequestMeter
 from .window import TokenWindow
@@ -35,6 +36,7 @@ TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4
 OTEL_TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)  # OTel advised
 TOKENS_PER_SECOND = (0.5, 1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 TOKENS_PER_CHUNK = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0)
+RATIO = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)  # 0..1, e.g. drafts accepted
 OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 START = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)  # a runtime's start or load
 SWAP_STATES = ("stopped", "starting", "ready", "draining", "stopping")  # swap.STATES
@@ -42,6 +44,9 @@ TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 419
                67108864)  # OTel advised
 
 LABELS = ("backend", "runtime", "model", "mtp", "endpoint", "stream")
+# accepted drafts by draft position: 0 … POSITIONS-1, the rest summed under f"{POSITIONS}+"
+POSITIONS = 8
+POSITION_LABELS = (*(str(i) for i in range(POSITIONS)), f"{POSITIONS}+")
 CUT_REASONS = ("header_timeout", "body_timeout", "too_many")  # client connections cut (clients.py)
 OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 # Anthropic Messages and OpenAI Responses are chat operations in the GenAI conventions.
@@ -86,6 +91,9 @@ class Metrics:
         self.ttft = hist("mtproxy_time_to_first_token_seconds",
                          "Request received to first content chunk relayed (streams).", TTFT,
                          twin=Twin(otel_ttft, otel_labels()))
+        self.visible_ttft = hist("mtproxy_time_to_first_visible_token_seconds",
+                                 "Request received to the first chunk of the answer relayed, reasoning "
+                                 "(thinking) content left out (streams).", TTFT)
         self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
                         INTER_TOKEN)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
@@ -112,6 +120,22 @@ class Metrics:
                                          "Speculative tokens drafted, as the runtime reports them.", LABELS)
         self.accepted_tokens = lean.counter("mtproxy_spec_decode_accepted_tokens",
                                             "Drafted tokens accepted, as the runtime reports them.", LABELS)
+        self.reasoning_tokens = lean.counter("mtproxy_reasoning_tokens",
+                                             "Of the output tokens, reasoning (thinking) ones, as the runtime "
+                                             "reports them.", LABELS)
+        self.acceptance_rate = hist("mtproxy_spec_decode_acceptance_rate",
+                                    "Drafted tokens accepted / drafted, per request, as the runtime reports them.",
+                                    RATIO)
+        self.acceptance_length = hist("mtproxy_spec_decode_acceptance_length",
+                                      "Mean tokens per verification step (1 + accepted / steps), per request, "
+                                      "as the runtime reports it.", TOKENS_PER_CHUNK)
+        self.draft_rounds = lean.counter("mtproxy_spec_decode_draft_rounds",
+                                         "Verification steps that checked drafted tokens, as the runtime reports "
+                                         "them.", LABELS)
+        self.accepted_by_position = lean.counter(
+            "mtproxy_spec_decode_accepted_by_position",
+            f"Drafted tokens accepted, by position in the draft (0 first; {POSITION_LABELS[-1]} the rest), as "
+            "the runtime reports them.", (*LABELS, "position"))
         for otel in (otel_ttft, otel_tpot, otel_duration, otel_usage):
             lean.add(otel)
         self.retries = ClientCounter("mtproxy_upstream_retries",
@@ -165,8 +189,16 @@ class Metrics:
             s.draft_tokens.inc(report.draft_tokens)
         if report.accepted_tokens is not None:
             s.accepted_tokens.inc(report.accepted_tokens)
+            if report.draft_tokens:
+                s.acceptance_rate.observe(report.accepted_tokens / report.draft_tokens)
+        if report.draft_rounds is not None or report.tokens_per_step is not None or report.accepted_by_position:
+            self._speculation(s, report)
+        if report.reasoning_tokens is not None:
+            s.reasoning_tokens.inc(report.reasoning_tokens)
         if m.ttft is not None:
             s.ttft.observe(m.ttft)
+        if m.visible_ttft is not None:
+            s.visible_ttft.observe(m.visible_ttft)
         if m.content_chunks > 1 and m.gaps is not None:
             s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
@@ -178,6 +210,28 @@ class Metrics:
         if m.tokens_per_step is not None:
             s.per_step.observe(m.tokens_per_step)
         return m
+
+    def _speculation(self, s: Bound, report: Report) -> None:
+        """Draft rounds, mean acceptance length and acceptance by position, where reported."""
+        rounds, accepted = report.draft_rounds, report.accepted_tokens
+        if rounds is not None:
+            s.draft_rounds.inc(rounds)
+        length = report.tokens_per_step  # the runtime's own (vLLM, SGLang, TensorRT-LLM)
+        if length is None and rounds and accepted is not None:
+            length = 1 + accepted / rounds
+        # for requests that speculated: steps or drafts reported, or more than a token per step
+        # (TensorRT-LLM reports no counts; llama.cpp's 1.0 without drafts is the adapter's inference)
+        if length is not None and (rounds or report.draft_tokens or length > 1.0):
+            s.acceptance_length.observe(length)
+        positions = report.accepted_by_position
+        if positions:
+            series = s.by_position
+            if series is None:
+                series = s.by_position = tuple(self.accepted_by_position.labels(*s.values, p) for p in POSITION_LABELS)
+            for i, n in enumerate(positions[:POSITIONS]):
+                series[i].inc(n)
+            if len(positions) > POSITIONS:
+                series[POSITIONS].inc(sum(positions[POSITIONS:]))
 
 
 class SwapInstruments:
@@ -218,7 +272,8 @@ class Bound:
     each series is exported once observed (metrics/lean.py)."""
 
     __slots__ = ("values", "requests", "duration", "overhead", "prompt_tokens", "completion_tokens", "draft_tokens",
-                 "accepted_tokens", "ttft", "itl", "tpot", "decode", "per_chunk", "per_step")
+                 "accepted_tokens", "ttft", "itl", "tpot", "decode", "per_chunk", "per_step", "visible_ttft",
+                 "reasoning_tokens", "acceptance_rate", "acceptance_length", "draft_rounds", "by_position")
 
     def __init__(self, metrics: Metrics, labels: Labels) -> None:
         self.values = v = (*labels[:5], "true" if labels.stream else "false")
@@ -235,6 +290,12 @@ class Bound:
         self.decode: Bins = metrics.decode.labels(*v)
         self.per_chunk: Bins = metrics.per_chunk.labels(*v)
         self.per_step: Bins = metrics.per_step.labels(*v)
+        self.visible_ttft: Bins = metrics.visible_ttft.labels(*v)
+        self.reasoning_tokens: Total = metrics.reasoning_tokens.labels(*v)
+        self.acceptance_rate: Bins = metrics.acceptance_rate.labels(*v)
+        self.acceptance_length: Bins = metrics.acceptance_length.labels(*v)
+        self.draft_rounds: Total = metrics.draft_rounds.labels(*v)
+        self.by_position: tuple[Total, ...] | None = None  # POSITION_LABELS' series, made when first reported
 
 
 class _Named(Protocol):

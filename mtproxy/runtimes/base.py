@@ -213,3 +213,37 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def int_list(value: Any) -> list[int] | None:
+    """A list of non-negative ints, else None."""
+    if value.__class__ is not list or not all(as_int(v) is not None and v >= 0 for v in value):
+        return None
+    return value
+
+
+def accepted_by_position(histogram: Any) -> list[int] | None:
+    """Accepted drafts by draft position from an acceptance histogram (index j: the verification
+    steps that accepted exactly j drafts, as vLLM's ``acceptance_histogram`` and SGLang's
+    ``spec_acceptance_histogram``): a step that accepted j drafts accepted positions 0 … j-1, so
+    position i counts the steps that accepted more than i."""
+    counts = int_list(histogram)
+    if counts is None:
+        return None
+    positions, above = [], 0
+    for n in reversed(counts[1:]):
+        above += n
+        positions.append(above)
+    return positions[::-1]
+
+
+def accepted_by_position_of_steps(per_step: Any) -> list[int] | None:
+    """The same from the drafts each step accepted, in order (vLLM's ``per_step_accepted``)."""
+    steps = int_list(per_step)
+    if steps is None:
+        return None
+    positions = [0] * max(steps, default=0)
+    for accepted in steps:
+        for i in range(accepted):
+            positions[i] += 1
+    return positions

@@ -8,7 +8,10 @@ b1-0c1e570 in tests/data/llamacpp/ (SOURCE.md).
   ui_settings["mtproxy"]["build_info"] ("b11549 (xllamacpp 2026.10.11549)"), which wins;
 - every response carries `timings` {prompt_n, prompt_ms, predicted_n, predicted_ms, …, and with
   speculation draft_n, draft_n_accepted}; in streams on the usage chunk, or on the finish chunk
-  when usage was not asked for;
+  when usage was not asked for. Nothing more per request: verification steps and acceptance by
+  position are engine-wide only (/metrics llamacpp:spec_decode_num_drafts_total,
+  ..._num_accepted_tokens_per_pos_total; server-common.cpp result_timings::to_json writes draft_n
+  and draft_n_accepted alone, in the test build b1-0c1e570 and the stored upstream tree);
 - errors: {"error": {"code", "message", "type"}};
 - Anthropic Messages served natively: POST /v1/messages and /v1/messages/count_tokens (PR #17570,
   merged 2025-11-28; the build number is not recorded, so every build is taken to serve it; both

@@ -40,7 +40,7 @@ from ..mtp.detect import Trained
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
 from ..stream.events import DONE, Batch, Event, Report, StreamDecoder, StreamFailure
-from ..stream.tap import content_count
+from ..stream.tap import content_count, shows_answer
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
@@ -121,7 +121,10 @@ class NDJSONDecoder:
 
     @staticmethod
     def _batch(events: list[Event]) -> Batch | None:
-        return Batch(None, events, sum(content_count(obj) for _, obj in events)) if events else None
+        if not events:
+            return None
+        content = sum(content_count(obj) for _, obj in events)  # thinking: reasoning_content deltas
+        return Batch(None, events, content, content > 0 and not any(shows_answer(obj) for _, obj in events))
 
     def _lines(self, data: bytes) -> list[Event]:
         events: list[Event] = []

@@ -38,7 +38,8 @@ def _count(data: Any, field: str, path: str) -> int:
 
 
 def observe_usage(obj: dict[str, Any], report: Report) -> None:
-    """OpenAI ``usage``: prompt and completion tokens."""
+    """OpenAI ``usage``: prompt and completion tokens, and of those the reasoning ones
+    (``completion_tokens_details.reasoning_tokens``) where reported."""
     usage = obj.get("usage")
     if usage.__class__ is dict:
         prompt = usage.get("prompt_tokens")
@@ -47,6 +48,11 @@ def observe_usage(obj: dict[str, Any], report: Report) -> None:
         completion = usage.get("completion_tokens")
         if completion.__class__ is int:
             report.completion_tokens = completion
+        details = usage.get("completion_tokens_details")
+        if details.__class__ is dict:
+            reasoning = details.get("reasoning_tokens")
+            if reasoning.__class__ is int:
+                report.reasoning_tokens = reasoning
 
 
 USAGE = Observer("usage", observe_usage)

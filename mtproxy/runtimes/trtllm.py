@@ -3,7 +3,9 @@
 Source: NVIDIA/TensorRT-LLM tensorrt_llm/serve/openai_server.py (/health, /version),
 tensorrt_llm/serve/openai_protocol.py (request models with extra="forbid": an unknown field is
 a 400; flat ErrorResponse {"object":"error", …}).
-- per choice `avg_decoded_tokens_per_iter`: tokens per decode iteration, > 1 with MTP;
+- per choice `avg_decoded_tokens_per_iter`: tokens per decode iteration, > 1 with MTP (the mean
+  acceptance length); no drafted or accepted counts, steps or positions per request (those are
+  engine-wide, in /metrics `specDecodingStats`);
 - usage in streams with stream_options.include_usage.
 - native_apis {}: tensorrt_llm/serve/anthropic_adapter.py, anthropic_protocol.py and
   responses_utils.py exist in the repository, but which routes they serve and since which

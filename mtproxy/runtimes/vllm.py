@@ -3,8 +3,15 @@
 Source: vllm-project/vllm vllm/entrypoints/openai/api_server.py (/health, /version),
 protocol.py (ErrorResponse {"error": {message, type, param, code}}; older releases flat).
 - per-request `metrics` (opt-in): time_to_first_token_ms, generation_time_ms, …, and
-  `metrics.speculative_decoding` {num_draft_tokens, num_accepted_draft_tokens,
-  mean_acceptance_length, …} — on the body, or on the usage chunk when streaming;
+  `metrics.speculative_decoding` (SpeculativeDecodingMetrics in
+  vllm/entrypoints/generate/base/protocol.py, `--per-request-spec-decode-metrics summary|detailed`)
+  {num_draft_tokens, num_accepted_draft_tokens, num_spec_steps (verification steps),
+  mean_acceptance_length (1 + accepted / steps), draft_acceptance_rate, acceptance_histogram
+  (index j: the steps that accepted exactly j drafts, length num_spec_tokens + 1), and at
+  `detailed` per_step_accepted / per_step_drafted} — on the body, or on the usage chunk when
+  streaming;
+- reasoning: chat deltas carry `reasoning` (`reasoning_content` before), usage
+  `completion_tokens_details.reasoning_tokens` where reported;
 - usage in streams only with stream_options.include_usage.
 - OpenAI Responses served natively: POST /v1/responses (vllm/entrypoints/openai/serving_responses.py,
   documented from v0.10.0: https://docs.vllm.ai/en/v0.10.0/api/vllm/entrypoints/openai/serving_responses.html,
@@ -51,6 +58,8 @@ from .base import (
     SWAP_REQUEST_SECONDS,
     BackendHTTP,
     SwapFailed,
+    accepted_by_position,
+    accepted_by_position_of_steps,
     as_float,
     as_int,
     runtime_words,
@@ -88,7 +97,10 @@ def observe_metrics(obj: dict[str, Any], report: Report) -> None:
         if isinstance(spec, dict):
             report.draft_tokens = as_int(spec.get("num_draft_tokens"))
             report.accepted_tokens = as_int(spec.get("num_accepted_draft_tokens"))
+            report.draft_rounds = as_int(spec.get("num_spec_steps"))
             report.tokens_per_step = as_float(spec.get("mean_acceptance_length"))
+            report.accepted_by_position = (accepted_by_position(spec.get("acceptance_histogram"))
+                                           or accepted_by_position_of_steps(spec.get("per_step_accepted")))
 
 
 class VLLM(OpenAICompatible):

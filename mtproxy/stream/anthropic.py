@@ -20,6 +20,7 @@ from .sse import EventFramer
 from .tap import parse_event
 
 _DELTA = b'"content_block_delta"'
+_ANSWER_DELTAS = (b'"text_delta"', b'"input_json_delta"')  # the others (thinking) are reasoning
 # events parsed rather than counted from their bytes: those that carry usage or end the stream,
 # errors, and any with an empty string (an empty delta counts for nothing)
 ATTENTION = (b'""', b'"message_start"', b'"message_delta"', b'"message_stop"', b'"error"', b"signature_delta")
@@ -72,7 +73,7 @@ class AnthropicSSEDecoder:
     counted and usage read on the way; ``observe``: the adapter's own observers (llama.cpp's
     ``timings``, where a build adds them), run on every parsed event."""
 
-    __slots__ = ("_framer", "_observe", "_report", "_attention")
+    __slots__ = ("_framer", "_observe", "_report", "_attention", "_shown")
 
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
                  attention: tuple[bytes, ...] = ()) -> None:
@@ -80,6 +81,7 @@ class AnthropicSSEDecoder:
         self._observe = observe
         self._report = report
         self._attention = ATTENTION + attention
+        self._shown = False  # an answer delta (text, tool input) seen: no more telling apart
 
     def feed(self, data: bytes) -> Batch | None:
         complete = self._framer.feed(data)
@@ -90,6 +92,15 @@ class AnthropicSSEDecoder:
         return self._batch(tail) if tail else None
 
     def _batch(self, complete: bytes) -> Batch:
+        batch = self._cut(complete)
+        if not self._shown and batch.content:
+            if any(delta in complete for delta in _ANSWER_DELTAS):
+                self._shown = True
+            else:  # content, but no text or tool input delta: thinking only
+                batch.hidden = True
+        return batch
+
+    def _cut(self, complete: bytes) -> Batch:
         if b"\r" in complete:
             complete = complete.replace(b"\r\n", b"\n")
         first = -1

@@ -24,6 +24,10 @@ CONTENT_EVENTS: dict[str, frozenset[str]] = {
 }
 
 
+# Of those, the reasoning (thinking) ones: not the answer the user sees.
+_REASONING_EVENTS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+
+
 def _int(value: Any) -> int | None:
     return value if value.__class__ is int else None
 
@@ -82,6 +86,7 @@ class NativeDecoder:
             complete = complete.replace(b"\r\n", b"\n")
         events: list[Event] = []
         content = 0
+        answer = False
         kinds, kind, report, observe = self._content, self._kind, self._report, self._observe
         for part in complete.split(b"\n\n"):
             if not part:
@@ -91,7 +96,9 @@ class NativeDecoder:
                 kind_of = obj.get("type")
                 if kind_of.__class__ is str and kind_of in kinds:
                     content += 1
+                    if kind_of not in _REASONING_EVENTS:
+                        answer = True
                 elif "response" in obj or "usage" in obj or "timings" in obj:
                     observe_native(kind, obj, report, observe)
             events.append((part + b"\n\n", obj))
-        return Batch(complete, events, content)
+        return Batch(complete, events, content, content > 0 and not answer)

@@ -48,6 +48,9 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # ...or one of these is non-empty (an attention marker: such events are always parsed).
 STRUCTURED_FIELDS: dict[str, tuple[str, ...]] = {"chat": ("tool_calls",), "completions": ()}
+# Of the text fields, these carry reasoning (thinking: vLLM `reasoning`, llama.cpp, SGLang and
+# older vLLM `reasoning_content`), the others the answer the user sees.
+REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})
 
 
 def content_count(obj: Any, kind: str = "chat") -> int:
@@ -74,6 +77,34 @@ def content_count(obj: Any, kind: str = "chat") -> int:
         if part.get(field):
             return n + 1
     return n
+
+
+def shows_answer(obj: Any) -> bool:
+    """Whether one parsed OpenAI event carries answer content: a non-empty text field that is not
+    reasoning (:data:`REASONING_FIELDS`), or tool calls."""
+    if obj.__class__ is not dict:
+        return False
+    choices = obj.get("choices")
+    if not choices or choices[0].__class__ is not dict:
+        return False
+    choice = choices[0]
+    part = choice.get("delta")
+    if part is None:
+        return True  # a text completion: no reasoning there
+    if part.__class__ is not dict:
+        return False
+    for field in TEXT_FIELDS["chat"]:
+        value = part.get(field)
+        if value and value.__class__ is str and field not in REASONING_FIELDS:
+            return True
+    return any(part.get(field) for field in STRUCTURED_FIELDS["chat"])
+
+
+@functools.cache
+def _answer_markers(kind: str) -> tuple[bytes, ...]:
+    """The keys of the answer's text fields, compact and spaced, up to the opening quote of a value."""
+    return tuple(f'"{name}"{sep}"'.encode() for name in TEXT_FIELDS.get(kind, ())
+                 if name not in REASONING_FIELDS for sep in (":", ": "))
 
 
 def has_content(obj: Any) -> bool:
@@ -182,10 +213,11 @@ class Template:
     anything but its text falls back to the marker scans.
     """
 
-    __slots__ = ("prefix", "end", "quotes", "shape", "empty")
+    __slots__ = ("prefix", "end", "quotes", "shape", "empty", "hidden")
 
-    def __init__(self, prefix: bytes, suffix: bytes, separator: bytes) -> None:
+    def __init__(self, prefix: bytes, suffix: bytes, separator: bytes, hidden: bool = False) -> None:
         self.prefix = prefix
+        self.hidden = hidden  # its text field is reasoning (REASONING_FIELDS)
         self.end = suffix + b"\n\n"
         self.quotes = prefix.count(b'"') + suffix.count(b'"')
         # one event's quotes and newlines, in order
@@ -208,7 +240,9 @@ class Template:
         if end <= start or event.find(marker, start) >= 0 or event.find(b"\\", start, end) >= 0:
             return None  # no text (a role chunk is no model for content chunks), or an escape in it
         separator = marker[marker.rindex(b'"', 0, len(marker) - 1):]  # `":"` or `": "`
-        template = cls(event[:start], event[end:], separator)
+        prefix = event[:start]
+        hidden = any(prefix.endswith(b'"' + name.encode() + separator) for name in REASONING_FIELDS)
+        template = cls(prefix, event[end:], separator, hidden)
         if template.empty in template.prefix + b"x" + template.end:
             return None  # an empty text could not be told from a full one
         return template
@@ -253,10 +287,14 @@ class SSEDecoder:
     a run of such events is checked with a few scans; a block of whole events none of which holds
     an attention marker comes out as one raw block (PLAIN) with a content count. The events from
     the first one that needs attention on are parsed (all of them with ``parse_all``).
+
+    Reasoning: until the stream's first answer content (:func:`shows_answer`), a batch whose
+    content is all reasoning is marked ``hidden``; the check looks for the answer's keys in that
+    batch only, and stops at the first answer content (one ``find`` in a stream without reasoning).
     """
 
     __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
-                 "_template", "_misses")
+                 "_template", "_misses", "_shown", "_answers")
 
     # Reads in a row that no template carried before the decoder stops trying (a runtime that
     # writes something new into every chunk, e.g. per-token timings).
@@ -277,6 +315,9 @@ class SSEDecoder:
         self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
         self._template: Template | None = None
         self._misses = 0
+        # answer content seen (or the kind has no reasoning fields): nothing more to tell apart
+        self._shown = not REASONING_FIELDS.intersection(TEXT_FIELDS.get(kind, ()))
+        self._answers = _answer_markers(kind)
 
     def feed(self, data: bytes) -> Batch | None:
         template = self._template
@@ -286,13 +327,44 @@ class SSEDecoder:
             content = template.single(data)
             if content is not None:
                 self._misses = 0
-                return Batch(data, None, content)
+                return Batch(data, None, content, template.hidden)
         complete = self._framer.feed(data)
-        return self._batch(complete) if complete else None
+        if not complete:
+            return None
+        batch = self._batch(complete)
+        if not self._shown and batch.content:
+            self._tell(batch)
+        return batch
 
     def flush(self) -> Batch | None:
         tail = self._framer.flush()
-        return self._batch(tail) if tail else None
+        if not tail:
+            return None
+        batch = self._batch(tail)
+        if not self._shown and batch.content:
+            self._tell(batch)
+        return batch
+
+    def _tell(self, batch: Batch) -> None:
+        """Before the stream's first answer content: is this batch's content all reasoning?"""
+        if self._answer_in(batch):
+            self._shown = True
+        else:
+            batch.hidden = True
+
+    def _answer_in(self, batch: Batch) -> bool:
+        """Whether ``batch`` carries answer content (not only reasoning)."""
+        raw = batch.raw
+        assert raw is not None
+        for marker in self._answers:
+            at = raw.find(marker)
+            while at >= 0:
+                end = at + len(marker)
+                if raw[end:end + 1] != b'"':  # not an empty string
+                    return True
+                at = raw.find(marker, end)
+        return batch.events is not None and any(
+            obj.__class__ is dict and shows_answer(obj) for _, obj in batch.events)
 
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
