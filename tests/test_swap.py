@@ -397,3 +397,20 @@ async def test_reload_keeps_members_and_applies_new_limits(proxy_factory, http):
     assert {b.member.state for b in pool.backends} == {"ready"}  # room for both now
     assert pool.backends[0].process.pid == pid
     assert running_ports({pa, pb}) == {pa, pb}
+
+
+async def test_a_member_that_goes_idle_is_swapped_out_at_once(proxy_factory, http):
+    """min_run protects a member only while it is busy: once its last request ends, a request
+    waiting for another member gets the slot, long before min_run."""
+    pa, pb = free_port(), free_port()
+    proxy = await proxy_factory(make_config(
+        [member("m-a", pa, rate=20.0, tokens=10, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 600}}))
+    pool = proxy.app[POOL]
+    a, b = (next(x for x in pool.backends if x.name == n).member for n in ("m-a", "m-b"))
+    first = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    await until(lambda: a.admitted == 1, 30)
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")) as resp:
+        assert resp.status == 200  # served once m-a went idle, not after its 600 s of min_run
+    assert (await first)[0] == 200
+    assert (a.state, b.state) == ("stopped", "ready")
