@@ -61,11 +61,11 @@ $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION): | $(VENV)/.installed
 
 # Prometheus and promtool for tests/test_deploy.py (Debian's package; needs root, as CI has).
 prometheus:
-	bash scripts/install-prometheus.sh
+	bash scripts/install-deb.sh prometheus prometheus promtool
 
 # redis-server for the shared response store's tests (Debian's package; needs root, as CI has).
 redis:
-	bash scripts/install-redis.sh
+	bash scripts/install-deb.sh redis-server redis-server
 
 # Static checks (ruff, mypy; configured in pyproject.toml), then the suite.
 lint: $(VENV)/.installed

@@ -513,8 +513,16 @@ def test_dockerfile():
     assert not dockerignore_admits("mtproxy/__pycache__/app.cpython-311.pyc")
 
 
-def test_install_prometheus_script_is_idempotent():
-    script = ROOT / "scripts" / "install-prometheus.sh"
+@pytest.mark.parametrize("target", ["prometheus", "redis"])
+def test_make_install_targets_are_idempotent(target):
+    """`make prometheus` and `make redis` run scripts/install-deb.sh, which does nothing where the
+    commands it installs are on PATH already."""
+    script = ROOT / "scripts" / "install-deb.sh"
     assert script.stat().st_mode & 0o111
-    if shutil.which("promtool") and shutil.which("prometheus"):
-        assert subprocess.run(["bash", str(script)], capture_output=True, timeout=30).returncode == 0
+    recipe = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+    assert recipe.returncode == 0, recipe.stderr
+    package, *commands = recipe.stdout.split("install-deb.sh", 1)[1].split()
+    assert package in ("prometheus", "redis-server") and commands
+    if all(shutil.which(c) for c in commands):
+        done = subprocess.run(["make", "-s", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout == "", done.stderr

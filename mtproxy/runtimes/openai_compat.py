@@ -62,8 +62,9 @@ class OpenAICompatible:
     name: ClassVar[str] = "openai"
     health_path: ClassVar[str | None] = None
     version_path: ClassVar[str | None] = None
-    # Request fields this runtime rejects; None: it accepts (and ignores) unknown fields.
-    accepted_fields: ClassVar[dict[str, frozenset[str]] | None] = None
+    # The request fields this runtime accepts, per endpoint kind (it rejects others: they are
+    # dropped before sending); None: it accepts (and ignores) unknown fields.
+    accepted_fields: dict[str, frozenset[str]] | None = None
     # Fields mtproxy itself understands as extensions (Ollama `options`); never sent to
     # runtimes that do not know them.
     extension_fields: ClassVar[tuple[str, ...]] = ("options",)

@@ -12,6 +12,7 @@ a 400; flat ErrorResponse {"object":"error", …}).
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -22,7 +23,10 @@ from .base import as_float
 from .openai_compat import USAGE, OpenAICompatible
 
 
-def _accepted_fields() -> dict[str, frozenset[str]]:
+@functools.cache
+def accepted_fields() -> dict[str, frozenset[str]]:
+    """The request fields trtllm-serve accepts per endpoint kind (package data
+    trtllm_fields.json), read on first use and kept."""
     data = json.loads(resources.files(__package__).joinpath("trtllm_fields.json").read_text())
     return {"chat": frozenset(data["chat"]), "completions": frozenset(data["completions"]),
             "embeddings": frozenset(data.get("embeddings", ("model", "input")))}
@@ -43,4 +47,4 @@ class TensorRTLLM(OpenAICompatible):
     version_path = "/version"
 
     def __init__(self) -> None:
-        type(self).accepted_fields = _accepted_fields()  # read once, from the package data
+        self.accepted_fields = accepted_fields()
