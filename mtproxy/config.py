@@ -91,6 +91,12 @@ class OutlierConfig(_Strict):
 
 class MetricsConfig(_Strict):
     window_seconds: float = Field(5.0, gt=0, description="span of mtproxy_window_tokens_per_second")
+    runtime_metrics: bool = Field(False, description="GET /metrics also carries each backend's own metrics "
+                                  "(vLLM, SGLang, llama.cpp, TensorRT-LLM), labelled backend and runtime")
+    runtime_metrics_cache_seconds: float = Field(5.0, ge=0, description="a backend's metrics are read at most "
+                                                 "once in this span, whatever the scrapes")
+    runtime_metrics_timeout: float = Field(2.0, gt=0, description="a backend's read is cut after this; "
+                                           "/metrics never waits longer for it")
 
 
 class ResponsesConfig(_Strict):

@@ -42,6 +42,7 @@ from .deploy_prometheus import (
     substitute,
     uncomment_runtime_jobs,
 )
+from .test_runtime_metrics import VLLM_A, VLLM_B
 from .test_swap import member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,6 +355,30 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
                 failures.append(f"alert {a['labels']['alertname']}: annotations {a['annotations']}")
 
         assert not failures, "\n".join(failures) + "\n--- prometheus log ---\n" + prom.log_tail()
+
+
+async def test_prometheus_scrapes_the_runtimes_metrics(runtime_factory, proxy_factory, tmp_path):
+    """metrics.runtime_metrics: a real Prometheus takes the merged page (it asks for OpenMetrics
+    first) and stores each backend's series under its own labels."""
+    binary = require("prometheus")
+    a = await runtime_factory("a", routes={"/metrics": VLLM_A})
+    b = await runtime_factory("b", models=["m2"], routes={"/metrics": VLLM_B})
+    proxy = await proxy_factory(make_config(
+        [{"name": "va", "runtime": "vllm", "url": a.url, "models": ["m1"]},
+         {"name": "vb", "runtime": "sglang", "url": b.url, "models": ["m2"]}],
+        metrics={"runtime_metrics": True}))
+    instance = f"127.0.0.1:{proxy.port}"
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+              "scrape_configs": [{"job_name": "mtproxy", "static_configs": [{"targets": [instance]}]}]}
+    async with Prometheus(binary, tmp_path, config) as prom:
+        await prom.scraped_after(instance, time.time())  # up == 1: the page parsed
+        result = (await prom.query('{__name__="vllm:generation_tokens_total"}'))["result"]
+        assert {(r["metric"]["backend"], r["metric"]["runtime"], r["value"][1]) for r in result} == {
+            ("va", "vllm", "1234"), ("vb", "sglang", "99")}, prom.log_tail()
+        cpu = (await prom.query('process_cpu_seconds_total{backend!=""}'))["result"]
+        assert {r["metric"]["backend"] for r in cpu} == {"va", "vb"}
+        info = (await prom.query('{__name__="vllm:cache_config_info", backend="va"}'))["result"]
+        assert info[0]["metric"]["exported_backend"] == "FLASH_ATTN"
 
 
 # --- Kubernetes ------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class LlamaCpp(OpenAICompatible):
     observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
+    metrics_path = "/metrics"  # Prometheus text, with --metrics (404 without)
     # /v1/messages (+ /count_tokens) and /v1/responses (tools/server/server.cpp, both converted to
     # chat there; first builds not recorded: every build is taken to serve them, and a route that
     # answers 404/405 takes its API off for the backend: proxy._lacks_route)

@@ -85,6 +85,8 @@ class OpenAICompatible:
     chat_tokenize_path: ClassVar[str | None] = None
     # Loads and unloads models on request (Runtime.swaps); those that do override the three below.
     swaps: ClassVar[bool] = False
+    # The runtime's own Prometheus metrics (Runtime.metrics_path); None: not known to have any.
+    metrics_path: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -95,6 +97,9 @@ class OpenAICompatible:
         """Fill ``report`` from one response object or stream chunk: every observer."""
         for observer in self.observers:
             observer.read(obj, report)
+
+    def exposition(self, body: bytes) -> str:
+        return body.decode()  # the text format is UTF-8; anything else is a UnicodeDecodeError
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

@@ -46,6 +46,7 @@ class SGLang(OpenAICompatible):
     name = "sglang"
     health_path = "/health"
     version_path = "/server_info"
+    metrics_path = "/metrics"  # Prometheus text, with --enable-metrics
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         try:

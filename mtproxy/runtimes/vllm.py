@@ -96,6 +96,7 @@ class VLLM(OpenAICompatible):
     observers = (USAGE, Observer("metrics", observe_metrics))  # per-request metrics, with speculative_decoding
     health_path = "/health"
     version_path = "/version"
+    metrics_path = "/metrics"  # Prometheus text (vllm/v1/metrics/loggers.py)
     chat_tokenize_path = "/tokenize"  # {"model", "messages", "add_generation_prompt"} -> {"count"}
     # the first release serving each (the module docstring has the sources)
     native_apis: ClassVar[dict[str, str]] = {"messages": "0.11.1", "responses": "0.10.2"}
