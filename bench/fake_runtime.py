@@ -292,6 +292,7 @@ class FakeRuntime:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []  # the path of each recorded request
+        self.fetched: dict[str, int] = {}  # GETs of each of Behaviour.routes answered
         self.closed_early = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.write_times: list[float] = []  # when each step of the last paced stream really left
@@ -360,6 +361,7 @@ class FakeRuntime:
 
     async def route(self, request: web.Request) -> web.Response:
         body = self.b.routes[request.path]
+        self.fetched[request.path] = self.fetched.get(request.path, 0) + 1
         if isinstance(body, str):
             return web.Response(text=body)
         return web.json_response(body)

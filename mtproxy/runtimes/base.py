@@ -112,6 +112,10 @@ class Runtime(Protocol):
     # Whether the runtime loads and unloads models on request (llama.cpp router mode, Ollama,
     # vLLM sleep mode), so a group can swap it without launching a process (swap.py).
     swaps: ClassVar[bool]
+    # Whether what ``mtp_probe`` reads changes once the runtime has served requests (vLLM's
+    # spec_decode counters, llama.cpp's /slots types, shown after a slot's first task), so the pool
+    # reads it again soon after a request while it has not said yet (backends.py).
+    reprobe_mtp: ClassVar[bool]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the

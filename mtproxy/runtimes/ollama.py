@@ -174,6 +174,7 @@ class Ollama:
     native_apis: ClassVar[dict[str, str]] = {"messages": "0.14.0", "responses": "0.13.3"}
     relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
     swaps: ClassVar[bool] = True  # /api/generate without a prompt loads; with keep_alive 0 unloads
+    reprobe_mtp: ClassVar[bool] = False  # /api/show's parameters do not change with requests
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

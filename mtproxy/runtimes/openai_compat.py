@@ -84,6 +84,9 @@ class OpenAICompatible:
     chat_tokenize_path: ClassVar[str | None] = None
     # Loads and unloads models on request (Runtime.swaps); those that do override the three below.
     swaps: ClassVar[bool] = False
+    # What mtp_probe reads changes as the runtime serves (Runtime.reprobe_mtp); those whose does
+    # say so.
+    reprobe_mtp: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

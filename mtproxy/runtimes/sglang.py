@@ -46,6 +46,7 @@ class SGLang(OpenAICompatible):
     name = "sglang"
     health_path = "/health"
     version_path = "/server_info"
+    reprobe_mtp = True  # /server_info, again if it did not answer at start-up
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         try:
