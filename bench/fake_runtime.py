@@ -294,6 +294,7 @@ class FakeRuntime:
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []  # the path of each recorded request
         self.route_hits: dict[str, int] = {}  # GETs of each Behaviour.routes path
+        self.fetched = self.route_hits  # the same counts, by the name the MTP tests use
         self.closed_early = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.write_times: list[float] = []  # when each step of the last paced stream really left

@@ -127,8 +127,10 @@ class Proxy:
                 self.in_flight -= 1
             if meter.t_end is None:
                 meter.t_end = perf_counter()
-            measured = self.metrics.finish(meter)
             backend = meter.target
+            if backend is not None:
+                self._mtp_shown(backend, meter)  # a stream's drafts: known at its end
+            measured = self.metrics.finish(meter)
             if backend is not None:
                 self.pool.record(backend, meter.labels.model, meter.report, measured.tokens_per_step)
 
@@ -260,6 +262,15 @@ class Proxy:
                              code="count_tokens_unsupported")
         return count
 
+    def _mtp_shown(self, backend: Backend, meter: RequestMeter[Backend]) -> None:
+        """A request routed as not running MTP whose answer carries MTP drafts is labelled on: the
+        runtime's own evidence (vLLM's counters, llama.cpp's /slots) shows only once it has
+        drafted, so the first such answer is the first evidence there is."""
+        report = meter.report
+        if (report.accepted_tokens or report.tokens_per_step) and meter.labels.mtp == "off" \
+                and self.pool.drafting(backend, meter.labels.model, report):
+            meter.mtp_shown()
+
     @staticmethod
     def _headers(meter: RequestMeter[Backend]) -> dict[str, str]:
         """The response headers naming the backend chosen (``meter.route``)."""
@@ -320,6 +331,7 @@ class Proxy:
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         await fmt.settle(req)
+        self._mtp_shown(backend, meter)  # so the header says what the answer showed
         headers = self._headers(meter)
         if not content_type:  # the format relays the runtime's answer as it came
             headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")

@@ -190,6 +190,10 @@ class RequestMeter(Generic[T]):
         self.labels = _make_labels(Labels, (backend, runtime, model, "on" if mtp else "off", labels[4], labels[5]))
         self.target = target
 
+    def mtp_shown(self) -> None:
+        """The answer showed the backend drafting with MTP, which the route did not know yet."""
+        self.labels = self.labels._replace(mtp="on")
+
     def answered(self, status: int) -> None:
         """The client got (or gets) an answer with HTTP ``status``, whatever happened before."""
         self.outcome = ANSWERED

@@ -115,6 +115,10 @@ class Runtime(Protocol):
     # The path of the runtime's own metrics (GET), None when it has none (Ollama, MLX-LM,
     # llama-cpp-python): read only with metrics.runtime_metrics (metrics/scrape.py).
     metrics_path: ClassVar[str | None]
+    # Whether what ``mtp_probe`` reads changes once the runtime has served requests (vLLM's
+    # spec_decode counters, llama.cpp's /slots types, shown after a slot's first task), so the pool
+    # reads it again soon after a request while it has not said yet (backends.py).
+    reprobe_mtp: ClassVar[bool]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the

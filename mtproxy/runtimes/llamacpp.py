@@ -97,6 +97,7 @@ class LlamaCpp(OpenAICompatible):
     # answers 404/405 takes its API off for the backend: proxy._lacks_route)
     native_apis: ClassVar[dict[str, str]] = {"messages": "", "responses": ""}
     swaps = True  # in router mode (/models/load, /models/unload); a single-model server refuses
+    reprobe_mtp = True  # /slots shows the speculative types once a slot has run a task
 
     def relays(self, native: Native) -> bool:
         if native.kind != "messages" or native.path.endswith("/count_tokens"):

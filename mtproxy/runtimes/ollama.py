@@ -178,6 +178,7 @@ class Ollama:
 
     def exposition(self, body: bytes) -> str:
         raise ValueError("Ollama has no /metrics")
+    reprobe_mtp: ClassVar[bool] = False  # /api/show's parameters do not change with requests
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

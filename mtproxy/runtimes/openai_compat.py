@@ -87,6 +87,9 @@ class OpenAICompatible:
     swaps: ClassVar[bool] = False
     # The runtime's own Prometheus metrics (Runtime.metrics_path); None: not known to have any.
     metrics_path: ClassVar[str | None] = None
+    # What mtp_probe reads changes as the runtime serves (Runtime.reprobe_mtp); those whose does
+    # say so.
+    reprobe_mtp: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -113,6 +113,7 @@ class VLLM(OpenAICompatible):
             return False
         return not any(block.get("type") == "document" or block.get("is_error") for block in message_blocks(payload))
     swaps = True  # sleep mode: /sleep and /wake_up (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
+    reprobe_mtp = True  # the spec_decode counters stay at 0 until the first drafted answer
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         trained = None
