@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import front, handlers
+from . import front, handlers, ui
 from .backends import BackendPool
 from .config import Config
 from .metrics.export import metrics_handler
@@ -47,6 +47,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(front.responses.store_context)  # /v1/responses' store
+    ui.setup(app)  # the page at /ui: its hub hears of every finished request (proxy.observer)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
     app.router.add_get("/metrics", metrics_handler(app[METRICS], app[RUNTIME_METRICS]))

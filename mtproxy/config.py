@@ -119,6 +119,16 @@ class ResponsesConfig(_Strict):
         return value
 
 
+class UiConfig(_Strict):
+    """The page at /ui (mtproxy/ui/): its activity ring and the optional on-disk history."""
+
+    enabled: bool = True
+    ring: int = Field(1000, gt=0, le=1_000_000, description="requests kept in memory for the page and exports")
+    history: str | None = Field(None, description="an SQLite file keeping every request across restarts")
+    history_max_rows: int = Field(100_000, gt=0, description="rows the history keeps; the oldest go first")
+    history_max_age_seconds: float = Field(7 * 86400.0, gt=0, description="a row older than this is deleted")
+
+
 _UNITS = {"": 10**9, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
@@ -256,6 +266,7 @@ class Config(_Strict):
     routing: RoutingConfig = RoutingConfig()
     responses: ResponsesConfig = ResponsesConfig()
     groups: dict[str, GroupConfig] = {}
+    ui: UiConfig = UiConfig()
 
     def group_of(self) -> dict[str, str]:
         """backend name -> its group's name (by ``backends[].group`` or ``groups.*.members``)."""
