@@ -222,7 +222,8 @@ class Behaviour:
     # per chunk back to back, as llama-server writes the tokens of a step
     steps: list[tuple[float, int]] | None = None
     coalesce: bool = True
-    routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
+    # GET path → JSON body (str: text body; an async function of the request: its answer)
+    routes: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
     reasoning: int = 0  # a chat stream's first content chunks sent as reasoning deltas...
     reasoning_field: str = "reasoning_content"  # ...in this field (vLLM: "reasoning")
@@ -298,6 +299,8 @@ class FakeRuntime:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []  # the path of each recorded request
+        self.route_hits: dict[str, int] = {}  # GETs of each Behaviour.routes path
+        self.fetched = self.route_hits  # the same counts, by the name the MTP tests use
         self.closed_early = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.write_times: list[float] = []  # when each step of the last paced stream really left
@@ -366,6 +369,9 @@ class FakeRuntime:
 
     async def route(self, request: web.Request) -> web.Response:
         body = self.b.routes[request.path]
+        self.route_hits[request.path] = self.route_hits.get(request.path, 0) + 1
+        if callable(body):
+            return await body(request)
         if isinstance(body, str):
             return web.Response(text=body)
         return web.json_response(body)

@@ -91,6 +91,12 @@ class OutlierConfig(_Strict):
 
 class MetricsConfig(_Strict):
     window_seconds: float = Field(5.0, gt=0, description="span of mtproxy_window_tokens_per_second")
+    runtime_metrics: bool = Field(False, description="GET /metrics also carries each backend's own metrics "
+                                  "(vLLM, SGLang, llama.cpp, TensorRT-LLM), labelled backend and runtime")
+    runtime_metrics_cache_seconds: float = Field(5.0, ge=0, description="a backend's metrics are read at most "
+                                                 "once in this span, whatever the scrapes")
+    runtime_metrics_timeout: float = Field(2.0, gt=0, description="a backend's read is cut after this; "
+                                           "/metrics never waits longer for it")
 
 
 class ResponsesConfig(_Strict):
@@ -111,6 +117,16 @@ class ResponsesConfig(_Strict):
             # not echoed: the URL may hold a password
             raise ValueError("must be 'memory' or a redis://[user:password@]host[:port][/db] URL")
         return value
+
+
+class UiConfig(_Strict):
+    """The page at /ui (mtproxy/ui/): its activity ring and the optional on-disk history."""
+
+    enabled: bool = True
+    ring: int = Field(1000, gt=0, le=1_000_000, description="requests kept in memory for the page and exports")
+    history: str | None = Field(None, description="an SQLite file keeping every request across restarts")
+    history_max_rows: int = Field(100_000, gt=0, description="rows the history keeps; the oldest go first")
+    history_max_age_seconds: float = Field(7 * 86400.0, gt=0, description="a row older than this is deleted")
 
 
 _UNITS = {"": 10**9, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -250,6 +266,7 @@ class Config(_Strict):
     routing: RoutingConfig = RoutingConfig()
     responses: ResponsesConfig = ResponsesConfig()
     groups: dict[str, GroupConfig] = {}
+    ui: UiConfig = UiConfig()
 
     def group_of(self) -> dict[str, str]:
         """backend name -> its group's name (by ``backends[].group`` or ``groups.*.members``)."""

@@ -27,7 +27,7 @@ from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout,
 from .formats import ClientFormat, StreamEncoder
 from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
-from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
+from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .stream.events import StreamDecoder, StreamFailure
@@ -39,6 +39,9 @@ log = logging.getLogger("mtproxy.proxy")
 
 # A client format's own reading of the request (front/local.py: a multipart form, streamed)
 Reader = Callable[[web.Request, Endpoint], Awaitable[ApiRequest]]
+# Told of every finished request after its metrics (the page's activity, mtproxy/ui/): must be
+# cheap, it runs on the request path
+Observer = Callable[[RequestMeter, Measurement, ClientFormat], None]
 
 # Statuses that say "this backend cannot take the request now", not "the request is bad": a
 # runtime that fails to load a model answers 500 (Ollama, llama-server), and another backend may
@@ -67,6 +70,7 @@ class Proxy:
         self.in_flight = 0
         self.retries_in_flight = 0
         self.watchdog = Watchdog()
+        self.observer: Observer | None = None
         limits = config.limits
         self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
@@ -127,8 +131,12 @@ class Proxy:
                 self.in_flight -= 1
             if meter.t_end is None:
                 meter.t_end = perf_counter()
-            measured = self.metrics.finish(meter)
             backend = meter.target
+            if backend is not None:
+                self._mtp_shown(backend, meter)  # a stream's drafts: known at its end
+            measured = self.metrics.finish(meter)
+            if self.observer is not None:
+                self.observer(meter, measured, fmt)
             if backend is not None:
                 self.pool.record(backend, meter.labels.model, meter.report, measured.tokens_per_step)
 
@@ -260,6 +268,15 @@ class Proxy:
                              code="count_tokens_unsupported")
         return count
 
+    def _mtp_shown(self, backend: Backend, meter: RequestMeter[Backend]) -> None:
+        """A request routed as not running MTP whose answer carries MTP drafts is labelled on: the
+        runtime's own evidence (vLLM's counters, llama.cpp's /slots) shows only once it has
+        drafted, so the first such answer is the first evidence there is."""
+        report = meter.report
+        if (report.accepted_tokens or report.tokens_per_step) and meter.labels.mtp == "off" \
+                and self.pool.drafting(backend, meter.labels.model, report):
+            meter.mtp_shown()
+
     @staticmethod
     def _headers(meter: RequestMeter[Backend]) -> dict[str, str]:
         """The response headers naming the backend chosen (``meter.route``)."""
@@ -320,6 +337,7 @@ class Proxy:
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         await fmt.settle(req)
+        self._mtp_shown(backend, meter)  # so the header says what the answer showed
         headers = self._headers(meter)
         if not content_type:  # the format relays the runtime's answer as it came
             headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")

@@ -196,6 +196,9 @@ class Member:
         if self.admitted == 0:
             self.idle.set()
             self._arm_idle()
+            group = self.group
+            if group is not None and group.queue and self.state == "ready":
+                group.kick()  # idle now: a victim at once, whatever min_run says
 
     def _arm_idle(self) -> None:
         idle_stop = self.config.idle_stop
@@ -275,7 +278,9 @@ class Group:
                 member.release()  # let through just as the client went away
             raise
         finally:
-            self._dequeue(ticket)
+            if ticket in self.queue:  # left before its turn (timeout, client gone): others may go now
+                self._dequeue(ticket)
+                self.kick()
             self.swapper.events.waited(member.name, loop.time() - ticket.since)
 
     def _enqueue(self, ticket: Ticket) -> None:
@@ -393,7 +398,13 @@ class Group:
         t0 = loop.time()
         log.info("starting backend %s (%s)", member.name, reason)
         try:
-            await member.driver.start()
+            try:
+                await member.driver.start()
+            except (StartFailed, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a bug in a driver or adapter must not leave it "starting"
+                log.exception("starting backend %s failed", member.name)
+                raise StartFailed(f"Backend {member.name} could not be started: {type(exc).__name__}") from None
         except StartFailed as err:
             member.state = "stopped"
             member.failure = err.message

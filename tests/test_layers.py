@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtproxy.backends", "mtproxy.router", "mtproxy.status"),
     ("mtproxy.proxy", "mtproxy.verify", "mtproxy.middleware", "mtproxy.clients"),
     ("mtproxy.state",),
-    ("mtproxy.reload", "mtproxy.handlers", "mtproxy.front"),
+    ("mtproxy.reload", "mtproxy.handlers", "mtproxy.front", "mtproxy.ui"),
     ("mtproxy.app", "mtproxy.server", "mtproxy.cli", "mtproxy.__main__"),
 ]
 

@@ -4,10 +4,14 @@ runtime's own fields, and what /metrics exports for them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mtproxy.runtimes.base import accepted_by_position, accepted_by_position_of_steps
+from mtproxy.stream.anthropic import AnthropicSSEDecoder
 from mtproxy.stream.events import Report
+from mtproxy.stream.native import NativeDecoder
 from mtproxy.stream.tap import SSEDecoder, observe_all
 
 from .conftest import make_config
@@ -195,3 +199,26 @@ def test_decoder_marks_reasoning_until_the_answer(spaced):
     tool = SSEDecoder(observe_all(()), Report()).feed(
         b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{}"}}]}}]}\n\n')
     assert (tool.content, tool.hidden) == (1, False)
+
+
+def _typed(kind: str, obj: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + json.dumps({"type": kind, **obj}).encode() + b"\n\n"
+
+
+def test_anthropic_and_responses_taps_mark_thinking_until_the_answer():
+    """The other EventTap formats: Anthropic ``thinking_delta`` and Responses
+    ``reasoning_text.delta`` reads are hidden; the first text delta is not, nor what follows."""
+    def delta(kind: str, field: str, text: str) -> bytes:
+        return _typed("content_block_delta", {"index": 0, "delta": {"type": kind, field: text}})
+
+    anthropic = AnthropicSSEDecoder(observe_all(()), Report())
+    reads = [delta("thinking_delta", "thinking", "hm"), delta("thinking_delta", "thinking", "so"),
+             delta("text_delta", "text", "Hi"), delta("thinking_delta", "thinking", "late")]
+    assert [(b.content, b.hidden) for b in map(anthropic.feed, reads)] == [(1, True), (1, True), (1, False), (1, False)]
+    assert AnthropicSSEDecoder(observe_all(()), Report()).feed(reads[0] + reads[2]).hidden is False
+
+    responses = NativeDecoder("responses", observe_all(()), Report())
+    reads = [_typed("response.reasoning_text.delta", {"delta": "hm"}),
+             _typed("response.output_text.delta", {"delta": "Hi"}),
+             _typed("response.reasoning_text.delta", {"delta": "late"})]
+    assert [(b.content, b.hidden) for b in map(responses.feed, reads)] == [(1, True), (1, False), (1, False)]

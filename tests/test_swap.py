@@ -303,22 +303,26 @@ async def test_priority_goes_first_and_a_victim_dying_in_its_drain_frees_the_slo
 async def test_min_run_keeps_a_busy_member_before_swapping_it_out(proxy_factory, http):
     pa, pb = free_port(), free_port()
     proxy = await proxy_factory(make_config(
-        [member("m-a", pa, rate=20.0, tokens=10, group="gpu"), member("m-b", pb, group="gpu")],
-        groups={"gpu": {"max_running": 1, "min_run": 4}}))
+        [member("m-a", pa, rate=20.0, tokens=200, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 3}}))
     pool = proxy.app[POOL]
     a, b = (next(x for x in pool.backends if x.name == n).member for n in ("m-a", "m-b"))
-    first = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    long_stream = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))  # 10 s
     await until(lambda: a.admitted == 1, 30)
     wants_b = asyncio.create_task(stream_text(http, proxy.url, chat("m-b")))
     await until(lambda: b.waiting == 1, 30)
     loop = asyncio.get_running_loop()
-    assert a.state == "ready"  # young and busy: not drained yet, so more work for it gets in at once
-    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-a")) as resp:
-        assert resp.status == 200
-    await first
-    await wants_b
-    assert b.state == "ready" and a.state == "stopped"
-    assert loop.time() - a.ready_at >= 4 - 0.1  # swapped out only once min_run had passed
+    if loop.time() - a.ready_at < 3:
+        assert a.state == "ready"  # young and busy: not drained, so more work for it gets in at once
+        async with http.post(proxy.url + "/v1/chat/completions", json={**chat("m-a"), "max_tokens": 2}) as resp:
+            assert resp.status == 200
+    await until(lambda: a.state == "draining", 30)
+    assert loop.time() - a.ready_at >= 3 - 0.1  # drained only once min_run had passed, while still busy
+    assert a.admitted == 1
+    status, text, done = await long_stream  # and its stream still ran to the end
+    assert status == 200 and done and text == fake_runtime.words(200)
+    assert (await wants_b)[0] == 200
+    assert (a.state, b.state) == ("stopped", "ready")
 
 
 # --- runtimes mtproxy did not launch: swapped through their load/unload APIs --------------------
@@ -397,3 +401,20 @@ async def test_reload_keeps_members_and_applies_new_limits(proxy_factory, http):
     assert {b.member.state for b in pool.backends} == {"ready"}  # room for both now
     assert pool.backends[0].process.pid == pid
     assert running_ports({pa, pb}) == {pa, pb}
+
+
+async def test_a_member_that_goes_idle_is_swapped_out_at_once(proxy_factory, http):
+    """min_run protects a member only while it is busy: once its last request ends, a request
+    waiting for another member gets the slot, long before min_run."""
+    pa, pb = free_port(), free_port()
+    proxy = await proxy_factory(make_config(
+        [member("m-a", pa, rate=20.0, tokens=10, group="gpu"), member("m-b", pb, group="gpu")],
+        groups={"gpu": {"max_running": 1, "min_run": 600}}))
+    pool = proxy.app[POOL]
+    a, b = (next(x for x in pool.backends if x.name == n).member for n in ("m-a", "m-b"))
+    first = asyncio.create_task(stream_text(http, proxy.url, chat("m-a", stream=True)))
+    await until(lambda: a.admitted == 1, 30)
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("m-b")) as resp:
+        assert resp.status == 200  # served once m-a went idle, not after its 600 s of min_run
+    assert (await first)[0] == 200
+    assert (a.state, b.state) == ("stopped", "ready")

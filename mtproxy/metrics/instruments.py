@@ -148,6 +148,11 @@ class Metrics:
             ("reason",), registry=r)
         self._cuts = {reason: self.client_cuts.labels(reason) for reason in CUT_REASONS}  # at 0 from the start
         self.swaps = SwapInstruments(r)
+        self.runtime_errors = ClientCounter(  # metrics.runtime_metrics (metrics/scrape.py)
+            "mtproxy_runtime_metrics_errors",
+            "Reads of a backend's own metrics left out of /metrics (reason: timeout, unreachable, status, "
+            "too_large, malformed; clash: families named like mtproxy's own or of another type left out).",
+            ("backend", "reason"), registry=r)
         self.clients_open = 0  # client connections open now: kept by clients.ClientServer
         self.state = StateCollector(pool, window, lambda: self.clients_open)
         r.register(self.state)

@@ -164,11 +164,13 @@ class RequestMeter(Generic[T]):
     coarse for a step's chunks (microseconds apart) and short steps (a few ms)."""
 
     __slots__ = ("labels", "target", "outcome", "http_status", "report",
-                 "t0", "t_sent", "t_in", "t_out", "t_end", "t_visible", "times", "counts", "window", "window_key")
+                 "t0", "t_sent", "t_in", "t_out", "t_end", "t_visible", "times", "counts", "window", "window_key",
+                 "attempts")
 
     def __init__(self, t0: float, endpoint: str, stream: bool = False) -> None:
         self.labels = unrouted(endpoint, stream)
         self.target: T | None = None  # chosen last
+        self.attempts = 0  # backends tried (route() calls): retries = attempts - 1
         # ANSWERED with 200 unless said otherwise (the relay fails, the client leaves, an error)
         self.outcome = ANSWERED
         self.http_status = 200
@@ -193,6 +195,11 @@ class RequestMeter(Generic[T]):
         labels = self.labels
         self.labels = _make_labels(Labels, (backend, runtime, model, "on" if mtp else "off", labels[4], labels[5]))
         self.target = target
+        self.attempts += 1
+
+    def mtp_shown(self) -> None:
+        """The answer showed the backend drafting with MTP, which the route did not know yet."""
+        self.labels = self.labels._replace(mtp="on")
 
     def answered(self, status: int) -> None:
         """The client got (or gets) an answer with HTTP ``status``, whatever happened before."""

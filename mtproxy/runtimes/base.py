@@ -112,6 +112,13 @@ class Runtime(Protocol):
     # Whether the runtime loads and unloads models on request (llama.cpp router mode, Ollama,
     # vLLM sleep mode), so a group can swap it without launching a process (swap.py).
     swaps: ClassVar[bool]
+    # The path of the runtime's own metrics (GET), None when it has none (Ollama, MLX-LM,
+    # llama-cpp-python): read only with metrics.runtime_metrics (metrics/scrape.py).
+    metrics_path: ClassVar[str | None]
+    # Whether what ``mtp_probe`` reads changes once the runtime has served requests (vLLM's
+    # spec_decode counters, llama.cpp's /slots types, shown after a slot's first task), so the pool
+    # reads it again soon after a request while it has not said yet (backends.py).
+    reprobe_mtp: ClassVar[bool]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the
@@ -124,6 +131,11 @@ class Runtime(Protocol):
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         """The runtime's own word on ``model``: is it MTP-trained, and is MTP drafting on."""
+        ...
+
+    def exposition(self, body: bytes) -> str:
+        """What ``metrics_path`` answered, in the Prometheus text format (TensorRT-LLM's JSON
+        converted); raises ``ValueError`` when it is not in the shape this runtime writes."""
         ...
 
     def relays(self, native: Native) -> bool:

@@ -94,11 +94,13 @@ class LlamaCpp(OpenAICompatible):
     observers = (USAGE, TIMINGS)  # timings: prompt/decode figures and draft counts
     health_path = "/health"
     version_path = "/props"
+    metrics_path = "/metrics"  # Prometheus text, with --metrics (404 without)
     # /v1/messages (+ /count_tokens) and /v1/responses (tools/server/server.cpp, both converted to
     # chat there; first builds not recorded: every build is taken to serve them, and a route that
     # answers 404/405 takes its API off for the backend: proxy._lacks_route)
     native_apis: ClassVar[dict[str, str]] = {"messages": "", "responses": ""}
     swaps = True  # in router mode (/models/load, /models/unload); a single-model server refuses
+    reprobe_mtp = True  # /slots shows the speculative types once a slot has run a task
 
     def relays(self, native: Native) -> bool:
         if native.kind != "messages" or native.path.endswith("/count_tokens"):

@@ -177,6 +177,11 @@ class Ollama:
     native_apis: ClassVar[dict[str, str]] = {"messages": "0.14.0", "responses": "0.13.3"}
     relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
     swaps: ClassVar[bool] = True  # /api/generate without a prompt loads; with keep_alive 0 unloads
+    metrics_path: ClassVar[str | None] = None  # Ollama serves no metrics of its own
+
+    def exposition(self, body: bytes) -> str:
+        raise ValueError("Ollama has no /metrics")
+    reprobe_mtp: ClassVar[bool] = False  # /api/show's parameters do not change with requests
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

@@ -68,8 +68,9 @@ class OpenAICompatible:
     name: ClassVar[str] = "openai"
     health_path: ClassVar[str | None] = None
     version_path: ClassVar[str | None] = None
-    # Request fields this runtime rejects; None: it accepts (and ignores) unknown fields.
-    accepted_fields: ClassVar[dict[str, frozenset[str]] | None] = None
+    # The request fields this runtime accepts, per endpoint kind (it rejects others: they are
+    # dropped before sending); None: it accepts (and ignores) unknown fields.
+    accepted_fields: dict[str, frozenset[str]] | None = None
     # Fields mtproxy itself understands as extensions (Ollama `options`); never sent to
     # runtimes that do not know them.
     extension_fields: ClassVar[tuple[str, ...]] = ("options",)
@@ -90,6 +91,11 @@ class OpenAICompatible:
     chat_tokenize_path: ClassVar[str | None] = None
     # Loads and unloads models on request (Runtime.swaps); those that do override the three below.
     swaps: ClassVar[bool] = False
+    # The runtime's own Prometheus metrics (Runtime.metrics_path); None: not known to have any.
+    metrics_path: ClassVar[str | None] = None
+    # What mtp_probe reads changes as the runtime serves (Runtime.reprobe_mtp); those whose does
+    # say so.
+    reprobe_mtp: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,6 +106,9 @@ class OpenAICompatible:
         """Fill ``report`` from one response object or stream chunk: every observer."""
         for observer in self.observers:
             observer.read(obj, report)
+
+    def exposition(self, body: bytes) -> str:
+        return body.decode()  # the text format is UTF-8; anything else is a UnicodeDecodeError
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:

@@ -112,6 +112,8 @@ class SGLang(OpenAICompatible):
     observers = (Observer("usage", observe_answer),)
     health_path = "/health"
     version_path = "/server_info"
+    metrics_path = "/metrics"  # Prometheus text, with --enable-metrics
+    reprobe_mtp = True  # /server_info, again if it did not answer at start-up
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         try:

@@ -108,6 +108,7 @@ class VLLM(OpenAICompatible):
     observers = (USAGE, Observer("metrics", observe_metrics))  # per-request metrics, with speculative_decoding
     health_path = "/health"
     version_path = "/version"
+    metrics_path = "/metrics"  # Prometheus text (vllm/v1/metrics/loggers.py)
     chat_tokenize_path = "/tokenize"  # {"model", "messages", "add_generation_prompt"} -> {"count"}
     # the first release serving each (the module docstring has the sources)
     native_apis: ClassVar[dict[str, str]] = {"messages": "0.11.1", "responses": "0.10.2"}
@@ -124,6 +125,7 @@ class VLLM(OpenAICompatible):
             return False
         return not any(block.get("type") == "document" or block.get("is_error") for block in message_blocks(payload))
     swaps = True  # sleep mode: /sleep and /wake_up (VLLM_SERVER_DEV_MODE=1, --enable-sleep-mode)
+    reprobe_mtp = True  # the spec_decode counters stay at 0 until the first drafted answer
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         trained = None

@@ -1,6 +1,7 @@
 """The tap on a relayed OpenAI SSE stream: cut it into events, count its content chunks, and
 hand the events that need the proxy's attention to the adapter's observers, while the runtime's
-own bytes pass on untouched.
+own bytes pass on untouched. :class:`EventTap` is the loop every tap shares (stream/anthropic.py,
+stream/native.py too): frame, then parse the events from the first that needs attention on.
 
 A content chunk is defined once, by :data:`TEXT_FIELDS` and :data:`STRUCTURED_FIELDS`: the byte
 markers of the fast paths and :func:`content_count` of a parsed event both derive from them. The
@@ -279,7 +280,97 @@ class Template:
         return start, end, lines - data.count(self.empty, start, end)
 
 
-class SSEDecoder:
+class EventTap:
+    """The loop shared by the taps on relayed SSE streams: whole events out of the reads, a block
+    of events before the first one holding an ``attention`` marker passed on as it is (PLAIN, its
+    content counted from its bytes by :meth:`_count_plain`), every event from there on parsed and
+    handed to :meth:`_parsed` (which observes it and answers its content chunks). ``attention``
+    None: every event is parsed.
+
+    Reasoning: until the stream's first answer content, a batch with content is asked
+    :meth:`_answer_in`; one whose content is all reasoning (thinking) is marked ``hidden``. From
+    the first answer content on (``_shown``), nothing more is looked for."""
+
+    __slots__ = ("_framer", "_attention", "_observe", "_report", "_shown")
+
+    def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
+                 attention: tuple[bytes, ...] | None) -> None:
+        self._framer = EventFramer()
+        self._attention = attention
+        self._observe = observe
+        self._report = report
+        self._shown = False  # answer content seen (or the format has no reasoning): nothing to tell apart
+
+    def feed(self, data: bytes) -> Batch | None:
+        complete = self._framer.feed(data)
+        return self._told(complete) if complete else None
+
+    def flush(self) -> Batch | None:
+        tail = self._framer.flush()
+        return self._told(tail) if tail else None
+
+    def _told(self, complete: bytes) -> Batch:
+        """The batch of whole events; before the stream's first answer content, ``hidden`` when
+        its content is all reasoning."""
+        batch = self._batch(complete)
+        if not self._shown and batch.content:
+            if self._answer_in(batch):
+                self._shown = True
+            else:
+                batch.hidden = True
+        return batch
+
+    def _batch(self, complete: bytes) -> Batch:
+        if b"\r" in complete:
+            complete = complete.replace(b"\r\n", b"\n")
+        events, content = self._scan(complete)
+        return Batch(complete, events, content)
+
+    def _scan(self, data: bytes) -> tuple[list[Event] | None, int]:
+        """The events of ``data`` (None: all plain) and its content chunks."""
+        events: list[Event] = []
+        content = 0
+        rest = data
+        attention = self._attention
+        if attention is not None:
+            first = _first_attention(data, attention)
+            if first < 0:
+                return None, self._count_plain(data)
+            # the plain events before the first one needing attention pass as one block
+            boundary = data.rfind(b"\n\n", 0, first)
+            if boundary >= 0:
+                cut = boundary + 2
+                block = data[:cut]
+                events.append((block, PLAIN))
+                content = self._count_plain(block)
+                rest = data[cut:]
+        # From the first event needing attention on, every event is parsed: that is usually the
+        # stream's tail (finish, usage, [DONE]), and parsing a small event costs less than
+        # scanning it for markers first.
+        parsed = self._parsed
+        for part in rest.split(b"\n\n"):
+            if not part:
+                continue
+            obj = parse_event(part)
+            if obj.__class__ is dict:
+                content += parsed(obj)
+            events.append((part + b"\n\n", obj))
+        return events, content
+
+    def _count_plain(self, block: bytes) -> int:
+        """The content chunks of whole events none of which holds an attention marker."""
+        raise NotImplementedError
+
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        """One parsed event: observed into the report; answers its content chunks."""
+        raise NotImplementedError
+
+    def _answer_in(self, batch: Batch) -> bool:
+        """Whether ``batch`` (which has content) carries answer content, not only reasoning."""
+        raise NotImplementedError
+
+
+class SSEDecoder(EventTap):
     """OpenAI SSE in, OpenAI events out, each keeping the runtime's own bytes.
 
     Fast paths: a read that is one event shaped like the stream's learnt content
@@ -293,8 +384,7 @@ class SSEDecoder:
     batch only, and stops at the first answer content (one ``find`` in a stream without reasoning).
     """
 
-    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
-                 "_template", "_misses", "_shown", "_answers")
+    __slots__ = ("_parse_all", "_kind", "_markers", "_template", "_misses", "_answers")
 
     # Reads in a row that no template carried before the decoder stops trying (a runtime that
     # writes something new into every chunk, e.g. per-token timings).
@@ -306,16 +396,13 @@ class SSEDecoder:
 
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
                  parse_all: bool = False, kind: str = "chat", attention: tuple[bytes, ...] = BASE_ATTENTION) -> None:
-        self._framer = EventFramer()
-        self._attention = attention
-        self._observe = observe
-        self._report = report
+        super().__init__(observe, report, None if parse_all else attention)
         self._parse_all = parse_all
         self._kind = kind
         self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
         self._template: Template | None = None
         self._misses = 0
-        # answer content seen (or the kind has no reasoning fields): nothing more to tell apart
+        # a kind without reasoning fields: nothing to tell apart
         self._shown = not REASONING_FIELDS.intersection(TEXT_FIELDS.get(kind, ()))
         self._answers = _answer_markers(kind)
 
@@ -328,43 +415,7 @@ class SSEDecoder:
             if content is not None:
                 self._misses = 0
                 return Batch(data, None, content, template.hidden)
-        complete = self._framer.feed(data)
-        if not complete:
-            return None
-        batch = self._batch(complete)
-        if not self._shown and batch.content:
-            self._tell(batch)
-        return batch
-
-    def flush(self) -> Batch | None:
-        tail = self._framer.flush()
-        if not tail:
-            return None
-        batch = self._batch(tail)
-        if not self._shown and batch.content:
-            self._tell(batch)
-        return batch
-
-    def _tell(self, batch: Batch) -> None:
-        """Before the stream's first answer content: is this batch's content all reasoning?"""
-        if self._answer_in(batch):
-            self._shown = True
-        else:
-            batch.hidden = True
-
-    def _answer_in(self, batch: Batch) -> bool:
-        """Whether ``batch`` carries answer content (not only reasoning)."""
-        raw = batch.raw
-        assert raw is not None
-        for marker in self._answers:
-            at = raw.find(marker)
-            while at >= 0:
-                end = at + len(marker)
-                if raw[end:end + 1] != b'"':  # not an empty string
-                    return True
-                at = raw.find(marker, end)
-        return batch.events is not None and any(
-            obj.__class__ is dict and shows_answer(obj) for _, obj in batch.events)
+        return EventTap.feed(self, data)
 
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
@@ -372,7 +423,7 @@ class SSEDecoder:
         if self._markers is None:  # a runtime writes all its JSON one way: compact or spaced
             spaced = _spaced(complete)
             if spaced is None:  # no JSON yet (a comment, a keep-alive): nothing to count
-                events, content = self._scan(complete, _text_markers(self._kind, False))
+                events, content = self._scan(complete)
                 return Batch(complete, events, content)
             self._markers = _text_markers(self._kind, spaced)
         run = None
@@ -406,39 +457,25 @@ class SSEDecoder:
                 parts.append((piece, PLAIN))
         return Batch(complete, None if plain else parts, content)
 
-    def _scan(self, data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
-              ) -> tuple[list[Event] | None, int]:
-        """Marker scans: the events of ``data`` (None: all plain) and its content chunks."""
-        markers = markers or self._markers
-        assert markers is not None
-        events: list[Event] = []
-        content = 0
-        rest = data
-        if not self._parse_all:
-            first = _first_attention(data, self._attention)
-            if first < 0:
-                return None, _texts(data, markers)
-            # the plain events before the first one needing attention pass as one block
-            boundary = data.rfind(b"\n\n", 0, first)
-            if boundary >= 0:
-                cut = boundary + 2
-                block = data[:cut]
-                events.append((block, PLAIN))
-                content = _texts(block, markers)
-                rest = data[cut:]
-        # From the first event needing attention on, every event is parsed: that is usually the
-        # stream's tail (finish, usage, [DONE]), and parsing a small event costs less than
-        # scanning it for markers first.
-        observe, report, kind = self._observe, self._report, self._kind
-        for part in rest.split(b"\n\n"):
-            if not part:
-                continue
-            obj = parse_event(part)
-            if obj.__class__ is dict:
-                observe(obj, report)
-                content += content_count(obj, kind)
-            events.append((part + b"\n\n", obj))
-        return events, content
+    def _count_plain(self, block: bytes) -> int:
+        return _texts(block, self._markers or _text_markers(self._kind, False))
+
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        self._observe(obj, self._report)
+        return content_count(obj, self._kind)
+
+    def _answer_in(self, batch: Batch) -> bool:
+        raw = batch.raw
+        assert raw is not None
+        for marker in self._answers:  # an answer text field, not empty
+            at = raw.find(marker)
+            while at >= 0:
+                end = at + len(marker)
+                if raw[end:end + 1] != b'"':
+                    return True
+                at = raw.find(marker, end)
+        return batch.events is not None and any(
+            obj.__class__ is dict and shows_answer(obj) for _, obj in batch.events)
 
     def _learn_one(self, data: bytes) -> None:
         """From a small read the marker scans found to be plain with one content chunk: when it
@@ -460,7 +497,7 @@ class SSEDecoder:
 
     def _learn(self, data: bytes) -> Template | None:
         """A template from the first or second event of ``data`` (the first may be a role chunk)."""
-        assert self._markers is not None
+        assert self._markers is not None and self._attention is not None  # never with parse_all
         start = 0
         for _ in range(2):
             end = data.find(b"\n\n", start)
