@@ -23,7 +23,8 @@ async def test_llama_server_metrics_on_the_proxy(llama_server: RealServer, proxy
                               metrics={"runtime_metrics": True})
     answer = await client(proxy).completions.create(model=MODEL, prompt=STORY, max_tokens=MAX_TOKENS,
                                                     temperature=0)
-    assert answer.usage.completion_tokens == MAX_TOKENS
+    produced = answer.usage.completion_tokens  # the model may stop early: what it made counts
+    assert 0 < produced <= MAX_TOKENS
     # no request in between: the proxy's read and a direct one see the same counters
     ours = await page(proxy.url)
     direct = scrape_text(await page(llama_server.url))
@@ -35,7 +36,7 @@ async def test_llama_server_metrics_on_the_proxy(llama_server: RealServer, proxy
             assert s.labels["backend"] == "ls" and s.labels["runtime"] == "llamacpp", s
     samples = scrape_text(ours)
     predicted = value(samples, "llamacpp:tokens_predicted_total", backend="ls", runtime="llamacpp")
-    assert predicted is not None and predicted >= MAX_TOKENS
+    assert predicted is not None and predicted >= produced
     assert predicted == value(direct, "llamacpp:tokens_predicted_total")
     assert value(samples, "llamacpp:prompt_tokens_total", backend="ls") == value(direct, "llamacpp:prompt_tokens_total")
     assert value(samples, "mtproxy_runtime_metrics_up", backend="ls", runtime="llamacpp") == 1.0
