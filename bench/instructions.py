@@ -74,12 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--baseline", metavar="REV", help="also measure mtproxy as of this git revision")
     p.add_argument("--runtime", default="vllm")
+    p.add_argument("--balance", default="least_outstanding", choices=("least_outstanding", "fastest"),
+                   help="routing.balance of mtproxy from this tree (a --baseline keeps its default)")
     args = p.parse_args(argv)
     sc = scenarios[args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="mtproxy-instructions-"))
     fake = procs.start_fake(workdir, 1)
     config = workdir / "mtproxy.yaml"
     config.write_text(procs.mtproxy_config(fake.urls, args.runtime, MODEL))
+    tree_config = config
+    if args.balance != "least_outstanding":
+        tree_config = workdir / "mtproxy-tree.yaml"
+        tree_config.write_text(config.read_text() + f"routing: {{balance: {args.balance}}}\n")
     targets: list[tuple[str, list[str], Path, str]] = []
     port = free_port()
     if sc.kind != "messages":  # the floor relays; it does not translate Anthropic's API
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         sources.append((f"mtproxy@{args.baseline}", procs.checkout(args.baseline, workdir)))
     for name, source in sources:
         port = free_port()
-        targets.append((name, [sys.executable, "-m", "mtproxy", "serve", "--config", str(config), "--host",
+        cfg = tree_config if source == procs.ROOT else config
+        targets.append((name, [sys.executable, "-m", "mtproxy", "serve", "--config", str(cfg), "--host",
                                LOCALHOST, "--port", str(port)], source, f"http://{LOCALHOST}:{port}/ready"))
     print(f"{sc.label}, {args.requests} requests per target (work directory {workdir})")
     floor = None

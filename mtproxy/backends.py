@@ -14,11 +14,13 @@ from yarl import URL
 
 from .config import BackendConfig, Config
 from .launcher import ManagedProcess
+from .metrics.meter import Measurement, RequestMeter
 from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
 from .runtimes.base import native_kinds
+from .speed import Speed
 from .swap import Events, Member, Swapper
 from .wire import ApiRequest
 
@@ -66,6 +68,7 @@ class Backend:
         self.mtp_early_at = 0.0
         self.mtp_early: asyncio.Task | None = None
         self.mtp_early_wanted = False
+        self.speed: dict[str, Speed] = {}  # measured, per served model (speed.py)
         self.process: ManagedProcess | None = None  # for a backend with `launch`
         self.member: Member | None = None  # a backend mtproxy starts and stops (swap.py)
         self.cap = config.max_concurrent or 0  # 0: no cap
@@ -130,10 +133,12 @@ class BackendPool:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.decay = config.routing.decay_seconds  # read once per finished request: not off the model
         self.backends = [Backend(b) for b in config.backends]
         self.aliases = {a: m for m, cfg in config.models.items() for a in cfg.aliases}
         self.by_model: dict[str, list[Backend]] = {}
         self.trained: dict[str, Trained] = {}
+        self.tokens: dict[str, float] = {}  # per model: a running mean of output tokens per request
         self._files: dict[str, Trained | None] = {}  # model_path → what the file says
         # background work on managed backends (starting them), owned here and cancelled by
         # stop_managed; their starts, stops and swaps are the swapper's
@@ -158,6 +163,7 @@ class BackendPool:
                     retired.append(kept)
         retired.extend(old.values())
         self.config = config
+        self.decay = config.routing.decay_seconds
         self.backends = backends
         self.aliases = {a: m for m, cfg in config.models.items() for a in cfg.aliases}
         self._files = {}
@@ -303,6 +309,30 @@ class BackendPool:
             if reported is not None:
                 backend.reported[model] = reported
             backend.evidence[model] = evidence
+
+    def measured(self, backend: Backend, model: str, meter: RequestMeter, m: Measurement) -> None:
+        """A request answered in full: its speed updates the backend's estimate for the model
+        (speed.py), and its output tokens the model's mean. A stream gives its TTFT from the
+        moment it was sent upstream (the proxy's own queueing is not the backend's) and its time
+        per output token; a non-streaming answer its time per output token, prefill included."""
+        sent = meter.t_sent
+        if sent is None:
+            return
+        n = m.output_tokens
+        times = meter.times
+        if times:
+            ttft, per_token, unary = times[0] - sent, m.time_per_output_token, None
+        elif n and meter.t_in is not None:
+            ttft, per_token, unary = None, None, (meter.t_in - sent) / n
+        else:
+            return
+        speed = backend.speed.get(model)
+        if speed is None:
+            speed = backend.speed[model] = Speed()
+        speed.observe(meter.t_end or sent, self.decay, ttft, per_token, unary, m.tokens_per_step)
+        if n:
+            mean = self.tokens.get(model)
+            self.tokens[model] = n if mean is None else mean + (n - mean) * 0.1
 
     # --- managed backends ----------------------------------------------------------------------
 

@@ -88,7 +88,8 @@ def render_support(rows: list[dict]) -> str:
 
 
 def render_backends(status: dict, path: str) -> str:
-    lines = [f"Backends in {path} (routing.mtp: {status['routing']['mtp']}):", ""]
+    routing = status["routing"]
+    lines = [f"Backends in {path} (routing.mtp: {routing['mtp']}, routing.balance: {routing['balance']}):", ""]
     for b in status["backends"]:
         health = "up" if b["up"] else f"down ({b['detail']})"
         configured = "" if b["mtp_configured"] is None else f", config mtp: {str(b['mtp_configured']).lower()}"

@@ -251,6 +251,12 @@ class ModelConfig(_Strict):
 
 class RoutingConfig(_Strict):
     mtp: MtpPolicy = "prefer"
+    # within an MTP tier: the fewest outstanding requests, or the lowest expected time to finish
+    # from measured speed (router.py)
+    balance: Literal["least_outstanding", "fastest"] = "least_outstanding"
+    decay_seconds: float = Field(10.0, gt=0, description="time constant of the speed estimates' peak-EWMA")
+    max_age_seconds: float = Field(30.0, gt=0, description="an estimate older than this is unknown; "
+                                   "the backend gets a probe request")
 
 
 class Config(_Strict):

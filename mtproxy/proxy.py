@@ -27,9 +27,10 @@ from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout,
 from .formats import ClientFormat, StreamEncoder
 from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
-from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
+from .metrics.meter import ANSWERED, CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
+from .speed import expected_tokens
 from .stream.events import StreamDecoder, StreamFailure
 from .swap import Member, StartFailed
 from .watchdog import Watchdog
@@ -80,6 +81,7 @@ class Proxy:
         """Take the settings of a (re)loaded config; requests in flight keep theirs, and requests
         queued for a slot stay queued (a raised cap wakes as many as it has room for)."""
         self.config = config
+        self._fastest = config.routing.balance == "fastest"
         t, limits = config.timeouts, config.limits
         self._first_token = t.first_token
         self._idle = t.idle
@@ -138,7 +140,10 @@ class Proxy:
             if self.observer is not None:
                 self.observer(meter, measured, fmt)
             if backend is not None:
-                self.pool.record(backend, meter.labels.model, meter.report, measured.tokens_per_step)
+                model = meter.labels.model
+                self.pool.record(backend, model, meter.report, measured.tokens_per_step)
+                if meter.outcome is ANSWERED and meter.http_status == 200:
+                    self.pool.measured(backend, model, meter, measured)
 
     async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
                       meter: RequestMeter[Backend]) -> web.StreamResponse:
@@ -147,10 +152,11 @@ class Proxy:
         req.set_model(route.model)
         tried: list[Backend] = []
         retrying = False
+        tokens = expected_tokens(req.payload) if self._fastest else 0
         try:
             while True:
                 try:
-                    backend = self.router.pick(route, tried)
+                    backend = self.router.pick(route, tried, tokens)
                 except Busy:
                     await self.backend_waiters.wait(f"model {route.model}")
                     route = self.router.resolve(requested)  # a reload may have changed its backends

@@ -1,20 +1,43 @@
 """Model name or alias → the backends serving it → the one to use now.
 
-For an MTP-trained model, ``routing.mtp`` orders the candidates: ``prefer`` tries backends
-where MTP is active, then capable, then the rest; ``require`` takes only active ones; ``ignore``
-does not look. Within a tier, a backend serving now beats one that would have to be started or
-swapped in (swap.py), then the fewest outstanding requests wins; ties rotate.
+For an MTP-trained model, ``routing.mtp`` orders the candidates in tiers: ``prefer`` tries
+backends where MTP is active and pays, then capable ones (and active ones where it is measured
+not to pay), then the rest; ``require`` takes only active ones; ``ignore`` does not look.
+MTP *pays* on a backend unless its fresh speed estimate (speed.py) shows otherwise: its tokens
+per step is at most ``PAYS_TOKENS_PER_STEP`` (1.05: it drafts nothing that is accepted), or its
+decode rate (streams) is below ``PAYS_RATE_SHARE`` (0.9) of the fastest fresh decode rate among
+the candidates without MTP active. Unmeasured or stale, it is given the benefit of the doubt
+(and so the traffic that measures it).
+
+Within a tier, a backend serving now beats one that would have to be started or swapped in
+(swap.py); then ``routing.balance`` decides:
+- ``least_outstanding``: the fewest outstanding requests; ties rotate;
+- ``fastest``: the lowest expected time to finish this request, from the backend's measured
+  speed for the model, weighed by the work it already has:
+  ``(TTFT + expected tokens × seconds per token) × (outstanding + 1)``, expected tokens being the
+  request's ``max_tokens`` or else the model's mean. A backend without a fresh estimate (none
+  yet, or older than ``routing.max_age_seconds``) gets a probe: one real request when it has none
+  outstanding, at most once per ``max_age_seconds``, whatever its tier (a stopped member of a
+  swap group is not started for it); so a backend that answered slowly once, and was left
+  alone since, is measured again and wins its traffic back once it is fast. Otherwise it ranks
+  after every measured one (by outstanding requests among themselves).
+Each pick is one pass over the candidates (two for an MTP-trained model under ``prefer``) and
+allocates nothing beyond its sort key and the list of ties.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from time import perf_counter
 
 from .backends import Backend, BackendPool
+from .config import Config, RoutingConfig
 from .errors import ModelNotFound, NoBackendAvailable
+from .speed import PAYS_RATE_SHARE, PAYS_TOKENS_PER_STEP, Speed
 
 _TIER = {"active": 0, "capable": 1, "off": 2}
+_UNKNOWN = float("inf")  # the cost of a backend without a fresh estimate, not probed now
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +59,10 @@ class Router:
         # rediscovery makes a new one)
         self._index: dict[str, list[Backend]] | None = None
         self._routes: dict[str, Route] = {}
-
-    @property
-    def policy(self) -> str:
-        return self.pool.config.routing.mtp
+        # routing settings, for the pool's config they were read from (a reload makes a new one)
+        self._config: Config | None = None
+        self._routing = pool.config.routing
+        self._fastest = False
 
     def resolve(self, requested: str) -> Route:
         pool = self.pool
@@ -59,23 +82,42 @@ class Router:
         trained = self.pool.trained.get(model)
         return Route(model, tuple(candidates), bool(trained and trained.mtp))
 
-    def _tier(self, route: Route, backend: Backend) -> int:
-        if not route.mtp_model or self.policy == "ignore":
-            return 0
+    @staticmethod
+    def _tier(route: Route, backend: Backend, policy: str, floor: float, now: float, max_age: float) -> int:
+        """The candidate's MTP tier (for an MTP-trained model under ``prefer`` or ``require``)."""
         status = backend.mtp.get(route.model)
-        return _TIER[status.state] if status is not None else 2
+        if status is None:
+            return 2
+        tier = _TIER[status.state]
+        if tier == 0 and policy == "prefer" and not pays(backend.speed.get(route.model), floor, now, max_age):
+            return 1
+        return tier
 
-    def pick(self, route: Route, tried: Collection[Backend] = ()) -> Backend:
-        """The healthy, untried candidate in the best MTP tier with the fewest outstanding
-        requests; ties rotate."""
+    def pick(self, route: Route, tried: Collection[Backend] = (), tokens: int = 0) -> Backend:
+        """The healthy, untried candidate in the best MTP tier, warm first, then by
+        ``routing.balance``; ``tokens``: the output tokens the request asks for (0: unknown)."""
+        config = self.pool.config
+        if config is not self._config:
+            self._config, self._routing = config, config.routing
+            self._fastest = config.routing.balance == "fastest"
+        routing = self._routing
+        tiered = route.mtp_model and routing.mtp != "ignore"
+        floor, now, max_age, policy = _UNKNOWN, 0.0, 0.0, ""
+        if tiered or self._fastest:
+            policy, max_age = routing.mtp, routing.max_age_seconds
+            now = perf_counter()
+            if tiered and policy == "prefer":
+                floor = plain_floor(route.candidates, route.model, now, max_age)
+            if self._fastest:
+                return self._fastest_of(route, tried, tokens, routing, tiered, floor, now)
         best: list[Backend] = []
         low: tuple[int, bool, int] | None = None
-        require = route.mtp_model and self.policy == "require"
+        require = tiered and policy == "require"
         busy = False
         for backend in route.candidates:
             if not backend.up or backend in tried:
                 continue
-            tier = self._tier(route, backend)
+            tier = self._tier(route, backend, policy, floor, now, max_age) if tiered else 0
             if require and tier != 0:
                 continue
             if backend.full:
@@ -86,6 +128,53 @@ class Router:
                 best, low = [backend], key
             elif key == low:
                 best.append(backend)
+        if not best:
+            if busy:
+                raise Busy()
+            raise NoBackendAvailable(self._why_none(route, tried, require))
+        self._turn += 1
+        return best[self._turn % len(best)]
+
+    def _fastest_of(self, route: Route, tried: Collection[Backend], tokens: int, routing: RoutingConfig,
+                 tiered: bool, floor: float, now: float) -> Backend:
+        best: list[Backend] = []
+        low: tuple[int, bool, float, int] | None = None
+        probe: Backend | None = None
+        policy = routing.mtp
+        require = route.mtp_model and policy == "require"
+        busy = False
+        model = route.model
+        max_age = routing.max_age_seconds
+        expected = tokens or self.pool.tokens.get(model, 1.0)
+        for backend in route.candidates:
+            if not backend.up or backend in tried:
+                continue
+            tier = self._tier(route, backend, policy, floor, now, max_age) if tiered else 0
+            if require and tier != 0:
+                continue
+            if backend.full:
+                busy = True
+                continue
+            warm = backend.warm
+            outstanding = backend.outstanding
+            speed = backend.speed.get(model)
+            if speed is not None and speed.count and now - speed.at <= max_age:  # fresh
+                cost = speed.seconds(expected) * (outstanding + 1)
+            else:
+                cost = _UNKNOWN
+                if probe is None and warm and not outstanding and (speed is None or now - speed.probed > max_age):
+                    probe = backend
+            key = (tier, not warm, cost, outstanding)
+            if low is None or key < low:
+                best, low = [backend], key
+            elif key == low:
+                best.append(backend)
+        if probe is not None:
+            speed = probe.speed.get(model)
+            if speed is None:
+                speed = probe.speed[model] = Speed()
+            speed.probed = now
+            return probe
         if not best:
             if busy:
                 raise Busy()
@@ -112,3 +201,29 @@ class Router:
     def mtp_on(route: Route, backend: Backend) -> bool:
         """Whether ``backend`` runs MTP for the route's model."""
         return route.mtp_model and backend.mtp_on(route.model)
+
+
+def plain_floor(candidates: Iterable[Backend], model: str, now: float, max_age: float) -> float:
+    """The lowest fresh seconds per token for ``model`` among ``candidates`` without MTP active:
+    the decode rate an MTP backend must not fall below to pay (infinite: none measured)."""
+    low = _UNKNOWN
+    for backend in candidates:
+        status = backend.mtp.get(model)
+        if not backend.up or (status is not None and status.on):
+            continue
+        speed = backend.speed.get(model)
+        if speed is not None and speed.per_token is not None and speed.fresh(now, max_age) \
+                and speed.per_token < low:
+            low = speed.per_token
+    return low
+
+
+def pays(speed: Speed | None, floor: float, now: float, max_age: float) -> bool:
+    """Whether MTP pays on a backend, by its speed estimate for the model (see the module's
+    docstring); ``floor``: :func:`plain_floor`."""
+    if speed is None or not speed.fresh(now, max_age):
+        return True
+    per_step, per_token = speed.per_step, speed.per_token
+    if per_step is not None and per_step <= PAYS_TOKENS_PER_STEP:
+        return False
+    return per_token is None or per_token * PAYS_RATE_SHARE <= floor

@@ -25,6 +25,8 @@ def test_env_interpolation_with_defaults_and_paths():
     ("models: {m: {aliases: [x]}, n: {aliases: [x]}}\n", "models.n.aliases: 'x' is already an alias of 'm'"),
     ("models: {m: {aliases: [n]}, n: {}}\n", "models.m.aliases: 'n' is also a model name"),
     ("routing: {mtp: sometimes}\n", "routing.mtp: Input should be 'prefer', 'require' or 'ignore'"),
+    ("routing: {balance: random}\n", "routing.balance: Input should be 'least_outstanding' or 'fastest'"),
+    ("routing: {max_age_seconds: 0}\n", "routing.max_age_seconds: Input should be greater than 0"),
     ("timeouts: {idle: 0}\n", "timeouts.idle: Input should be greater than 0"),
     ("server: {receive_timeout: 0}\n", "server.receive_timeout: Input should be greater than 0"),
     ("server: {max_connections: 0}\n", "server.max_connections: Input should be greater than 0"),

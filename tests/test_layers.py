@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtproxy.wire", "mtproxy.upstream", "mtproxy.mtp", "mtproxy.openapi"),
     ("mtproxy.formats", "mtproxy.runtimes"),
     ("mtproxy.config", "mtproxy.launcher", "mtproxy.limits", "mtproxy.metrics", "mtproxy.swap"),
-    ("mtproxy.backends", "mtproxy.router", "mtproxy.status"),
+    ("mtproxy.backends", "mtproxy.router", "mtproxy.status", "mtproxy.speed"),
     ("mtproxy.proxy", "mtproxy.verify", "mtproxy.middleware", "mtproxy.clients"),
     ("mtproxy.state",),
     ("mtproxy.reload", "mtproxy.handlers", "mtproxy.front", "mtproxy.ui"),

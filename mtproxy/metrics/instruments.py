@@ -316,6 +316,25 @@ class _MtpState(Protocol):
     def mismatch(self) -> bool: ...
 
 
+class _Speed(Protocol):
+    """A backend's speed estimate for one model (``speed.Speed``)."""
+
+    @property
+    def ttft(self) -> float | None: ...
+
+    @property
+    def per_step(self) -> float | None: ...
+
+    @property
+    def decode_rate(self) -> float | None: ...
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def count(self) -> int: ...
+
+
 class BackendState(Protocol):
     """What :class:`StateCollector` reads of a backend (``backends.Backend``)."""
 
@@ -340,6 +359,9 @@ class BackendState(Protocol):
     @property
     def member(self) -> _Member | None: ...
 
+    @property
+    def speed(self) -> Mapping[str, _Speed]: ...
+
 
 class _Member(Protocol):
     @property
@@ -359,7 +381,7 @@ class Pool(Protocol):
 
 class StateCollector(Collector):
     """State read at scrape time: backend health, version, MTP state, in-flight requests, the
-    token window, open client connections and the event loop's tasks. Nothing on the request
+    routing's live speed estimates, the token window, open client connections and the event loop's tasks. Nothing on the request
     path updates these.
 
     ``/metrics`` renders in a worker thread; what belongs to the event loop is read on it first
@@ -397,6 +419,20 @@ class StateCollector(Collector):
         window = GaugeMetricFamily("mtproxy_window_tokens_per_second",
                                    f"Output tokens per second over the last {self.window.seconds:g} s.",
                                    labels=("backend", "runtime", "model"))
+        ttft = GaugeMetricFamily("mtproxy_backend_estimated_ttft_seconds",
+                                 "The router's estimate of a backend's time to first token for the model "
+                                 "(peak-EWMA of its streams, from sent upstream).", labels=("backend", "runtime", "model"))
+        decode = GaugeMetricFamily("mtproxy_backend_estimated_decode_tokens_per_second",
+                                   "The router's estimate of a backend's decode rate for the model (peak-EWMA of "
+                                   "seconds per output token, inverted).", labels=("backend", "runtime", "model"))
+        per_step = GaugeMetricFamily("mtproxy_backend_estimated_tokens_per_step",
+                                     "The router's estimate of a backend's output tokens per decode step for the "
+                                     "model (above 1: speculation pays).", labels=("backend", "runtime", "model"))
+        age = GaugeMetricFamily("mtproxy_backend_estimate_age_seconds",
+                                "Seconds since a backend's speed estimate for the model was last updated (older "
+                                "than routing.max_age_seconds: unknown to the router).",
+                                labels=("backend", "runtime", "model"))
+        now = perf_counter()  # the meter's clock
         runtimes = {}
         for b in self.pool.backends:
             runtime = b.runtime.name
@@ -407,6 +443,17 @@ class StateCollector(Collector):
             for model, status in b.mtp.items():
                 active.add_metric((b.name, runtime, model), 1.0 if status.on else 0.0)
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
+            for model, speed in b.speed.items():
+                if not speed.count:
+                    continue
+                labels = (b.name, runtime, model)
+                age.add_metric(labels, now - speed.at)
+                if speed.ttft is not None:
+                    ttft.add_metric(labels, speed.ttft)
+                if speed.decode_rate is not None:
+                    decode.add_metric(labels, speed.decode_rate)
+                if speed.per_step is not None:
+                    per_step.add_metric(labels, speed.per_step)
         clients = GaugeMetricFamily("mtproxy_client_connections", "Client connections open.",
                                     value=self.clients_open())
         state = GaugeMetricFamily("mtproxy_backend_state", "1 for the state a backend mtproxy starts and "
@@ -420,9 +467,10 @@ class StateCollector(Collector):
                 for name in SWAP_STATES:
                     state.add_metric((b.name, name), 1.0 if member.state == name else 0.0)
                 queue.add_metric((b.name,), float(member.waiting))
-        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients, state, queue]
+        families: list[Metric] = [up, in_flight, info, active, mismatch, ttft, decode, per_step, age, window, clients,
+                                  state, queue]
         if loop is not None:
-            for (backend, model), rate in self.window.rates(perf_counter()):  # the meter's clock
+            for (backend, model), rate in self.window.rates(now):
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)
             # leak watch: back to its idle figure when no request is in flight
             families.append(GaugeMetricFamily("mtproxy_event_loop_tasks",
