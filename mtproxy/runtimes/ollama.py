@@ -189,7 +189,8 @@ class Ollama:
             body = wire.embed_request(req.payload)
         return Upstream(_PATHS[kind], orjson.dumps(body))
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> NDJSONDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
+                       texts: bool = False) -> NDJSONDecoder:
         return NDJSONDecoder(req, report)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:

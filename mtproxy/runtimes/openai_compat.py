@@ -156,13 +156,14 @@ class OpenAICompatible:
             return payload.keys() - self.accepted_fields[req.endpoint.kind]
         return payload.keys() & self.extension_fields
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
+                       texts: bool = False) -> StreamDecoder:
         if req.relayed and req.native is not None:  # the runtime's own stream in the client's API
             if req.native.kind == "messages":  # Anthropic SSE
                 fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
                 return AnthropicSSEDecoder(observe_all(self.observers), report, fields)
             return NativeDecoder(req.native.kind, observe_all(self.observers), report)
-        return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention)
+        return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention, texts)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
         try:

@@ -51,21 +51,38 @@ class _Plain:
 PLAIN: Any = _Plain()
 
 
+class Run:
+    """A run of plain content chunks written alike but for their texts, cut into its texts by
+    the decoder (stream/tap.py ``Template.texts``, for a format that rewrites them): ``data``,
+    the bytes object of the batch that holds the run (``raw``, or one PLAIN event's raw);
+    ``texts``, each event's text as it stands between its quotes (escaped JSON string contents,
+    no quote or line break in it, maybe empty), in order; ``joined``, all of them in one."""
+
+    __slots__ = ("data", "texts", "joined")
+
+    def __init__(self, data: bytes, texts: list[bytes], joined: bytes) -> None:
+        self.data = data
+        self.texts = texts
+        self.joined = joined
+
+
 class Batch:
     """The complete events one upstream read finished.
 
     ``raw``: the runtime's bytes for them (None when the adapter made the events up);
     ``events``: the events one by one, or None when every one is a plain content chunk (the
     fast path: nothing in them needs the proxy's attention, and ``raw`` is relayed as it is);
-    ``content``: how many carry generated content.
+    ``content``: how many carry generated content; ``run``: the texts of a run of content
+    chunks, when the decoder was asked for them and found one (:class:`Run`).
     """
 
-    __slots__ = ("raw", "events", "content")
+    __slots__ = ("raw", "events", "content", "run")
 
-    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int) -> None:
+    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int, run: Run | None = None) -> None:
         self.raw = raw
         self.events = events
         self.content = content
+        self.run = run
 
 
 class StreamFailure(Exception):
