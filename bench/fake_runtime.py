@@ -6,7 +6,9 @@ an OpenAI runtime (vLLM-flavoured) does, or replays a runtime's golden transcrip
 
 :class:`FakeRuntime` serves ``GET /health``, ``/v1/models`` (and the paths of
 ``Behaviour.routes``), ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``,
-unary and SSE; its :class:`Behaviour` sets what it answers and how: tokens, pacing, faults.
+unary and SSE; its :class:`Behaviour` sets what it answers and how: tokens, pacing, faults, and
+which runtime it stands for (``flavour``: the route of its ``version``; Ollama's /api/chat), with
+the client APIs it serves itself (``native``: /v1/messages, /v1/responses in their own shapes).
 :class:`ReplayRuntime` serves a directory of golden transcripts (tests/data/<runtime>/) as that
 runtime writes them. The tests start them in their own event loop on port 0; the bench, the soak
 (bench/soak/faulty_runtime.py builds on this one) and the tests' managed backends run the command
@@ -47,6 +49,7 @@ if __package__ in (None, ""):  # `python bench/fake_runtime.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LOCALHOST, run_loop
+from bench.fake_swap import Swapper
 
 Kind = Literal["chat", "completions"]
 CREATED = 1_700_000_000
@@ -76,6 +79,8 @@ class Shape:
     texts: tuple[str, ...] = ()
     extra: bytes = b""
     done: bool = True  # a stream ends with [DONE]
+    reasoning: int = 0  # a chat stream's first content chunks that are reasoning...
+    reasoning_field: str = "reasoning_content"  # ...in this delta field (vLLM: "reasoning")
 
 
 def words(n: int, start: int = 0) -> str:
@@ -95,6 +100,11 @@ def _sse(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _typed(name: str, obj: dict[str, Any]) -> bytes:
+    """One typed SSE event (Anthropic's, OpenAI Responses')."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
 def _usage(tokens: int) -> dict[str, int]:
     return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": tokens, "total_tokens": PROMPT_TOKENS + tokens}
 
@@ -109,9 +119,9 @@ def stream_events(shape: Shape) -> tuple[tuple[bytes, ...], tuple[bytes, ...], b
     base = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
             "created": CREATED, "model": shape.model}
 
-    def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
+    def choice(text: str | None, finish: str | None = None, field: str = "content") -> dict[str, Any]:
         if chat:
-            return {"index": 0, "delta": {} if text is None else {"content": text}, "logprobs": None,
+            return {"index": 0, "delta": {} if text is None else {field: text}, "logprobs": None,
                     "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
@@ -119,7 +129,9 @@ def stream_events(shape: Shape) -> tuple[tuple[bytes, ...], tuple[bytes, ...], b
     if chat and shape.role:
         role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         head = (_sse({**base, "choices": [role]}),)
-    chunks = tuple(_sse({**base, "choices": [choice(text)]}) for text in _texts(shape))
+    chunks = tuple(_sse({**base, "choices": [choice(text, None, shape.reasoning_field if i < shape.reasoning
+                                                          else "content")]})
+                   for i, text in enumerate(_texts(shape)))
     extra = orjson.loads(shape.extra) if shape.extra else {}
     finish = {**base, "choices": [choice(None, shape.finish)]}
     if shape.usage:
@@ -210,8 +222,11 @@ class Behaviour:
     # per chunk back to back, as llama-server writes the tokens of a step
     steps: list[tuple[float, int]] | None = None
     coalesce: bool = True
-    routes: dict[str, Any] = field(default_factory=dict)  # GET path → JSON body (str: text body)
+    # GET path → JSON body (str: text body; an async function of the request: its answer)
+    routes: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the body / the last chunk
+    reasoning: int = 0  # a chat stream's first content chunks sent as reasoning deltas...
+    reasoning_field: str = "reasoning_content"  # ...in this field (vLLM: "reasoning")
     response_headers: dict[str, str] = field(default_factory=dict)  # sent with non-streaming answers
     # the bench's mode: each answer as its request asks (max_tokens tokens of WORDS, else `length`;
     # bench_rate, bench_tpc), a role chunk first, the first paced chunk one step after it
@@ -219,6 +234,20 @@ class Behaviour:
     length: int = 16
     role_chunk: bool = False
     record: bool = True  # keep every request (`requests`, `headers`): not over 100,000 requests
+    # the runtime it stands for: "vllm" (GET /version), "sglang" (GET /server_info), "ollama"
+    # (GET /api/version, /api/tags; POST /api/chat in NDJSON instead of the OpenAI routes) ...
+    flavour: Literal["vllm", "sglang", "ollama"] = "vllm"
+    version: str | None = None  # ...the version it reports there (None: no such route)...
+    # ...and the client APIs it serves itself, answering in that API's shape (streamed or not,
+    # with usage): "messages" (POST /v1/messages, /v1/messages/count_tokens), "responses"
+    native: tuple[str, ...] = ()
+    # a runtime's load/unload API (bench/fake_swap.py): llama.cpp's router mode, Ollama, vLLM's
+    # sleep mode; how long a load (a wake-up) takes (None: forever), models whose load fails, and
+    # whether the router loads a model a request asks for (--no-models-autoload: False)
+    swap: Literal["llamacpp", "ollama", "vllm"] | None = None
+    load_seconds: float | None = 0.0
+    fail_load: list[str] = field(default_factory=list)
+    autoload: bool = True
 
 
 def as_asked(models: list[str], version: str, tokens: int = 16, rate: float = 0.0, tpc: int = 1) -> Behaviour:
@@ -269,6 +298,9 @@ class FakeRuntime:
         self.n_ports = ports
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []  # the path of each recorded request
+        self.route_hits: dict[str, int] = {}  # GETs of each Behaviour.routes path
+        self.fetched = self.route_hits  # the same counts, by the name the MTP tests use
         self.closed_early = asyncio.Event()
         self.stream_started = asyncio.Event()
         self.write_times: list[float] = []  # when each step of the last paced stream really left
@@ -276,6 +308,7 @@ class FakeRuntime:
         self.runner: web.AppRunner | None = None
         self.port = 0  # the first port; set it before start() to choose one
         self.ports: list[int] = []
+        self.swapper = Swapper(self.b) if self.b.swap else None  # its models' load state
 
     @property
     def url(self) -> str:
@@ -287,17 +320,36 @@ class FakeRuntime:
 
     def app(self) -> web.Application:
         app = web.Application()
+        if self.swapper is not None:  # first: its /v1/models (llama.cpp's router) wins
+            self.swapper.routes(app, read_json)
         self.add_info_routes(app)
-        app.router.add_post("/v1/chat/completions", self.generate)
-        app.router.add_post("/v1/completions", self.generate)
-        app.router.add_post("/v1/embeddings", self.embeddings)
+        if self.b.flavour == "ollama":
+            app.router.add_post("/api/chat", self.ollama_chat)
+        else:
+            app.router.add_post("/v1/chat/completions", self.generate)
+            app.router.add_post("/v1/completions", self.generate)
+            app.router.add_post("/v1/embeddings", self.embeddings)
+        if "messages" in self.b.native:
+            app.router.add_post("/v1/messages", self.messages)
+            app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        if "responses" in self.b.native:
+            app.router.add_post("/v1/responses", self.responses)
         return app
 
     def add_info_routes(self, app: web.Application) -> None:
+        b = self.b
+        taken = {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
         app.router.add_get("/health", self.health)
-        app.router.add_get("/v1/models", self.models)
-        for path in self.b.routes:
-            app.router.add_get(path, self.route)
+        gets: list[tuple[str, Any]] = [("/v1/models", self.models)]
+        if b.flavour == "ollama":
+            gets.append(("/api/tags", self.tags))
+        if b.version is not None:
+            gets.append(({"vllm": "/version", "sglang": "/server_info", "ollama": "/api/version"}[b.flavour],
+                         self.version))
+        gets.extend((path, self.route) for path in b.routes)
+        for path, handler in gets:
+            if path not in taken:
+                app.router.add_get(path, handler)
 
     async def start(self) -> FakeRuntime:
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
@@ -312,9 +364,14 @@ class FakeRuntime:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.swapper is not None:
+            await self.swapper.stop()
 
     async def route(self, request: web.Request) -> web.Response:
         body = self.b.routes[request.path]
+        self.route_hits[request.path] = self.route_hits.get(request.path, 0) + 1
+        if callable(body):
+            return await body(request)
         if isinstance(body, str):
             return web.Response(text=body)
         return web.json_response(body)
@@ -343,6 +400,102 @@ class FakeRuntime:
         if self.b.record:
             self.requests.append(body)
             self.headers.append(dict(request.headers))
+            self.paths.append(request.path)
+
+    # --- a runtime's own APIs: Ollama's, and the client APIs it serves itself ------------------
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.b.version})
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"name": m, "model": m} for m in self.b.models]})
+
+    async def ollama_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ollama's /api/chat: NDJSON (streaming unless "stream": false), counts on the last line."""
+        body = await read_json(request)
+        self._record(request, body)
+        model, texts = body.get("model") or self.b.models[0], self.b.tokens
+        last = {"model": model, "created_at": "2026-01-01T00:00:00Z", "message": {"role": "assistant", "content": ""},
+                "done": True, "done_reason": "stop", "prompt_eval_count": PROMPT_TOKENS, "eval_count": len(texts),
+                "prompt_eval_duration": 1_000_000, "eval_duration": 2_000_000}
+        if body.get("stream") is False:
+            return web.json_response({**last, "message": {"role": "assistant", "content": "".join(texts)}})
+        lines = [{"model": model, "created_at": last["created_at"], "message": {"role": "assistant", "content": t},
+                  "done": False} for t in texts]
+        return await self._events(request, [orjson.dumps(obj) + b"\n" for obj in (*lines, last)], "application/x-ndjson")
+
+    async def _events(self, request: web.Request, events: list[bytes], content_type: str) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        for event in events:
+            await resp.write(event)
+            await asyncio.sleep(self.b.token_delay)
+        await resp.write_eof()
+        return resp
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """Anthropic Messages as vLLM (and Ollama) write them: usage on message_start and on
+        message_delta (input and output tokens)."""
+        body = await read_json(request)
+        self._record(request, body)
+        if self.b.status != 200:
+            return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
+        model, texts = body.get("model"), self.b.tokens
+        usage = {"input_tokens": PROMPT_TOKENS, "output_tokens": len(texts)}
+        message = {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+                   "stop_sequence": None}
+        if not body.get("stream"):
+            return web.json_response({**message, "content": [{"type": "text", "text": "".join(texts)}],
+                                      "stop_reason": "end_turn", "usage": usage})
+        events = [("message_start", {"type": "message_start", "message": {
+                      **message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 0}}}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}}),
+                  *(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "text_delta", "text": t}}) for t in texts),
+                  ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                  ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
+                  ("message_stop", {"type": "message_stop"})]
+        return await self._events(request, [_typed(name, obj) for name, obj in events], "text/event-stream")
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        self._record(request, await read_json(request))
+        return web.json_response({"input_tokens": PROMPT_TOKENS})
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI Responses as vLLM writes them: the Response with its usage (cached and
+        reasoning tokens in the details), on response.completed when streamed."""
+        body = await read_json(request)
+        self._record(request, body)
+        if self.b.status != 200:
+            return web.Response(status=self.b.status, body=self.b.error_body, content_type="application/json")
+        texts = self.b.tokens
+        text = "".join(texts)
+        usage = {"input_tokens": PROMPT_TOKENS, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": len(texts), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": PROMPT_TOKENS + len(texts)}
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        item = {"id": "msg_fake", "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        response = {"id": "resp_fake", "object": "response", "created_at": CREATED, "model": body.get("model"),
+                    "status": "completed", "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                    "tools": [], "usage": usage}
+        if not body.get("stream"):
+            return web.json_response(response)
+        begun = {**response, "status": "in_progress", "output": [], "usage": None}
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": begun}), ("response.in_progress", {"response": begun}),
+            ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+            ("response.content_part.added", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                             "part": {**part, "text": ""}}),
+            *(("response.output_text.delta", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                              "delta": t, "logprobs": []}) for t in texts),
+            ("response.output_text.done", {"output_index": 0, "item_id": "msg_fake", "content_index": 0,
+                                           "text": text, "logprobs": []}),
+            ("response.content_part.done", {"output_index": 0, "item_id": "msg_fake", "content_index": 0, "part": part}),
+            ("response.output_item.done", {"output_index": 0, "item": item}),
+            ("response.completed", {"response": response})]
+        return await self._events(request, [_typed(name, {"type": name, "sequence_number": i, **obj})
+                                            for i, (name, obj) in enumerate(events)], "text/event-stream")
 
     def shape(self, body: dict[str, Any], kind: Kind) -> tuple[Shape, float]:
         """The answer this request gets, and its pace (tokens/s; 0: at once)."""
@@ -358,7 +511,7 @@ class FakeRuntime:
             tpc = max(1, int(_number(body.get("bench_tpc"), b.tokens_per_chunk)))
             return Shape(kind, model, tokens, tpc, usage, b.role_chunk, "length", (), extra, b.send_done), rate
         return Shape(kind, model, len(b.tokens), b.tokens_per_chunk, usage, b.role_chunk, "stop", tuple(b.tokens),
-                     extra, b.send_done), b.rate or 0.0
+                     extra, b.send_done, b.reasoning, b.reasoning_field), b.rate or 0.0
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self.received_at = asyncio.get_running_loop().time()
@@ -370,6 +523,10 @@ class FakeRuntime:
             return web.Response()  # never sent: the connection is gone
         if b.status != 200:
             return web.Response(status=b.status, body=b.error_body, content_type="application/json")
+        if self.swapper is not None:  # its model loaded on demand, or a refusal
+            refused = await self.swapper.before_generate(str(body.get("model") or b.models[0]))
+            if refused is not None:
+                return refused
         shape, rate = self.shape(body, "chat" if request.path.endswith("/chat/completions") else "completions")
         if not body.get("stream"):
             delay = b.first_token_delay + (shape.tokens / rate if b.from_body and rate > 0 else 0.0)

@@ -11,15 +11,16 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from . import front, handlers
+from . import front, handlers, ui
 from .backends import BackendPool
 from .config import Config
 from .metrics.export import metrics_handler
 from .metrics.instruments import Metrics
+from .metrics.scrape import RuntimeMetrics, names
 from .metrics.window import TokenWindow
 from .middleware import Keys, add_cors, front_door
 from .proxy import Proxy
-from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY
+from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY, RUNTIME_METRICS
 
 log = logging.getLogger("mtproxy")
 
@@ -39,14 +40,17 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     if registry is None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)
-    app[METRICS] = Metrics(registry, app[POOL], TokenWindow(config.metrics.window_seconds))
+    app[METRICS] = metrics = Metrics(registry, app[POOL], TokenWindow(config.metrics.window_seconds))
+    app[RUNTIME_METRICS] = RuntimeMetrics(app[POOL], metrics.runtime_errors,
+                                          reserved=(n for m in metrics.lean.describe() for n in names(m)))
     app[DRAINING] = asyncio.Event()
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_health_checks)
     app.cleanup_ctx.append(front.responses.store_context)  # /v1/responses' store
+    ui.setup(app)  # the page at /ui: its hub hears of every finished request (proxy.observer)
     app.on_shutdown.append(_start_draining)
     handlers.add_routes(app)
-    app.router.add_get("/metrics", metrics_handler(app[METRICS]))
+    app.router.add_get("/metrics", metrics_handler(app[METRICS], app[RUNTIME_METRICS]))
     front.add_routes(app)
     add_cors(app, _cors_origins)
     return app
@@ -73,15 +77,17 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     app[PROXY] = Proxy(app[POOL].config, app[POOL], session, app[METRICS])
+    app[RUNTIME_METRICS].session = session
     try:
         yield
     finally:
+        await app[RUNTIME_METRICS].close()  # its reads in flight use the session
         await session.close()
 
 
 async def _health_checks(app: web.Application) -> AsyncIterator[None]:
     pool, session = app[POOL], app[PROXY].session
-    pool.start_managed(session)  # its tasks are the pool's, cancelled by stop_managed
+    pool.start_managed(session, app[METRICS].swaps)  # its tasks are the pool's, cancelled by stop_managed
     await pool.probe_all(session)
     health = asyncio.create_task(pool.run(session), name="mtproxy-health")
     try:

@@ -19,9 +19,16 @@ from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
 from .runtimes import BackendHTTP, Probe, Report, Runtime, runtime_for
 from .runtimes.base import native_kinds
+from .swap import Events, Member, Swapper
 from .wire import ApiRequest
 
 log = logging.getLogger("mtproxy.backends")
+
+# A backend × model whose runtime has not yet said whether it runs MTP is probed again this soon
+# after a request to it finishes (the evidence appears once the runtime has drafted: vLLM's
+# spec_decode counters, llama.cpp's /slots types), rather than at the next `health.mtp_interval`:
+# at most once in this many seconds per backend, one probe at a time.
+EARLY_MTP_PROBE_SECONDS = 2.0
 
 
 class Backend:
@@ -54,7 +61,13 @@ class Backend:
         self.recent: dict[str, deque[tuple[float | None, int | None]]] = {}  # (tokens/step, accepted)
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
+        # early MTP probes after requests (BackendPool.record): the last one's time, the task that
+        # runs them, and whether a request finished since that task last probed
+        self.mtp_early_at = 0.0
+        self.mtp_early: asyncio.Task | None = None
+        self.mtp_early_wanted = False
         self.process: ManagedProcess | None = None  # for a backend with `launch`
+        self.member: Member | None = None  # a backend mtproxy starts and stops (swap.py)
         self.cap = config.max_concurrent or 0  # 0: no cap
         # passive outlier detection (Envoy-style): consecutive 5xx answers eject the backend
         self.failures = 0
@@ -80,6 +93,12 @@ class Backend:
         return native is not None and native.kind in self.native and self.runtime.relays(native)
 
     @property
+    def warm(self) -> bool:
+        """Serving now: not a member of a swap group that is stopped, starting or leaving."""
+        member = self.member
+        return member is None or member.state == "ready"
+
+    @property
     def full(self) -> bool:
         return self.cap > 0 and self.outstanding >= self.cap
 
@@ -89,6 +108,21 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} up={self.up} outstanding={self.outstanding}>"
+
+
+def _unshown(backend: Backend, model: str) -> bool:
+    """MTP for ``model`` may run on ``backend`` but its runtime's own probe has not said whether
+    it does: evidence that may yet appear. (Drafts in its answers make it `active` before that,
+    but some other speculation drafts too: llama.cpp's ngram types, which /slots tells apart.)"""
+    status = backend.mtp.get(model)
+    return status is not None and status.state != "off" and backend.evidence.get(model, NO_EVIDENCE).mtp is None
+
+
+class _NoEvents:
+    def started(self, backend: str, reason: str, seconds: float) -> None: ...
+    def stopped(self, backend: str, reason: str) -> None: ...
+    def swapped(self, group: str) -> None: ...
+    def waited(self, backend: str, seconds: float) -> None: ...
 
 
 class BackendPool:
@@ -101,9 +135,11 @@ class BackendPool:
         self.by_model: dict[str, list[Backend]] = {}
         self.trained: dict[str, Trained] = {}
         self._files: dict[str, Trained | None] = {}  # model_path → what the file says
-        # background work on managed backends (starting them, retiring those a reload removed),
-        # owned here and cancelled by stop_managed
+        # background work on managed backends (starting them), owned here and cancelled by
+        # stop_managed; their starts, stops and swaps are the swapper's
         self.tasks: set[asyncio.Task] = set()
+        self.swapper: Swapper | None = None
+        self.session: aiohttp.ClientSession | None = None  # the probes' (probe_all), for early MTP probes
         self._reindex()
 
     def update(self, config: Config) -> list[Backend]:
@@ -191,9 +227,28 @@ class BackendPool:
                 log.log(level, "backend %s, model %s: MTP %s (%s)", backend.name, model, status.state, status.why)
             backend.mtp[model] = status
 
+    def drafting(self, backend: Backend, model: str, report: Report) -> bool:
+        """Whether a request for ``model`` answered with ``report`` ran MTP on ``backend``, its own
+        drafts counted at once: a backend not yet shown `active` whose answer carries accepted
+        drafts (or several tokens per iteration) is re-decided with it, so the first request that
+        drafts is labelled with MTP on (metrics, and the header of a non-streaming answer)."""
+        trained = self.trained.get(model)
+        if trained is None or not trained.mtp:  # as the router's Route.mtp_model
+            return False
+        evidence = live_evidence(report, ())  # with no history: drafts shown, or None
+        if evidence is None or evidence.mtp is not True:
+            return False
+        if not backend.mtp_on(model):
+            backend.live[model] = evidence
+            self._decide(backend)
+        return backend.mtp_on(model)
+
     def record(self, backend: Backend, model: str, report: Report, tokens_per_step: float | None) -> None:
         """A finished request: the runtime's report and the proxy's own tokens per step are live
-        evidence of drafting (or of none)."""
+        evidence of drafting (or of none); and the runtime's own evidence, where it shows once the
+        runtime has served, is read again soon (:meth:`_probe_mtp_soon`)."""
+        if backend.runtime.reprobe_mtp and _unshown(backend, model):
+            self._probe_mtp_soon(backend)
         if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
             return  # nothing new (a non-streaming request, a stream without usage): the verdict stands
         recent = backend.recent.get(model)
@@ -211,31 +266,85 @@ class BackendPool:
                 log.warning("backend %s, model %s: %s", backend.name, model, evidence.why)
             self._decide(backend)
 
+    def _probe_mtp_soon(self, backend: Backend) -> None:
+        """Probe ``backend`` for MTP in the background: at once, or when EARLY_MTP_PROBE_SECONDS
+        have passed since its last early probe; one task per backend, never on the request path."""
+        backend.mtp_early_wanted = True
+        if backend.mtp_early is None and self.session is not None:
+            task = asyncio.create_task(self._early_mtp_probes(self.session, backend), name=f"mtp-probe-{backend.name}")
+            backend.mtp_early = task
+            self.track(task)  # cancelled by stop_managed
+
+    async def _early_mtp_probes(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        try:
+            while backend.mtp_early_wanted:  # a request finished since the last probe
+                backend.mtp_early_wanted = False
+                wait = backend.mtp_early_at + EARLY_MTP_PROBE_SECONDS - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                models = [m for m in backend.models if _unshown(backend, m)]
+                if not models or not backend.up or backend not in self.backends:
+                    continue
+                backend.mtp_early_at = time.monotonic()
+                http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
+                try:
+                    await self._probe_mtp(http, backend, models)
+                except Exception:  # an adapter bug: logged, and the next round tries again
+                    log.exception("early MTP probe of backend %s failed", backend.name)
+                    continue
+                self._reindex()
+        finally:
+            backend.mtp_early = None
+
+    @staticmethod
+    async def _probe_mtp(http: BackendHTTP, backend: Backend, models: Iterable[str]) -> None:
+        for model in models:
+            reported, evidence = await backend.runtime.mtp_probe(http, model)
+            if reported is not None:
+                backend.reported[model] = reported
+            backend.evidence[model] = evidence
+
     # --- managed backends ----------------------------------------------------------------------
 
     def track(self, task: asyncio.Task) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def start_managed(self, session: aiohttp.ClientSession) -> None:
-        """Create the child-process managers of backends that have none yet (at start-up and
-        after a reload); start the `start: startup` ones in the background."""
+    def start_managed(self, session: aiohttp.ClientSession, events: Events | None = None) -> None:
+        """Members for the backends mtproxy starts and stops (swap.py), at start-up and after a
+        reload; the `start: startup` ones are started in the background."""
+        swapper = self.swapper
+        if swapper is None:
+            swapper = self.swapper = Swapper(session, events or _NoEvents(), self._member_ready,
+                                             lambda b: self._process(session, b))
+        fresh = swapper.sync(self.config, self.backends, self.config.health.timeout)
         for backend in self.backends:
-            cfg = backend.config
-            if cfg.launch is None or backend.process is not None:
-                continue
-            backend.process = ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend),
-                                             cfg.ready_timeout, cfg.idle_stop)
-            backend.process.busy = lambda b=backend: b.outstanding > 0
-            backend.detail = "not started; starts on the first request"
-            if cfg.start == "startup":
-                self.track(asyncio.create_task(self._start_quietly(backend.process), name=f"start-{backend.name}"))
+            member = swapper.members.get(backend.name)
+            backend.member = member
+            backend.process = member.process if member is not None else None
+            if member is not None and member.state == "stopped" and member.failure is None and member.process:
+                backend.detail = "not started; starts on the first request"
+        for member in fresh:
+            self.track(asyncio.create_task(self._start_quietly(swapper, member.name), name=f"start-{member.name}"))
+
+    def _process(self, session: aiohttp.ClientSession, backend: Backend) -> ManagedProcess:
+        cfg = backend.config
+        assert cfg.launch is not None
+        return ManagedProcess(backend.name, cfg.launch, cfg.env, self._ready_check(session, backend), cfg.ready_timeout)
+
+    def _member_ready(self, member: Member) -> None:
+        backend = member.backend
+        assert isinstance(backend, Backend)
+        if not backend.up:
+            log.info("backend %s is up", backend.name)
+        backend.up = True
+        backend.detail = "ready"
 
     @staticmethod
-    async def _start_quietly(process: ManagedProcess) -> None:
+    async def _start_quietly(swapper: Swapper, name: str) -> None:
         try:
-            await process.ensure_running()
-        except Exception:  # logged by the process manager; the backend shows as down
+            await swapper.start(name, "startup")
+        except Exception:  # logged by the swapper; the backend shows as down
             pass
 
     def _ready_check(self, session: aiohttp.ClientSession, backend: Backend):
@@ -258,25 +367,29 @@ class BackendPool:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(*(b.process.close() for b in self.backends if b.process is not None))
+        if self.swapper is not None:
+            await self.swapper.close()
 
     # --- probes --------------------------------------------------------------------------------
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
         await asyncio.gather(*(self._probe(session, b) for b in self.backends))
         for path in {b.config.model_path for b in self.backends if b.config.model_path} - set(self._files):
             self._files[path] = await detect.from_path_async(path)
         self._reindex()
 
     async def _probe(self, session: aiohttp.ClientSession, backend: Backend) -> None:
-        process = backend.process
-        if process is not None and not process.running:  # a managed backend not running now
-            if process.failure is not None:
-                backend.mark_down(f"launch failed: {process.failure}")
-                process.failure = None  # routable again next round: the next request retries
+        member = backend.member
+        if member is not None and member.process is not None and member.state != "ready":
+            # a launched backend not running now: nothing to probe
+            if member.failure is not None:
+                backend.mark_down(f"launch failed: {member.failure}")
+                member.failure = None  # routable again next round: the next request retries
             else:
                 backend.up = True
-                backend.detail = "not running; starts on the first request"
+                backend.detail = f"{member.state}; starts on the first request" if member.state == "stopped" \
+                    else member.state
             return
         http = BackendHTTP(session, backend.base_url, backend.headers, self.config.health.timeout)
         # discovery: every round, unless the runtime asks for it only when it (re)appears
@@ -288,11 +401,7 @@ class BackendPool:
             now = time.monotonic()
             if backend.up and (changed or now - backend.mtp_probed_at >= self.config.health.mtp_interval):
                 backend.mtp_probed_at = now
-                for model in backend.models:
-                    reported, evidence = await backend.runtime.mtp_probe(http, model)
-                    if reported is not None:
-                        backend.reported[model] = reported
-                    backend.evidence[model] = evidence
+                await self._probe_mtp(http, backend, backend.models)
         except Exception as exc:  # an adapter bug must not stop the probe loop
             log.exception("probe of backend %s failed", backend.name)
             self._apply(backend, Probe(False, f"probe failed: {type(exc).__name__}"))

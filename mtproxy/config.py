@@ -91,6 +91,12 @@ class OutlierConfig(_Strict):
 
 class MetricsConfig(_Strict):
     window_seconds: float = Field(5.0, gt=0, description="span of mtproxy_window_tokens_per_second")
+    runtime_metrics: bool = Field(False, description="GET /metrics also carries each backend's own metrics "
+                                  "(vLLM, SGLang, llama.cpp, TensorRT-LLM), labelled backend and runtime")
+    runtime_metrics_cache_seconds: float = Field(5.0, ge=0, description="a backend's metrics are read at most "
+                                                 "once in this span, whatever the scrapes")
+    runtime_metrics_timeout: float = Field(2.0, gt=0, description="a backend's read is cut after this; "
+                                           "/metrics never waits longer for it")
 
 
 class ResponsesConfig(_Strict):
@@ -113,6 +119,60 @@ class ResponsesConfig(_Strict):
         return value
 
 
+class UiConfig(_Strict):
+    """The page at /ui (mtproxy/ui/): its activity ring and the optional on-disk history."""
+
+    enabled: bool = True
+    ring: int = Field(1000, gt=0, le=1_000_000, description="requests kept in memory for the page and exports")
+    history: str | None = Field(None, description="an SQLite file keeping every request across restarts")
+    history_max_rows: int = Field(100_000, gt=0, description="rows the history keeps; the oldest go first")
+    history_max_age_seconds: float = Field(7 * 86400.0, gt=0, description="a row older than this is deleted")
+
+
+_UNITS = {"": 10**9, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object) -> object:
+    """``80GB``, ``24 GiB``, ``512MB`` or a bare number of GB -> bytes; anything else is left for
+    the field's own type check to reject."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return int(value * _UNITS[""])
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"must be a size such as '24GB' or '24GiB' (a bare number is GB), got {value!r}")
+        return int(float(m.group(1)) * _UNITS[unit])
+    return value
+
+
+class GroupConfig(_Strict):
+    """Backends that share a machine: at most ``max_running`` of them run at once and/or their
+    declared ``memory`` fits in the group's (swap.py). Members are named by ``backends[].group``
+    or listed here."""
+
+    max_running: int | None = Field(None, ge=1, description="members running at once")
+    memory: int | None = Field(None, gt=0, description="bytes the running members' `memory` must fit in")
+    members: list[str] = []  # backend names; the same as `group:` on each of them
+    drain_timeout: float = Field(120.0, gt=0, description="seconds a member being swapped out may "
+                                 "finish its requests")
+    min_run: float = Field(10.0, ge=0, description="seconds a member stays running while it has work")
+    max_queue: int = Field(256, ge=1, description="requests waiting per member")
+    queue_timeout: float = Field(300.0, gt=0, description="seconds a request may wait for its member")
+
+    _size = field_validator("memory", mode="before")(classmethod(lambda cls, v: parse_size(v)))
+
+    @model_validator(mode="after")
+    def _a_limit(self) -> GroupConfig:
+        if self.max_running is None and self.memory is None:
+            raise ValueError("a group needs `max_running` and/or `memory`")
+        return self
+
+
 class BackendConfig(_Strict):
     name: str = Field(min_length=1)
     runtime: str
@@ -130,6 +190,14 @@ class BackendConfig(_Strict):
     idle_stop: float | None = Field(None, gt=0)
     env: dict[str, str] = {}  # extra environment for the launched process
     max_concurrent: int | None = Field(None, gt=0, description="requests at once on this backend")
+    # Swapping (swap.py): the group it belongs to, the memory it takes while running (for the
+    # group's budget), never swapped out when pinned, served first when its priority is higher.
+    group: str | None = None
+    memory: int | None = Field(None, gt=0)
+    pinned: bool = False
+    priority: int = 0
+
+    _size = field_validator("memory", mode="before")(classmethod(lambda cls, v: parse_size(v)))
 
     @field_validator("runtime")
     @classmethod
@@ -197,6 +265,16 @@ class Config(_Strict):
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    groups: dict[str, GroupConfig] = {}
+    ui: UiConfig = UiConfig()
+
+    def group_of(self) -> dict[str, str]:
+        """backend name -> its group's name (by ``backends[].group`` or ``groups.*.members``)."""
+        out = {b.name: b.group for b in self.backends if b.group is not None}
+        for name, group in self.groups.items():
+            for member in group.members:
+                out.setdefault(member, name)
+        return out
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -214,6 +292,52 @@ class Config(_Strict):
                     raise _FieldError(
                         f"models.{model}.aliases", f"{alias!r} is already an alias of {owner[alias]!r}"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _groups(self) -> Config:
+        index = {b.name: (i, b) for i, b in enumerate(self.backends)}
+        owner: dict[str, str] = {}
+        for i, b in enumerate(self.backends):
+            if b.group is not None:
+                if b.group not in self.groups:
+                    raise _FieldError(f"backends[{i}].group", f"no group {b.group!r} under `groups`")
+                owner[b.name] = b.group
+        for name, group_cfg in self.groups.items():
+            for member in group_cfg.members:
+                if member not in index:
+                    raise _FieldError(f"groups.{name}.members", f"no backend named {member!r}")
+                if owner.setdefault(member, name) != name:
+                    raise _FieldError(f"groups.{name}.members",
+                                      f"backend {member!r} is already in group {owner[member]!r}: "
+                                      "a backend belongs to one group")
+        members: dict[str, list[tuple[int, BackendConfig]]] = {}
+        for backend, group_name in owner.items():
+            members.setdefault(group_name, []).append(index[backend])
+        for name, group in self.groups.items():
+            inside = sorted(members.get(name, []), key=lambda m: m[0])
+            for i, b in inside:
+                if b.launch is None and not getattr(ADAPTERS[b.runtime], "swaps", False):
+                    raise _FieldError(f"backends[{i}].group",
+                                      f"{b.name!r} has no `launch` and its runtime ({b.runtime}) cannot load "
+                                      "and unload models: the group could not start or stop it")
+                if group.memory is not None:
+                    if b.memory is None:
+                        raise _FieldError(f"backends[{i}].memory",
+                                          f"group {name!r} has a memory budget: declare what {b.name!r} takes")
+                    if b.memory > group.memory:
+                        raise _FieldError(f"backends[{i}].memory",
+                                          f"{b.name!r} needs more memory than group {name!r} has "
+                                          f"({b.memory} > {group.memory} bytes)")
+            pinned = [b for _, b in inside if b.pinned]
+            if pinned and group.max_running is not None and len(pinned) >= group.max_running and len(inside) > len(pinned):
+                raise _FieldError(f"groups.{name}.max_running",
+                                  f"{len(pinned)} pinned members fill every slot: the others could never run")
+            if pinned and group.memory is not None:
+                rest = [b.memory or 0 for _, b in inside if not b.pinned]
+                if rest and sum(b.memory or 0 for b in pinned) + max(rest) > group.memory:
+                    raise _FieldError(f"groups.{name}.memory",
+                                      "the pinned members leave no room for the largest other member")
         return self
 
 

@@ -48,6 +48,14 @@ class InvalidRequest(ProxyError):
     type = "invalid_request_error"
 
 
+class RequestTooLarge(ProxyError):
+    """The client's body grew past ``server.max_body_bytes`` (a streamed one, while it was sent on)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class Unauthorized(ProxyError):
     status = 401
     type = "authentication_error"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, ProxyError
 from .openapi import spec
 from .reload import reload
 from .state import DRAINING, POOL
 from .status import pool_status
+
+log = logging.getLogger("mtproxy.admin")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -29,6 +33,22 @@ async def backends(request: web.Request) -> web.Response:
     return web.json_response(pool_status(request.app[POOL]))
 
 
+async def backend_action(request: web.Request) -> web.Response:
+    """``POST /mtproxy/backends/{name}/start|stop`` (admin key): start (or swap in) a backend
+    mtproxy manages and wait until it is ready, or drain and stop it."""
+    pool = request.app[POOL]
+    name, action = request.match_info["name"], request.match_info["action"]
+    swapper = pool.swapper
+    if swapper is None or name not in swapper.members:
+        known = ", ".join(sorted(swapper.members)) if swapper is not None else ""
+        raise ProxyError(f"No backend {name!r} that mtproxy starts and stops"
+                         + (f" (those are: {known})." if known else "."),
+                         status=404, type_="invalid_request_error", code="backend_not_found")
+    log.info("admin: %s backend %s", action, name)
+    member = await (swapper.start(name) if action == "start" else swapper.stop(name))
+    return web.json_response({"backend": name, **member.status()})
+
+
 async def reload_config(request: web.Request) -> web.Response:
     ok, message = await reload(request.app)
     if ok:
@@ -44,5 +64,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/mtproxy/reload", reload_config)
     app.router.add_get("/mtproxy/backends", backends)
+    app.router.add_post(r"/mtproxy/backends/{name}/{action:start|stop}", backend_action)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

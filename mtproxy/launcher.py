@@ -1,9 +1,10 @@
 """Managed backends: runtimes that mtproxy starts, watches and stops itself (as llama-swap does).
 
-A backend with ``launch`` is started as a child process at start-up or on the first request that
-needs it, waited for until its ready check passes, restarted when it dies (with backoff), stopped
-after ``idle_stop`` seconds without requests, and stopped when mtproxy exits. Its output goes to
-the log (``mtproxy.launch.<name>``, DEBUG); the last lines are quoted when a start fails.
+A backend with ``launch`` is a child process: :class:`ManagedProcess` starts it, waits until its
+ready check passes (or it exits, or ``ready_timeout`` passes), tells its owner when it exits on
+its own, and stops it (SIGTERM, then SIGKILL). When to start, restart, swap out or idle-stop it is
+decided by its owner (swap.py). Its output goes to the log (``mtproxy.launch.<name>``, DEBUG); the
+last lines are quoted when a start fails.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from .errors import UpstreamUnreachable
 log = logging.getLogger("mtproxy.launch")
 
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
-MAX_BACKOFF = 30.0
 
 
 def command(name: str, env: dict[str, str]) -> str:
@@ -42,31 +42,25 @@ def command(name: str, env: dict[str, str]) -> str:
 
 class ManagedProcess:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], Awaitable[bool]],
-                 ready_timeout: float, idle_stop: float | None) -> None:
+                 ready_timeout: float, on_exit: Callable[[int | None], None] | None = None) -> None:
         self.name = name
         self.argv = argv
         self.env = env
         self.ready = ready
         self.ready_timeout = ready_timeout
-        self.idle_stop = idle_stop
+        self.on_exit = on_exit  # called when a ready process exits without being stopped
         self.proc: asyncio.subprocess.Process | None = None
         self.running = False  # started and ready
         self.failure: str | None = None  # why the last start failed
-        self.last_used = 0.0
-        self.restarts = 0
         self._lock = asyncio.Lock()
         self._stopping = False
         self._tail: deque[str] = deque(maxlen=20)
         self._tasks: set[asyncio.Task] = set()
         self._log = logging.getLogger(f"mtproxy.launch.{name}")
-        self.busy: Callable[[], bool] | None = None  # set by the pool: requests in flight here
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
-
-    def touch(self) -> None:
-        self.last_used = asyncio.get_running_loop().time()
 
     async def ensure_running(self) -> None:
         """Start the process if it is not running and wait until it is ready."""
@@ -97,11 +91,8 @@ class ManagedProcess:
             if await self.ready():
                 self.running = True
                 self.failure = None
-                self.touch()
                 log.info("backend %s is ready (pid %d)", self.name, proc.pid)
                 self._spawn(self._watch(proc))
-                if self.idle_stop is not None:
-                    self._spawn(self._idle_watch(proc))
                 return
             await asyncio.sleep(0.1)
         code = proc.returncode
@@ -129,26 +120,9 @@ class ManagedProcess:
         if self._stopping or proc is not self.proc:
             return
         self.running = False
-        self.restarts += 1
-        delay = min(MAX_BACKOFF, 2 ** min(self.restarts - 1, 5))
-        log.warning("backend %s exited with status %s; restarting in %g s", self.name, code, delay)
-        await asyncio.sleep(delay)
-        if self._stopping or self.running:
-            return
-        with contextlib.suppress(UpstreamUnreachable):
-            await self.ensure_running()
-
-    async def _idle_watch(self, proc: asyncio.subprocess.Process) -> None:
-        assert self.idle_stop is not None
-        loop = asyncio.get_running_loop()
-        while proc.returncode is None and not self._stopping:
-            await asyncio.sleep(min(self.idle_stop / 4, 5.0))
-            if self.busy is not None and self.busy():
-                self.touch()
-            elif loop.time() - self.last_used >= self.idle_stop:
-                log.info("backend %s idle for %g s: stopping it", self.name, self.idle_stop)
-                await self.stop()
-                return
+        log.warning("backend %s exited with status %s", self.name, code)
+        if self.on_exit is not None:
+            self.on_exit(code)
 
     async def stop(self) -> None:
         self._stopping = True

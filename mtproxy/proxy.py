@@ -2,8 +2,10 @@
 
 Streams are relayed as they arrive; the proxy only holds back a partial event until its end
 arrives. Status and headers are settled before ``prepare()``: failures before the first upstream
-byte are retried on another candidate or become an error with an HTTP status; failures after it
-become an error event in the client's format (SSE ``error`` + ``[DONE]`` for OpenAI clients).
+byte are retried on another candidate (a streamed multipart form only while none of the client's
+body beyond what was read of it has gone upstream: wire.Form) or become an error with an HTTP
+status; failures after it become an error event in the client's format (SSE ``error`` +
+``[DONE]`` for OpenAI clients).
 Measurement reads a copy of what is relayed and is recorded after the client got its last byte.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 import aiohttp
@@ -20,18 +23,25 @@ from aiohttp import web
 from . import upstream
 from .backends import Backend, BackendPool
 from .config import Config
-from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable, error_body
+from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout, error_body
 from .formats import ClientFormat, StreamEncoder
 from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
-from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, RequestMeter, unrouted
+from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .stream.events import StreamDecoder, StreamFailure
+from .swap import Member, StartFailed
 from .watchdog import Watchdog
 from .wire import ApiRequest, Endpoint
 
 log = logging.getLogger("mtproxy.proxy")
+
+# A client format's own reading of the request (front/local.py: a multipart form, streamed)
+Reader = Callable[[web.Request, Endpoint], Awaitable[ApiRequest]]
+# Told of every finished request after its metrics (the page's activity, mtproxy/ui/): must be
+# cheap, it runs on the request path
+Observer = Callable[[RequestMeter, Measurement, ClientFormat], None]
 
 # Statuses that say "this backend cannot take the request now", not "the request is bad": a
 # runtime that fails to load a model answers 500 (Ollama, llama-server), and another backend may
@@ -60,6 +70,7 @@ class Proxy:
         self.in_flight = 0
         self.retries_in_flight = 0
         self.watchdog = Watchdog()
+        self.observer: Observer | None = None
         limits = config.limits
         self.gate = Gate(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
         self.backend_waiters = Waiters(limits.max_queue, limits.queue_timeout)
@@ -86,14 +97,16 @@ class Proxy:
         r = self.config.retries
         return random.uniform(0, min(r.backoff_max, r.backoff_base * 2 ** (attempt - 1)))
 
-    async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat) -> web.StreamResponse:
-        """Parse (in the client's format ``fmt``), forward and account for one request, whatever
+    async def serve(self, request: web.Request, endpoint: Endpoint, fmt: ClientFormat, *,
+                    read: Reader | None = None) -> web.StreamResponse:
+        """Parse (in the client's format ``fmt``, or by ``read``, which reads the body only as far
+        as it needs: a streamed multipart form), forward and account for one request, whatever
         its outcome."""
         meter: RequestMeter[Backend] = RequestMeter(perf_counter(), endpoint.kind)
         gate = self.gate
         held = False
         try:
-            built = fmt.parse(await request.read(), endpoint)
+            built = await read(request, endpoint) if read is not None else fmt.parse(await request.read(), endpoint)
             if built.load_only:  # nothing to generate: the model must exist, and is ready
                 self.router.resolve(built.model)
                 return web.Response(body=fmt.loaded(built), content_type="application/json")
@@ -118,8 +131,12 @@ class Proxy:
                 self.in_flight -= 1
             if meter.t_end is None:
                 meter.t_end = perf_counter()
-            measured = self.metrics.finish(meter)
             backend = meter.target
+            if backend is not None:
+                self._mtp_shown(backend, meter)  # a stream's drafts: known at its end
+            measured = self.metrics.finish(meter)
+            if self.observer is not None:
+                self.observer(meter, measured, fmt)
             if backend is not None:
                 self.pool.record(backend, meter.labels.model, meter.report, measured.tokens_per_step)
 
@@ -144,15 +161,19 @@ class Proxy:
                 meter.route(backend, backend.name, backend.runtime.name, route.model,
                             self.router.mtp_on(route, backend))
                 backend.outstanding += 1
+                member = None
                 try:
-                    if backend.process is not None:
-                        await self._launched(backend)
+                    if backend.member is not None:
+                        member = await self._admitted(backend)
                     resp = await self._send(request, req, fmt, backend, meter)
                     # a stream cut by a reset or a silence after its first byte is a failure too
                     self.pool.answered(backend, 502 if meter.outcome is STREAM_ERROR else resp.status)
                     return resp
                 except _Retry as retry:
                     self.pool.answered(backend, retry.error.status)
+                    if not req.resendable():
+                        log.info("not retrying %s: its form was streamed to %s already", route.model, backend.name)
+                        raise retry.error from None
                     if not any(b.up and b not in tried for b in route.candidates):
                         raise retry.error from None
                     if not retrying and not self._retry_allowed():
@@ -171,8 +192,8 @@ class Proxy:
                     backend.outstanding -= 1
                     if backend.cap:
                         self.backend_waiters.wake_all()
-                    if backend.process is not None:
-                        backend.process.touch()
+                    if member is not None:
+                        member.release()
                 await asyncio.sleep(self._backoff(len(tried)))
         finally:
             if retrying:
@@ -201,16 +222,18 @@ class Proxy:
         req.relayed = False
         return True
 
-    async def _launched(self, backend: Backend) -> None:
-        """A managed backend: started (and waited for) on the first request that needs it."""
-        process = backend.process
-        assert process is not None
-        process.touch()
+    async def _admitted(self, backend: Backend) -> Member:
+        """A backend mtproxy starts and stops: started (or swapped in) and waited for when it is
+        not ready; the request then counts on it until ``Member.release``."""
+        member = backend.member
+        assert member is not None and member.group is not None
         try:
-            await process.ensure_running()
-        except UpstreamUnreachable as err:
-            backend.mark_down(err.message)
+            await member.group.admit(member)
+        except StartFailed as err:
+            if member.process is not None:
+                backend.mark_down(err.message)
             raise _Retry(err) from None
+        return member
 
     async def show(self, model: str) -> dict | None:
         """The serving runtime's own description of ``model``, where it has one."""
@@ -244,6 +267,15 @@ class Proxy:
                              "has no tokenizer route the proxy can use.", status=501, type_="api_error",
                              code="count_tokens_unsupported")
         return count
+
+    def _mtp_shown(self, backend: Backend, meter: RequestMeter[Backend]) -> None:
+        """A request routed as not running MTP whose answer carries MTP drafts is labelled on: the
+        runtime's own evidence (vLLM's counters, llama.cpp's /slots) shows only once it has
+        drafted, so the first such answer is the first evidence there is."""
+        report = meter.report
+        if (report.accepted_tokens or report.tokens_per_step) and meter.labels.mtp == "off" \
+                and self.pool.drafting(backend, meter.labels.model, report):
+            meter.mtp_shown()
 
     @staticmethod
     def _headers(meter: RequestMeter[Backend]) -> dict[str, str]:
@@ -296,6 +328,8 @@ class Proxy:
         except TimeoutError:
             raise UpstreamTimeout(f"Backend {backend.name} did not answer within {self._request:g} s.") from None
         except upstream.ERRORS as exc:
+            if req.form is not None and req.form.error is not None:  # the client's body, not the backend
+                raise req.form.error from None
             raise self._failed(backend, exc) from None
         meter.t_in = perf_counter()
         if resp.status >= 400:
@@ -303,6 +337,7 @@ class Proxy:
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         await fmt.settle(req)
+        self._mtp_shown(backend, meter)  # so the header says what the answer showed
         headers = self._headers(meter)
         if not content_type:  # the format relays the runtime's answer as it came
             headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")
@@ -379,7 +414,7 @@ class Proxy:
                         if meter.t_out is None:
                             meter.t_out = perf_counter()
                         if batch.content:
-                            meter.content(now, batch.content)
+                            meter.content(now, batch.content, batch.hidden)
                     try:
                         data = await content.readany()
                     except upstream.ERRORS as exc:
@@ -390,7 +425,7 @@ class Proxy:
                 if batch is not None:
                     last += encoder.encode(batch)
                     if batch.content:
-                        meter.content(perf_counter(), batch.content)
+                        meter.content(perf_counter(), batch.content, batch.hidden)
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:

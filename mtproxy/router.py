@@ -2,7 +2,8 @@
 
 For an MTP-trained model, ``routing.mtp`` orders the candidates: ``prefer`` tries backends
 where MTP is active, then capable, then the rest; ``require`` takes only active ones; ``ignore``
-does not look. Within a tier, the fewest outstanding requests wins; ties rotate.
+does not look. Within a tier, a backend serving now beats one that would have to be started or
+swapped in (swap.py), then the fewest outstanding requests wins; ties rotate.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Router:
         """The healthy, untried candidate in the best MTP tier with the fewest outstanding
         requests; ties rotate."""
         best: list[Backend] = []
-        low: tuple[int, int] | None = None
+        low: tuple[int, bool, int] | None = None
         require = route.mtp_model and self.policy == "require"
         busy = False
         for backend in route.candidates:
@@ -80,7 +81,7 @@ class Router:
             if backend.full:
                 busy = True
                 continue
-            key = (tier, backend.outstanding)
+            key = (tier, not backend.warm, backend.outstanding)
             if low is None or key < low:
                 best, low = [backend], key
             elif key == low:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .backends import BackendPool
 from .metrics.instruments import Metrics
+from .metrics.scrape import RuntimeMetrics
 from .middleware.auth import Keys
 from .proxy import Proxy
 
@@ -15,5 +16,6 @@ POOL = web.AppKey("pool", BackendPool)
 PROXY = web.AppKey("proxy", Proxy)
 DRAINING = web.AppKey("draining", asyncio.Event)
 METRICS = web.AppKey("metrics", Metrics)
+RUNTIME_METRICS = web.AppKey("runtime_metrics", RuntimeMetrics)  # the backends' own, on /metrics
 KEYS = web.AppKey("keys", Keys)
 CONFIG_PATH: web.AppKey[str | None] = web.AppKey("config_path")

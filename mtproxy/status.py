@@ -40,12 +40,26 @@ def backend_status(pool: BackendPool, backend: Backend) -> dict[str, Any]:
         "outstanding": backend.outstanding,
         "mtp_configured": backend.config.mtp,
         "models": models,
+        # a backend mtproxy starts and stops: stopped / starting / ready / draining / stopping
+        "managed": backend.member.status() if backend.member is not None else None,
     }
 
 
 def pool_status(pool: BackendPool) -> dict[str, Any]:
+    groups = {}
+    if pool.swapper is not None:
+        for group in pool.swapper.groups.values():
+            if group.config is None:
+                continue
+            groups[group.name] = {
+                "max_running": group.config.max_running, "memory": group.config.memory,
+                "members": [m.name for m in group.members],
+                "running": [m.name for m in group.members if m.state != "stopped"],
+                "memory_in_use": sum(m.memory for m in group.members if m.state != "stopped"),
+                "queue": len(group.queue), "swaps": group.swaps}
     return {
         "routing": {"mtp": pool.config.routing.mtp},
+        "groups": groups,
         "backends": [backend_status(pool, b) for b in pool.backends],
         "aliases": dict(pool.aliases),
     }

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -52,17 +54,39 @@ def failure(exc: BaseException, message: str) -> ProxyError:
     return UpstreamUnreachable(text)
 
 
-async def send(session: aiohttp.ClientSession, url: str | URL, body: bytes, headers: dict[str, str],
+class Streamed(Protocol):
+    """A body read as it is sent (a multipart upload): its size if known, and its chunks from
+    the start, or None once it cannot be read again."""
+
+    @property
+    def size(self) -> int | None: ...
+
+    def replay(self) -> AsyncIterator[bytes] | None: ...
+
+
+async def send(session: aiohttp.ClientSession, url: str | URL, body: bytes | Streamed, headers: dict[str, str],
                name: str) -> aiohttp.ClientResponse:
     """POST ``body``; the response with its headers read. A pooled keep-alive connection the
     runtime closed meanwhile fails on write (llama-server closes after a chunked stream although
     it offered keep-alive): that is sent again at once on a fresh connection, and the backend is
-    not blamed for it. Raises what aiohttp raises (:data:`ERRORS`): the caller knows the phase
-    and the timeout that applies, and translates with :func:`failure`."""
+    not blamed for it; a streamed body only while none of it is gone. Raises what aiohttp
+    raises (:data:`ERRORS`): the caller knows the phase and the timeout that applies, and
+    translates with :func:`failure`."""
+    if not isinstance(body, bytes) and body.size is not None:
+        headers = {**headers, "Content-Length": str(body.size)}
+    data = _data(body)
+    assert data is not None, "a streamed body is sent once (ApiRequest.resendable)"
     try:
-        return await session.post(url, data=body, headers=headers)
+        return await session.post(url, data=data, headers=headers)
     except _STALE as exc:
         if isinstance(exc, aiohttp.ClientConnectorError):
             raise
+        data = _data(body)
+        if data is None:
+            raise
         log.debug("stale connection to %s (%s); sending again", name, describe(exc))
-        return await session.post(url, data=body, headers=headers)
+        return await session.post(url, data=data, headers=headers)
+
+
+def _data(body: bytes | Streamed) -> bytes | AsyncIterator[bytes] | None:
+    return body if isinstance(body, bytes) else body.replay()

@@ -15,6 +15,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -184,7 +185,9 @@ def judge(subject: Side, reference: Side | None, threshold: float) -> Outcome:
 
 async def verify(config: Config, *, model: str, backend: str | None, against: str | None,
                  baseline: dict[str, Any] | None, seconds: float, rounds: int, prompt: str,
-                 max_tokens: int, threshold: float) -> Outcome:
+                 max_tokens: int, threshold: float,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
+    """``progress``, when given, is told of each round as it ends (the page shows it)."""
     pool = BackendPool(config)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect)
     # a fresh connection per request: llama-server closes after a chunked stream although it
@@ -202,10 +205,15 @@ async def verify(config: Config, *, model: str, backend: str | None, against: st
         subject = _side("subject", subject_backend, model)
         reference = _side("reference", reference_backend, model) if reference_backend else None
         per_request = config.timeouts.request
-        for _ in range(rounds):  # interleaved, so drift on the machine hits both sides alike
-            await _round(session, subject_backend, payload, subject, seconds, per_request)
+        for i in range(rounds):  # interleaved, so drift on the machine hits both sides alike
+            sides = [(subject_backend, subject)]
             if reference is not None and reference_backend is not None:
-                await _round(session, reference_backend, payload, reference, seconds, per_request)
+                sides.append((reference_backend, reference))
+            for target, side in sides:
+                await _round(session, target, payload, side, seconds, per_request)
+                if progress is not None:
+                    progress({"side": side.label, "backend": side.backend, "round": i + 1, "rounds": rounds,
+                              "tokens_per_second": round(side.rounds[-1], 2), "requests": side.requests})
     if baseline is not None:
         reference = Side("baseline", baseline["backend"], baseline["runtime"], baseline.get("version"),
                          baseline["model"], rounds=list(baseline["rounds"]), tokens=baseline["tokens"],

@@ -7,12 +7,13 @@ stay within what the proxy can encode again (:data:`MAX_DEPTH`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, ProxyError, RequestTooLarge
 
 Kind = Literal["chat", "completions", "embeddings", "messages", "responses",
                # the rest of the local API, relayed as it came (Endpoint.relay)
@@ -49,21 +50,66 @@ def relayed(kind: Kind, path: str) -> Endpoint:
     return Endpoint(kind, path, streams=False, relay=True)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Form:
-    """A multipart form relayed as it came (audio transcriptions): its bytes, its content type
-    (with the boundary) and where the value of its ``model`` field lies in it."""
+    """A multipart form relayed as it came (audio transcriptions), streamed: the bytes read while
+    looking for its ``model`` field (``head``, with where that field's value lies in them), its
+    content type (with the boundary), and the rest of the client's body, read only as it is sent
+    on (None: ``head`` is all of it). Once any of the rest has been read (``started``) the form
+    cannot be sent again; ``limit`` (``server.max_body_bytes``) bounds all of it, and ``error`` is
+    what cut it short."""
 
-    raw: bytes
+    head: bytes
     content_type: str
     start: int
     end: int
+    limit: int
+    rest: AsyncIterator[bytes] | None = None
+    length: int | None = None  # the client's Content-Length, if it sent one
+    started: bool = False
+    error: ProxyError | None = None
 
-    def body(self, model: str) -> bytes:
+    def body(self, model: str) -> FormBody:
+        """The form to send, with ``model`` as its ``model`` field's value."""
         name = model.encode()
-        if self.raw[self.start:self.end] == name:
-            return self.raw
-        return b"".join((self.raw[:self.start], name, self.raw[self.end:]))
+        if self.head[self.start:self.end] == name:
+            return FormBody(self, self.head)
+        return FormBody(self, b"".join((self.head[:self.start], name, self.head[self.end:])))
+
+    async def chunks(self, head: bytes) -> AsyncIterator[bytes]:
+        yield head
+        if self.rest is None:
+            return
+        self.started = True  # from here on the rest is the one sent
+        size = len(self.head)
+        try:
+            async for chunk in self.rest:
+                size += len(chunk)
+                if size > self.limit:
+                    self.error = RequestTooLarge(f"Maximum request body size {self.limit} exceeded.")
+                    break
+                yield chunk
+        except Exception as exc:  # noqa: BLE001 (the client's connection broke: not the backend's fault)
+            self.error = InvalidRequest(f"The request body broke off before its end: {type(exc).__name__}.")
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass(frozen=True, slots=True)
+class FormBody:
+    """A :class:`Form` as sent to one backend: ``replay()`` gives its chunks from the start,
+    or None once part of the client's body has been sent (it cannot be read again)."""
+
+    form: Form
+    head: bytes
+
+    @property
+    def size(self) -> int | None:
+        form = self.form
+        return None if form.length is None else form.length - len(form.head) + len(self.head)
+
+    def replay(self) -> AsyncIterator[bytes] | None:
+        return None if self.form.started else self.form.chunks(self.head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +144,11 @@ class ApiRequest:
     native: Native | None = None
     relayed: bool = False
     context: Any = None  # the client format's own state for the answer, carried along untouched
-    form: Form | None = None  # a multipart form, relayed as it came (Endpoint.relay)
+    form: Form | None = None  # a multipart form, streamed as it came (Endpoint.relay)
+
+    def resendable(self) -> bool:
+        """Whether this request can go to another backend: a form streamed to one cannot."""
+        return self.form is None or not self.form.started
 
     def set_model(self, model: str) -> None:
         if self.payload["model"] != model:

@@ -25,10 +25,10 @@ REQUIRE_ENV = "MTPROXY_REQUIRE_PROMETHEUS"
 
 def require(tool: str) -> str:
     """The path of `tool`; skips the test when it is missing, or fails it when
-    MTPROXY_REQUIRE_PROMETHEUS=1 (CI installs it with scripts/install-prometheus.sh)."""
+    MTPROXY_REQUIRE_PROMETHEUS=1 (CI installs it with `make prometheus`)."""
     path = shutil.which(tool)
     if path is None:
-        reason = f"{tool} is not installed (scripts/install-prometheus.sh installs Debian's prometheus package)"
+        reason = f"{tool} is not installed (`make prometheus` installs Debian's prometheus package)"
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it")
         pytest.skip(reason)

@@ -45,7 +45,6 @@ class MessagesRuntime(FakeRuntime):
     def __init__(self, name: str, behaviour: Behaviour, extra: Extra) -> None:
         super().__init__(name, behaviour)
         self.x = extra
-        self.paths: list[str] = []  # the path of every generation request
 
     async def start(self) -> MessagesRuntime:
         app = web.Application()
@@ -67,7 +66,6 @@ class MessagesRuntime(FakeRuntime):
         return self
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.paths.append(request.path)
         if self.x.script is None:
             return await self.generate(request)
         body = await request.json()
@@ -118,7 +116,6 @@ class MessagesRuntime(FakeRuntime):
                 "usage": self.x.usage}
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        self.paths.append(request.path)
         body = await request.json()
         self._record(request, body)
         if self.x.native_status != 200:
@@ -134,14 +131,12 @@ class MessagesRuntime(FakeRuntime):
         return resp
 
     async def count(self, request: web.Request) -> web.Response:
-        self.paths.append(request.path)
         self._record(request, await request.json())
         return web.json_response({"input_tokens": 21})
 
     async def apply_template(self, request: web.Request) -> web.Response:
         """llama-server's: the chat template applied to the messages."""
         body = await request.json()
-        self.paths.append(request.path)
         self._record(request, body)
         return web.json_response({"prompt": "".join(f"<{m['role']}>{m['content']}\n" for m in body["messages"])})
 
@@ -149,10 +144,8 @@ class MessagesRuntime(FakeRuntime):
         """vLLM's (chat messages -> count) and llama-server's (content -> tokens) in one."""
         body = await request.json()
         if "content" in body:
-            self.paths.append(request.path)
             self._record(request, body)
             return web.json_response({"tokens": list(range(len(body["content"].split())))})
-        self.paths.append(request.path)
         self._record(request, body)
         n = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or ()) + 3
         return web.json_response({"count": n, "max_model_len": 4096, "tokens": list(range(n))})

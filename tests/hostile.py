@@ -1,13 +1,64 @@
-"""Upstreams that answer anything, and a plain request sender, for the hostile-input suites of the
-client formats (test_hostile_messages.py, test_hostile_responses.py): every 5xx seen is the
-proxy's own."""
+"""For the hostile-input suites (test_hostile_input.py, test_hostile_messages.py,
+test_hostile_responses.py): upstreams that answer anything (every 5xx seen is the proxy's own),
+a plain request sender, and :class:`ServedOnLoop`, which serves them and the proxy on a loop of
+their own."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import threading
+from collections.abc import Coroutine
+from typing import Any
 
 import orjson
 from aiohttp import web
+
+from mtproxy.server import start
+
+
+class ServedOnLoop:
+    """Upstreams and proxies on an event loop in a thread of their own, so hypothesis can drive
+    them synchronously. A suite's subclass starts what it serves in :meth:`_start` (with
+    :meth:`upstream` and :meth:`proxy`), which answers the port of the proxy its tests use;
+    :meth:`stop` stops every proxy, then every upstream."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._runners: list[web.AppRunner] = []
+        self.port: int = self.call(self._start())
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+        """Run ``coro`` on the served loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> int:
+        raise NotImplementedError
+
+    async def upstream(self, app: web.Application) -> str:
+        """Serve ``app`` (a runtime) on a free loopback port; its URL."""
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    async def proxy(self, app: web.Application) -> int:
+        """Serve ``app`` (the proxy's, create_app) as mtproxy serves it, on a free port; the port."""
+        runner, port = await start(app, "127.0.0.1", 0, shutdown_grace=1)
+        self._runners.append(runner)
+        return port
+
+    async def _stop(self) -> None:
+        for runner in reversed(self._runners):  # the proxies started after their upstreams
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        self.call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def send(port: int, path: str, body: bytes, headers: dict[str, str] | None = None,

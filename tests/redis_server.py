@@ -1,8 +1,9 @@
 """A real redis-server for the shared response store's tests: started on a free loopback port in
 a temporary directory, nothing saved to disk, stopped at the end.
 
-redis-server is Debian's package (scripts/install-redis.sh, run by `make test`). When it is
-missing the tests skip, saying so; with MTPROXY_REQUIRE_REDIS=1 (set by `make test`) they fail.
+redis-server is Debian's package (`make redis`: scripts/install-deb.sh, run by `make test`). When
+it is missing the tests skip, saying so; with MTPROXY_REQUIRE_REDIS=1 (set by `make test`) they
+fail.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ START_TIMEOUT = 30.0
 def redis_server_path() -> str:
     path = shutil.which("redis-server")
     if path is None:
-        reason = "redis-server is not installed (scripts/install-redis.sh installs Debian's redis-server package)"
+        reason = "redis-server is not installed (`make redis` installs Debian's redis-server package)"
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it", pytrace=False)
         pytest.skip(reason)

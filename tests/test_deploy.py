@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from .deploy_prometheus import (
     substitute,
     uncomment_runtime_jobs,
 )
+from .test_runtime_metrics import VLLM_A, VLLM_B
+from .test_swap import member
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -134,7 +137,7 @@ def test_dashboard_is_well_formed():
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for topic in ("requests/s", "errors", "time to first token", "inter-token", "time per output token",
                   "decode tokens/s", "window", "tokens per step", "acceptance", "mtp state", "version",
-                  "in-flight", "overhead"):
+                  "in-flight", "overhead", "swaps", "backend state", "start duration", "queue wait"):
         assert topic in titles, f"no panel about {topic}"
     exprs = " ".join(e for _, e, _ in panel_queries(board))
     for q in ("0.5", "0.9", "0.99"):
@@ -203,14 +206,34 @@ ALERT_EVIDENCE: dict[str, list[str] | None] = {
     # compares with `offset 1d`, a day this test does not have: today's side and its volume
     "MtproxyDecodeRateDropped": ["backend_model:mtproxy_decode_tokens_per_second:mean30m",
                                 "backend_model:mtproxy_decode_tokens_per_second_count:rate30m"],
+    # 12 swaps in 10 minutes with long waits: the swaps and the p95 wait it compares
+    "MtproxyGroupThrashing": ["mtproxy_group_swaps_total",
+                              "histogram_quantile(0.95, sum by (job, instance, le) "
+                              "(rate(mtproxy_backend_queue_wait_seconds_bucket[10m])))"],
+    "MtproxyBackendStartFailing": None,  # `nostart`, once a round
 }
+
+# Managed backends (swap.py), launched as processes: two models swapped in a group of one (each
+# round asks for both at once: a start, a wait in the queue, a drain, a swap), and one whose
+# process exits at once (its start fails: 503 backend_start_failed).
+SWAP_MODELS = ("m-swap1", "m-swap2")
+SWAP_GROUP = {"max_running": 1, "min_run": 0, "drain_timeout": 30, "queue_timeout": 60}
+
+
+def managed_backends() -> list[dict[str, Any]]:
+    out = [member(m, free_port(), group="gpu") for m in SWAP_MODELS]
+    out.append({"name": "nostart", "runtime": "vllm", "url": f"http://127.0.0.1:{free_port()}",
+                "models": ["m-nostart"], "launch": [sys.executable, "-c", "raise SystemExit(3)"],
+                "ready_timeout": 30})
+    return out
 
 
 async def send_traffic(http: aiohttp.ClientSession, url: str, nospec: int) -> collections.Counter:
     """One round: streams and not, to every backend, plus requests no backend can take."""
     plan = ([("m-mtp", True)] * 3 + [("m-mtp", False)] + [("m-plain", True)] * 3 + [("m-plain", False)] * 2
             + [("m-err", True)] * 3 + [("m-err", False)] * 3 + [("m-cfg", True)] * 2
-            + [("m-nospec", True)] * nospec + [("m-gone", False), ("no-such-model", False)])
+            + [("m-nospec", True)] * nospec + [("m-gone", False), ("no-such-model", False)]
+            + [(m, True) for m in SWAP_MODELS] + [("m-nostart", False)])
     return collections.Counter(await asyncio.gather(*(call_chat(http, url, m, s) for m, s in plan)))
 
 
@@ -258,10 +281,11 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
     backends = [{"name": n, "runtime": FAKES[n][0], "url": rt.url, "models": FAKES[n][1]["models"]}
                 for n, rt in fakes.items()]
     next(b for b in backends if b["name"] == "cfgmtp")["mtp"] = True
+    backends += managed_backends()
     # outlier ejection off: `broken` and `busy` keep answering 5xx rather than leave the pool;
     # health checks once a second: seven backends probed five times a second crowd the loop
     proxy = await proxy_factory(make_config(backends, models=MTP_TRAINED, outlier={"consecutive_failures": 1000},
-                                            health={"interval": 1.0, "timeout": 1.0}))
+                                            health={"interval": 1.0, "timeout": 1.0}, groups={"gpu": SWAP_GROUP}))
     instance = f"127.0.0.1:{proxy.port}"
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there: up == 0, MtproxyDown
 
@@ -273,7 +297,7 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
         for round_ in range(3):
             nospec = NOSPEC_STREAMS[round_]
             statuses = await send_traffic(http, proxy.url, nospec)
-            assert statuses == {200: 11 + nospec, 500: 6, 503: 1, 404: 1}, statuses
+            assert statuses == {200: 13 + nospec, 500: 6, 503: 2, 404: 1}, statuses
             await prom.scraped_after(instance, time.time() + 0.2)
         # twice: alerts read recorded series, and the two groups are evaluated on their own clocks
         await prom.rules_evaluated_after(time.time() + 0.2)
@@ -331,6 +355,30 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
                 failures.append(f"alert {a['labels']['alertname']}: annotations {a['annotations']}")
 
         assert not failures, "\n".join(failures) + "\n--- prometheus log ---\n" + prom.log_tail()
+
+
+async def test_prometheus_scrapes_the_runtimes_metrics(runtime_factory, proxy_factory, tmp_path):
+    """metrics.runtime_metrics: a real Prometheus takes the merged page (it asks for OpenMetrics
+    first) and stores each backend's series under its own labels."""
+    binary = require("prometheus")
+    a = await runtime_factory("a", routes={"/metrics": VLLM_A})
+    b = await runtime_factory("b", models=["m2"], routes={"/metrics": VLLM_B})
+    proxy = await proxy_factory(make_config(
+        [{"name": "va", "runtime": "vllm", "url": a.url, "models": ["m1"]},
+         {"name": "vb", "runtime": "sglang", "url": b.url, "models": ["m2"]}],
+        metrics={"runtime_metrics": True}))
+    instance = f"127.0.0.1:{proxy.port}"
+    config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+              "scrape_configs": [{"job_name": "mtproxy", "static_configs": [{"targets": [instance]}]}]}
+    async with Prometheus(binary, tmp_path, config) as prom:
+        await prom.scraped_after(instance, time.time())  # up == 1: the page parsed
+        result = (await prom.query('{__name__="vllm:generation_tokens_total"}'))["result"]
+        assert {(r["metric"]["backend"], r["metric"]["runtime"], r["value"][1]) for r in result} == {
+            ("va", "vllm", "1234"), ("vb", "sglang", "99")}, prom.log_tail()
+        cpu = (await prom.query('process_cpu_seconds_total{backend!=""}'))["result"]
+        assert {r["metric"]["backend"] for r in cpu} == {"va", "vb"}
+        info = (await prom.query('{__name__="vllm:cache_config_info", backend="va"}'))["result"]
+        assert info[0]["metric"]["exported_backend"] == "FLASH_ATTN"
 
 
 # --- Kubernetes ------------------------------------------------------------------------------------
@@ -490,8 +538,16 @@ def test_dockerfile():
     assert not dockerignore_admits("mtproxy/__pycache__/app.cpython-311.pyc")
 
 
-def test_install_prometheus_script_is_idempotent():
-    script = ROOT / "scripts" / "install-prometheus.sh"
+@pytest.mark.parametrize("target", ["prometheus", "redis"])
+def test_make_install_targets_are_idempotent(target):
+    """`make prometheus` and `make redis` run scripts/install-deb.sh, which does nothing where the
+    commands it installs are on PATH already."""
+    script = ROOT / "scripts" / "install-deb.sh"
     assert script.stat().st_mode & 0o111
-    if shutil.which("promtool") and shutil.which("prometheus"):
-        assert subprocess.run(["bash", str(script)], capture_output=True, timeout=30).returncode == 0
+    recipe = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+    assert recipe.returncode == 0, recipe.stderr
+    package, *commands = recipe.stdout.split("install-deb.sh", 1)[1].split()
+    assert package in ("prometheus", "redis-server") and commands
+    if all(shutil.which(c) for c in commands):
+        done = subprocess.run(["make", "-s", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout == "", done.stderr

@@ -178,7 +178,7 @@ async def test_a_managed_backend_that_cannot_load_quotes_the_launcher(tmp_path: 
         return False
 
     proc = ManagedProcess("smollm2", ["mtproxy-llama-server", "-m", str(tmp_path / "missing.gguf"), "--port", "0"],
-                          {"PATH": "/nonexistent"}, never_ready, ready_timeout=60, idle_stop=None)
+                          {"PATH": "/nonexistent"}, never_ready, ready_timeout=60)
     with pytest.raises(UpstreamUnreachable) as failed:
         await proc.ensure_running()
     await proc.close()

@@ -7,11 +7,9 @@ OpenAPI description; this file adds what is particular to them."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import random
-import threading
 
 import orjson
 import pytest
@@ -21,10 +19,9 @@ from hypothesis import strategies as st
 
 from mtproxy.app import create_app
 from mtproxy.openapi import MESSAGES, MESSAGES_COUNT
-from mtproxy.server import start
 
 from .conftest import make_config
-from .hostile import send, tolerant_runtime
+from .hostile import ServedOnLoop, send, tolerant_runtime
 from .test_hostile_input import FUZZ, WRONG, field_paths, from_schema, replaced
 
 NATIVE_STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"x","type":"message",'
@@ -57,15 +54,9 @@ async def tolerant_messages(request: web.Request) -> web.StreamResponse:
     return web.json_response(NATIVE_BODY)
 
 
-class Served:
+class Served(ServedOnLoop):
     """An upstream and a proxy on a loop of their own: model ``m1`` on a vLLM backend
     (translated; /tokenize counts), ``n1`` on a llama.cpp backend (relayed)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
 
     async def _start(self) -> int:
         async def ok(request: web.Request) -> web.Response:
@@ -77,23 +68,11 @@ class Served:
         up.router.add_post("/v1/messages/count_tokens", ok)
         up.router.add_post("/v1/messages", tolerant_messages)
         up.router.add_post("/{tail:.*}", tolerant_runtime)
-        self.up_runner = web.AppRunner(up)
-        await self.up_runner.setup()
-        await web.TCPSite(self.up_runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{self.up_runner.addresses[0][1]}"
+        url = await self.upstream(up)
         cfg = make_config([{"name": "up", "runtime": "vllm", "url": url, "models": ["m1"]},
                            {"name": "ll", "runtime": "llamacpp", "url": url, "models": ["n1"]}],
                           server={"max_body_bytes": 64 * 1024})
-        self.runner, port = await start(create_app(cfg), "127.0.0.1", 0, shutdown_grace=1)
-        return port
-
-    def stop(self) -> None:
-        async def cleanup() -> None:
-            await self.runner.cleanup()
-            await self.up_runner.cleanup()
-        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        return await self.proxy(create_app(cfg))
 
 
 @pytest.fixture(scope="module")

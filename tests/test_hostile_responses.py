@@ -7,10 +7,8 @@ OpenAI's error shape or a success: never a 5xx from the proxy, never a crash."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import threading
 from urllib.parse import quote
 
 import orjson
@@ -21,11 +19,10 @@ from hypothesis import strategies as st
 
 from mtproxy.app import create_app
 from mtproxy.openapi import RESPONSES
-from mtproxy.server import start
 from mtproxy.wire import MAX_DEPTH
 
 from .conftest import make_config
-from .hostile import send, tolerant_ollama, tolerant_runtime
+from .hostile import ServedOnLoop, send, tolerant_ollama, tolerant_runtime
 from .responses_fakes import DATA
 from .test_hostile_input import (
     FUZZ,
@@ -65,16 +62,13 @@ HOSTILE_BODIES: list[bytes] = [b"{}", b"[]", b"null", b'{"output": 5, "usage": "
                                b'{"type": "message", "role": 5, "content": "x"}, 7]}']
 
 
-class Served:
+class Served(ServedOnLoop):
     """One upstream for every path (chat runtime m1, llama-server-like n1 serving /v1/responses
     with hostile answers, Ollama o1) and the proxy in front, on a loop of their own."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
         self.native = 0
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        super().__init__()
 
     async def _native(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -111,26 +105,14 @@ class Served:
         up.router.add_post("/api/{kind}", tolerant_ollama)
         up.router.add_post("/v1/responses", self._native)
         up.router.add_post("/{tail:.*}", tolerant_runtime)
-        self.up_runner = web.AppRunner(up)
-        await self.up_runner.setup()
-        await web.TCPSite(self.up_runner, "127.0.0.1", 0).start()
-        url = f"http://127.0.0.1:{self.up_runner.addresses[0][1]}"
+        url = await self.upstream(up)
         cfg = make_config([{"name": "chat", "runtime": "vllm", "url": url, "models": ["m1"]},
                            {"name": "native", "runtime": "llamacpp", "url": url, "models": ["n1"]},
                            # the hostile runtime: its broken streams get it ejected, not n1's backend
                            {"name": "hostile", "runtime": "llamacpp", "url": url, "models": ["h1"]},
                            {"name": "oll", "runtime": "ollama", "url": url, "models": ["o1"]}],
                           server={"max_body_bytes": 64 * 1024}, responses={"max_items": 50})
-        self.runner, port = await start(create_app(cfg), "127.0.0.1", 0, shutdown_grace=1)
-        return port
-
-    def stop(self) -> None:
-        async def cleanup():
-            await self.runner.cleanup()
-            await self.up_runner.cleanup()
-        asyncio.run_coroutine_threadsafe(cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        return await self.proxy(create_app(cfg))
 
 
 @pytest.fixture(scope="module")

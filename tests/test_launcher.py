@@ -68,7 +68,7 @@ async def test_started_on_first_request_restarted_when_it_dies_stopped_on_exit(p
 
     os.kill(pid, signal.SIGKILL)  # the runtime crashes
     await until(lambda: backend.process.pid not in (None, pid) and backend.process.running)
-    assert backend.process.restarts == 1
+    assert backend.member.restarts == 1
     async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
         assert resp.status == 200
         assert (await resp.read()).endswith(b"data: [DONE]\n\n")
@@ -108,13 +108,13 @@ async def test_a_launch_that_fails_is_a_clear_error(proxy_factory, http):
            "launch": [sys.executable, "-c", "import sys; print('model file not found'); sys.exit(3)"]}
     proxy = await proxy_factory(make_config([cfg]))
     async with http.post(proxy.url + "/v1/chat/completions", json=CHAT) as resp:
-        assert resp.status == 502
+        assert resp.status == 503  # the start failed: the runtime's own words
         message = (await resp.json())["error"]["message"]
     assert "exited with status 3 while starting" in message and "model file not found" in message
     cfg2 = {**cfg, "name": "missing", "launch": ["/nonexistent/llama-server"]}
     proxy2 = await proxy_factory(make_config([cfg2]))
     async with http.post(proxy2.url + "/v1/chat/completions", json=CHAT) as resp:
-        assert resp.status == 502
+        assert resp.status == 503
         assert "cannot launch /nonexistent/llama-server" in (await resp.json())["error"]["message"]
 
 

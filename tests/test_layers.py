@@ -19,11 +19,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("mtproxy", "mtproxy.errors", "mtproxy.stream", "mtproxy.embedded", "mtproxy.watchdog"),
     ("mtproxy.wire", "mtproxy.upstream", "mtproxy.mtp", "mtproxy.openapi"),
     ("mtproxy.formats", "mtproxy.runtimes"),
-    ("mtproxy.config", "mtproxy.launcher", "mtproxy.limits", "mtproxy.metrics"),
+    ("mtproxy.config", "mtproxy.launcher", "mtproxy.limits", "mtproxy.metrics", "mtproxy.swap"),
     ("mtproxy.backends", "mtproxy.router", "mtproxy.status"),
     ("mtproxy.proxy", "mtproxy.verify", "mtproxy.middleware", "mtproxy.clients"),
     ("mtproxy.state",),
-    ("mtproxy.reload", "mtproxy.handlers", "mtproxy.front"),
+    ("mtproxy.reload", "mtproxy.handlers", "mtproxy.front", "mtproxy.ui"),
     ("mtproxy.app", "mtproxy.server", "mtproxy.cli", "mtproxy.__main__"),
 ]
 

@@ -11,11 +11,13 @@ import gguf
 import numpy as np
 import pytest
 
+from mtproxy.backends import EARLY_MTP_PROBE_SECONDS
 from mtproxy.mtp import detect
 from mtproxy.mtp.registry import REGISTRY, version_key
 from mtproxy.state import POOL
 
-from .conftest import make_config
+from .conftest import make_config, until
+from .promtext import scrape, value
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,20 +164,141 @@ async def test_states_from_runtime_evidence(runtime_factory, proxy_factory):
     assert pool.trained["glm-4.5-air"].source == "family"
 
 
-async def test_live_drafts_make_a_backend_active(runtime_factory, proxy_factory, http):
+CHAT = {"model": "glm-4.5-air", "messages": [{"role": "user", "content": "x"}]}
+DRAFTED = {"timings": {"predicted_n": 4, "draft_n": 6, "draft_n_accepted": 3}}
+
+
+async def _chat(http, proxy, stream: bool) -> str:
+    """One request through the proxy; its x-mtproxy-mtp header."""
+    async with http.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": stream}) as resp:
+        assert resp.status == 200, await resp.text()
+        await resp.read()
+        return resp.headers["x-mtproxy-mtp"]
+
+
+async def _requests_by_mtp(http, proxy) -> dict[str, float]:
+    async with http.get(proxy.url + "/metrics") as resp:
+        samples = scrape(await resp.text())
+    return {mtp: value(samples, "mtproxy_requests_total", model="glm-4.5-air", mtp=mtp) or 0.0 for mtp in ("on", "off")}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_live_drafts_make_a_backend_active(runtime_factory, proxy_factory, http, stream):
     # a llama-server whose /props does not say, but whose responses carry draft counts
-    rt = await runtime_factory("a", models=["glm-4.5-air"],
-                               extra={"timings": {"predicted_n": 4, "draft_n": 6, "draft_n_accepted": 3}})
+    rt = await runtime_factory("a", models=["glm-4.5-air"], extra=DRAFTED)
     proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url}]))
     assert states(proxy) == {"a": "capable"}
-    body = {"model": "glm-4.5-air", "messages": [{"role": "user", "content": "x"}]}
-    async with http.post(proxy.url + "/v1/chat/completions", json=body) as resp:
-        assert resp.headers["x-mtproxy-mtp"] == "off"  # decided before this response was seen
+    # the first request that drafts is labelled on: a non-streaming answer's header is settled
+    # after its drafts are seen, a stream's before them (its metrics at its end)
+    assert await _chat(http, proxy, stream) == ("off" if stream else "on")
+    assert await _requests_by_mtp(http, proxy) == {"on": 1, "off": 0}
     assert states(proxy) == {"a": "active"}
-    async with http.post(proxy.url + "/v1/chat/completions", json={**body, "stream": True}) as resp:
-        assert resp.headers["x-mtproxy-mtp"] == "on"
-        await resp.read()
+    assert await _chat(http, proxy, not stream) == "on"
+    assert await _requests_by_mtp(http, proxy) == {"on": 2, "off": 0}
 
+
+async def test_answers_without_drafts_stay_off(runtime_factory, proxy_factory, http):
+    # a llama-server with speculation on but of no known type, whose answers drafted nothing
+    rt = await runtime_factory("a", models=["glm-4.5-air"], extra={"timings": {"predicted_n": 4}},
+                               routes={"/slots": [{"id": 0, "speculative": True}]})
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url}]))
+    for stream in (False, True):
+        assert await _chat(http, proxy, stream) == "off"
+    assert await _requests_by_mtp(http, proxy) == {"on": 0, "off": 2}
+    assert states(proxy) == {"a": "capable"}
+
+
+def vllm_metrics(drafts: int) -> str:
+    """vLLM's /metrics with speculative decoding configured: its spec_decode counters."""
+    return (f'vllm:spec_decode_num_draft_tokens_total{{engine="0",model_name="glm-4.5-air"}} {drafts}.0\n'
+            f'vllm:spec_decode_num_accepted_tokens_total{{engine="0",model_name="glm-4.5-air"}} {drafts // 2}.0\n')
+
+
+async def test_vllm_counters_make_the_backend_active_soon_after_its_first_drafts(runtime_factory, proxy_factory, http):
+    """The counters read 0 until the first request has drafted: re-read soon after requests
+    finish, not after health.mtp_interval (an hour here)."""
+    rt = await runtime_factory("v", models=["glm-4.5-air"], version="0.11.0", routes={"/metrics": vllm_metrics(0)})
+    proxy = await proxy_factory(make_config([{"name": "v", "runtime": "vllm", "url": rt.url}],
+                                            health={"interval": 0.2, "timeout": 1, "mtp_interval": 3600}))
+    assert states(proxy) == {"v": "capable"}
+    assert "no drafts yet" in proxy.app[POOL].backends[0].mtp["glm-4.5-air"].why
+    assert rt.fetched["/metrics"] == 1  # the start-up probe
+    rt.b.routes["/metrics"] = vllm_metrics(24)  # the first request drafts (its answer does not say)
+    assert await _chat(http, proxy, False) == "off"
+    await until(lambda: states(proxy) == {"v": "active"})
+    assert "24 draft tokens" in proxy.app[POOL].backends[0].mtp["glm-4.5-air"].why
+    assert await _chat(http, proxy, True) == "on"
+    assert await _requests_by_mtp(http, proxy) == {"on": 1, "off": 1}
+
+
+async def test_early_mtp_probes_are_bounded(runtime_factory, proxy_factory, http):
+    """A backend whose counters stay at 0 is re-read at most once per EARLY_MTP_PROBE_SECONDS
+    while requests finish, not once per request."""
+    rt = await runtime_factory("v", models=["glm-4.5-air"], version="0.11.0", routes={"/metrics": vllm_metrics(0)})
+    proxy = await proxy_factory(make_config([{"name": "v", "runtime": "vllm", "url": rt.url}],
+                                            health={"interval": 0.2, "timeout": 1, "mtp_interval": 3600}))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = 40
+    for i in range(n):
+        await _chat(http, proxy, bool(i % 2))
+    backend = proxy.app[POOL].backends[0]
+    await until(lambda: backend.mtp_early is None, 2 * EARLY_MTP_PROBE_SECONDS + 10)  # the last one, if due
+    elapsed = loop.time() - start
+    early = rt.fetched["/metrics"] - 1  # less the start-up probe
+    # one at once, then one per interval at most (the last one at its end)
+    assert 1 <= early <= 2 + elapsed / EARLY_MTP_PROBE_SECONDS, (early, elapsed)
+    assert early < n / 4, (early, elapsed)
+    assert states(proxy) == {"v": "capable"}
+
+
+def slot(types: str | None) -> dict:
+    """A /slots entry of llama-server with speculation on: its params (with the types) once the
+    slot has run a task."""
+    entry: dict = {"id": 0, "n_ctx": 1024, "speculative": True, "is_processing": False}
+    if types is not None:
+        entry["params"] = {"speculative.types": types}
+    return entry
+
+
+async def test_llama_cpp_slots_say_draft_mtp_where_props_say_none(runtime_factory, proxy_factory, http):
+    # build b1-0c1e570 and the embedded build: /props says "none" whatever --spec-type says
+    rt = await runtime_factory("a", models=["glm-4.5-air"], extra=DRAFTED,
+                               routes={"/props": props("none"), "/slots": [slot("none,draft-mtp")]})
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url}]))
+    assert states(proxy) == {"a": "active"}  # from the start-up probe
+    assert await _chat(http, proxy, True) == "on"
+    assert await _requests_by_mtp(http, proxy) == {"on": 1, "off": 0}
+
+
+async def test_llama_cpp_slots_read_again_after_the_first_task(runtime_factory, proxy_factory, http):
+    # a freshly started llama-server: its slot shows the types only once it has run a task
+    rt = await runtime_factory("a", models=["glm-4.5-air"], extra=DRAFTED,
+                               routes={"/props": props("none"), "/slots": [slot(None)]})
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url}],
+                                            health={"interval": 0.2, "timeout": 1, "mtp_interval": 3600}))
+    backend = proxy.app[POOL].backends[0]
+    assert states(proxy) == {"a": "capable"}
+    rt.b.routes["/slots"] = [slot("none,draft-mtp")]
+    assert await _chat(http, proxy, True) == "off"  # streamed: the header went before the drafts
+    assert await _requests_by_mtp(http, proxy) == {"on": 1, "off": 0}
+    # and the runtime's own word follows, without waiting for health.mtp_interval
+    await until(lambda: backend.evidence["glm-4.5-air"].mtp is True)
+    assert "/slots speculative.types = none,draft-mtp" in backend.evidence["glm-4.5-air"].why
+
+
+
+async def test_llama_cpp_ngram_drafts_are_told_apart_by_slots(runtime_factory, proxy_factory, http):
+    # speculation of another kind drafts too; /slots, read again after the first task, says which
+    rt = await runtime_factory("a", models=["glm-4.5-air"], extra=DRAFTED,
+                               routes={"/props": props("none"), "/slots": [slot(None)]})
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "llamacpp", "url": rt.url}],
+                                            health={"interval": 0.2, "timeout": 1, "mtp_interval": 3600}))
+    rt.b.routes["/slots"] = [slot("none,ngram-simple")]
+    await _chat(http, proxy, False)
+    await until(lambda: states(proxy) == {"a": "capable"})
+    assert "ngram-simple: not MTP" in proxy.app[POOL].backends[0].mtp["glm-4.5-air"].why
+    assert await _chat(http, proxy, False) == "off"
 
 async def _route_counts(http, proxy, model: str, n: int = 6) -> dict[str, int]:
     counts: dict[str, int] = {}

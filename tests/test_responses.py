@@ -10,12 +10,13 @@ from typing import Any
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from mtproxy.config import ConfigError, load_config_text
 from mtproxy.front.response_store import MemoryStore
 
-from .conftest import make_config
+from .conftest import make_config, until
 from .promtext import scrape, value
 from .redis_server import RedisServer
 from .responses_fakes import DATA, Scripted, golden, sse_events
@@ -519,6 +520,12 @@ async def test_metrics_of_a_responses_stream_equal_the_openai_ones(runtime_facto
     chat = value(samples, "mtproxy_decode_tokens_per_second_sum", endpoint="chat")
     responses = value(samples, "mtproxy_decode_tokens_per_second_sum", endpoint="responses")
     assert 0.5 < responses / chat < 2.0
+    # OpenTelemetry GenAI: a Responses request is a "chat" operation, as a chat completion is
+    otel = {"gen_ai_request_model": "m1", "gen_ai_provider_name": "vllm"}
+    chat_tokens = value(samples, "mtproxy_completion_tokens_total", endpoint="chat")
+    assert value(samples, "gen_ai_client_token_usage_sum", gen_ai_token_type="output",
+                 gen_ai_operation_name="chat", **otel) == 2 * chat_tokens
+    assert not [k for k in samples if ("gen_ai_operation_name", "responses") in k[1]]
 
 
 async def test_native_stream_metrics_count_its_deltas_and_usage(serve):
@@ -622,3 +629,138 @@ async def test_a_long_run_of_reasoning_read_at_once_stays_reasoning(serve):
     assert [o.type for o in final.output] == ["reasoning", "message"]
     assert final.output[0].content[0].text == "".join(thinking)
     assert final.output_text == "".join(f" a{i}" for i in range(100))
+
+
+# --- reload: the `responses:` section ------------------------------------------------------------------
+
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+@pytest.fixture
+async def reloadable(tmp_path):
+    """Start a proxy from a config file for ``backend`` (a runtime's URL) with ``responses``;
+    ``write`` puts another `responses:` section (and backend) in the file; ``reload`` posts
+    /mtproxy/reload and answers (status, message)."""
+    from mtproxy.app import create_app
+    from mtproxy.config import load_config
+    from mtproxy.server import start
+
+    path = tmp_path / "config.yaml"
+    runners = []
+
+    def write(backend: str, responses: dict[str, Any], model: str = "m1") -> None:
+        path.write_text(orjson.dumps({
+            "server": {"admin_keys": ["admin-key"]}, "health": {"interval": 0.2, "timeout": 1},
+            "backends": [{"name": "b", "runtime": "vllm", "url": backend, "models": [model]}],
+            "responses": responses}).decode())
+
+    async def begin(backend: str, responses: dict[str, Any]):
+        write(backend, responses)
+        app = create_app(load_config(path), config_path=str(path))
+        runner, port = await start(app, "127.0.0.1", 0, shutdown_grace=2)
+        runners.append(runner)
+        return Reloadable(app, port)
+
+    async def reload(proxy) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as http, \
+                http.post(proxy.url + "/mtproxy/reload", headers=ADMIN) as resp:
+            body = await resp.json()
+            return resp.status, body.get("message") or body["error"]["message"]
+
+    yield begin, write, reload
+    for runner in runners:
+        await runner.cleanup()
+
+
+class Reloadable:
+    def __init__(self, app, port: int) -> None:
+        self.app = app
+        self.url = f"http://127.0.0.1:{port}"
+
+
+async def test_a_reload_applies_new_memory_store_limits_and_keeps_what_it_holds(scripted, reloadable):
+    begin, write, reload = reloadable
+    rt = await scripted()
+    proxy = await begin(rt.url, {"max_items": 5})
+    async with client(proxy) as c:
+        made = [await c.responses.create(model="m1", input=str(i)) for i in range(3)]
+
+        assert await reload(proxy) == (200, "config reloaded: 1 backends")  # unchanged: all still there
+        assert [(await c.responses.retrieve(m.id)).id for m in made] == [m.id for m in made]
+
+        write(rt.url, {"max_items": 2})
+        assert (await reload(proxy))[0] == 200
+        with pytest.raises(openai.NotFoundError):  # the new limit: the oldest went
+            await c.responses.retrieve(made[0].id)
+        assert [(await c.responses.retrieve(m.id)).id for m in made[1:]] == [m.id for m in made[1:]]
+        more = await c.responses.create(model="m1", input="3")
+        with pytest.raises(openai.NotFoundError):
+            await c.responses.retrieve(made[1].id)
+        assert (await c.responses.retrieve(more.id)).id == more.id
+
+
+async def test_a_reload_to_redis_stores_new_responses_there(scripted, reloadable, redis_server):
+    import redis.asyncio as redis_asyncio
+
+    begin, write, reload = reloadable
+    rt = await scripted()
+    proxy = await begin(rt.url, {})
+    r = redis_asyncio.from_url(redis_server.url)
+    try:
+        async with client(proxy) as c:
+            before = await c.responses.create(model="m1", input="one")
+            write(rt.url, {"store": redis_server.url, "max_age_seconds": 60})
+            status, message = await reload(proxy)
+            assert status == 200 and "a new response store" in message
+            after = await c.responses.create(model="m1", input="two")
+            assert await r.exists(f"mtproxy:responses:r:{after.id}")
+            assert 0 < await r.pttl(f"mtproxy:responses:r:{after.id}") <= 60_000  # the new max_age
+            assert (await c.responses.retrieve(after.id)).output_text == "Hello!"
+            with pytest.raises(openai.NotFoundError):  # the memory store's responses stay behind
+                await c.responses.retrieve(before.id)
+    finally:
+        await r.aclose()
+
+
+async def test_a_request_in_flight_finishes_with_the_store_it_began_with(runtime_factory, reloadable,
+                                                                          redis_server, http):
+    import asyncio
+
+    from mtproxy.front.responses import STORE
+
+    begin, write, reload = reloadable
+    gate = asyncio.Event()
+    rt = await runtime_factory("a", models=["m1"], gate=gate)
+    proxy = await begin(rt.url, {})
+    old = proxy.app[STORE].store
+    async with client(proxy) as c:
+        made = await c.responses.create(model="m1", input="one")  # not streamed: not held by the gate
+    stream = await http.post(proxy.url + "/v1/responses", json={"model": "m1", "input": "hi", "stream": True})
+    await stream.content.readuntil(b"\n\n")  # in flight, holding the memory store
+    write(rt.url, {"store": redis_server.url})
+    assert (await reload(proxy))[0] == 200
+    assert proxy.app[STORE].store is not old
+    assert len(old) == 1 and await old.get(made.id)  # not closed while a request holds it
+    gate.set()
+    events = sse_events(await stream.read())
+    assert events[-1][0] == "response.completed"
+    await until(lambda: len(old) == 0)  # closed when that request ended
+
+
+async def test_a_reload_whose_redis_does_not_answer_keeps_the_old_config(scripted, reloadable, redis_server):
+    begin, write, reload = reloadable
+    rt = await scripted()
+    other = await scripted(models=("m2",))
+    proxy = await begin(rt.url, {})
+    dead = redis_server.url
+    redis_server.stop()
+    async with client(proxy) as c:
+        made = await c.responses.create(model="m1", input="one")
+        write(other.url, {"store": dead}, model="m2")  # a new backend too: it must not apply
+        status, message = await reload(proxy)
+        assert status == 400
+        assert "the old one stays" in message and "responses.store: the Redis server did not answer" in message
+        assert (await c.responses.retrieve(made.id)).id == made.id  # the memory store stays
+        assert (await c.responses.create(model="m1", input="two", previous_response_id=made.id)).output_text
+        with pytest.raises(openai.NotFoundError):
+            await c.responses.create(model="m2", input="x")

@@ -3,6 +3,10 @@ it prepares requests."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -179,6 +183,19 @@ def test_trtllm_unknown_fields_are_stripped():
     body = orjson.loads(adapter.prepare(req).body)
     assert body == {"model": "m", "messages": [], "stream": True, "max_completion_tokens": 5,
                     "stream_options": {"include_usage": True}}
+
+
+def test_trtllm_fields_are_read_once_on_first_use_not_at_import():
+    """A fresh interpreter: importing reads nothing; every adapter shares the one read, and none
+    sets class state."""
+    code = ("import mtproxy.runtimes as r, mtproxy.runtimes.trtllm as t\n"
+            "assert t.accepted_fields.cache_info().currsize == 0\n"
+            "a, b = r.runtime_for('trtllm'), r.runtime_for('trtllm')\n"
+            "assert a.accepted_fields is b.accepted_fields and t.accepted_fields.cache_info().misses == 1\n"
+            "assert 'accepted_fields' not in vars(t.TensorRTLLM)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_llama_cpp_python_validation_500_becomes_400():

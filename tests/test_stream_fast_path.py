@@ -167,7 +167,7 @@ def test_a_run_is_cut_into_its_texts_for_a_format_that_rewrites_them():
     req = from_payload({"model": "m", "stream": True}, CHAT)
     for data in (run, role + run, role + run + tail):
         batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(data)
-        assert batch is not None and batch.run is not None and batch.content == 500
+        assert batch is not None and batch.run is not None and batch.content == 500 and not batch.hidden
         # the run is the batch, or one event of it beside the others
         assert batch.run.data is data if data is run else b"".join(e for e, _ in batch.events) == data
         assert [orjson.loads(b'"' + t + b'"') for t in batch.run.texts] == texts
@@ -175,7 +175,8 @@ def test_a_run_is_cut_into_its_texts_for_a_format_that_rewrites_them():
         assert runtime_for("vllm").stream_decoder(req, Report()).feed(data).run is None
     thinking = b"".join(b"data: " + orjson.dumps(chunk(1, {"reasoning_content": t})) + b"\n\n" for t in texts)
     batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(thinking)
-    assert batch.run is None and batch.content == 500  # reasoning is no message text
+    assert batch.run is None and batch.content == 500 and batch.hidden  # reasoning is no message text
+    assert batch.events is None  # but a run all the same (Template.run): one block
     quoted = run + b"data: " + orjson.dumps(chunk(1, {"content": 'say "hi"'})) + b"\n\n" + run
     batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(quoted)
     assert batch.run is None and batch.events is None and batch.content == 1001

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bench.common import LoopLag
@@ -399,5 +399,5 @@ def _s(seconds: float) -> str:
     return "–" if math.isnan(seconds) else f"{seconds:.2f}"
 
 
-def _counts(counts: dict[str, float] | Counter[str]) -> str:
+def _counts(counts: Mapping[str, float]) -> str:
     return "; ".join(f"{k}: {v:g}" for k, v in sorted(counts.items()))

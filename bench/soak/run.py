@@ -1,7 +1,7 @@
 """The soak: mtproxy under mixed traffic, random faults and disconnects for minutes on end, then
 checked for leaks (issue 9). Not part of CI.
 
-    python -m bench.soak [--minutes 10] [--concurrency 32] [--seed N] [--out PATH]
+    python -m bench.soak [--scenario faults|swap] [--minutes 10] [--concurrency 32] [--seed N] [--out PATH]
 
 Starts bench/soak/faulty_runtime.py (three ports: three backends that fail on purpose) and
 ``python -m mtproxy serve`` in front of them with short timeouts, retries, outlier ejection and a
@@ -17,7 +17,11 @@ total cap with a small queue. Then:
 5. the fake's records against the clients': how soon each client disconnect closed its upstream
    request, how soon each stall was cut.
 
-Writes bench/results/<date>-<host>-soak.md (``-soak-<N>min`` for other lengths) and prints it.
+``--scenario swap`` (bench/soak/swap.py) is another soak: four managed backends swapped in a group of
+one, no faults, the same leak checks plus the swap's own.
+
+Writes bench/results/<date>-<host>-soak.md (``-soak-<N>min`` for other lengths, ``-soak-swap…``
+for the swap scenario) and prints it.
 Exit status: 0 pass, 1 a crash or leak check failed, 2 the soak itself was not valid.
 All traffic stays on 127.0.0.1.
 """
@@ -49,6 +53,9 @@ from bench.machine import OtherLoad, describe, git_commit
 from bench.soak.analysis import Upstream, analyse_closes, analyse_stalls, stale_connections
 from bench.soak.faulty_runtime import FaultRates
 from bench.soak.report import End, FakeView, Soak, Start
+from bench.soak.swap import MIX as SWAP_MIX
+from bench.soak.swap import MODELS as SWAP_MODELS
+from bench.soak.swap import SwapRunner, SwapSettings, member_ports
 from bench.soak.traffic import Mix, Tally, Traffic, complete, draw
 from bench.soak.watch import HealthProbe, Sample, SchedWatch, Sockets, least_tasks, sample, scrape, sockets
 
@@ -291,6 +298,9 @@ def header(started: datetime, args: argparse.Namespace, wall: float, foreign: fl
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    p.add_argument("--scenario", choices=("faults", "swap"), default="faults",
+                   help="faults: three faulty backends (default); swap: four managed backends swapped in a "
+                   "group of one (bench/soak/swap.py)")
     p.add_argument("--minutes", type=float, default=10.0, help="minutes of traffic (default 10)")
     p.add_argument("--concurrency", type=int, default=32, help="clients at once (default 32)")
     p.add_argument("--seed", type=int, default=1)
@@ -298,9 +308,77 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def swap_header(started: datetime, args: argparse.Namespace, settings: SwapSettings) -> list[str]:
+    mix = SWAP_MIX
+    return [
+        f"# mtproxy soak, swap scenario, {started:%Y-%m-%d %H:%M} on {socket.gethostname()}",
+        "",
+        f"- {args.minutes:g} minute{'' if args.minutes == 1 else 's'} of traffic, {args.concurrency} clients, "
+        f"seed {args.seed}",
+        f"- mtproxy commit: {git_commit()}; {len(SWAP_MODELS)} managed backends (bench/fake_runtime.py launched by "
+        f"mtproxy, one model each, runtime adapter `vllm`) in one group, max_running {settings.max_running}, "
+        f"min_run {settings.min_run:g} s, queue_timeout {settings.queue_timeout:g} s, idle_stop "
+        f"{settings.idle_stop:g} s",
+        *describe("prometheus_client"),
+        f"- traffic: each request for one of the {len(SWAP_MODELS)} models at random; {mix.stream_share:.0%} streams, "
+        f"{mix.chat_share:.0%} chat (else text completions), {mix.tokens[0]}-{mix.tokens[1]} tokens at "
+        f"{mix.rate[0]:g}-{mix.rate[1]:g} tokens/s; {mix.disconnect_share:.0%} of requests disconnect on purpose "
+        "(before routing, waiting for the first token, which is mostly waiting for a swap, or mid-stream); "
+        "no fault injected",
+    ]
+
+
+def main_swap(args: argparse.Namespace, started: datetime, workdir: Path) -> int:
+    t_start = time.monotonic()
+    other = OtherLoad()
+    settings = SwapSettings()
+    ports = member_ports()
+    config_text = settings.config(ports)
+    proxy: procs.Service | None = None
+    try:
+        proxy = procs.start_mtproxy_with("mtproxy-soak", config_text, workdir)
+        runner = SwapRunner(proxy, settings, config_text, ports, seconds=args.minutes * 60,
+                            concurrency=args.concurrency, seed=args.seed)
+        result = run_loop(runner.soak([]))
+    except Exception:
+        if proxy is not None and proxy.proc.poll() is not None:
+            log(f"mtproxy exited with {proxy.proc.returncode} during the soak; see {proxy.log}")
+            return 1
+        traceback.print_exc()
+        log("the soak itself failed: this says nothing about mtproxy")
+        return 2
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    result.end.log_problems = log_problems(proxy.log)
+    if proxy.proc.returncode not in (0, None):
+        result.end.log_problems.append(f"mtproxy exited with {proxy.proc.returncode} on SIGTERM")
+    wall = time.monotonic() - t_start
+    result.header = swap_header(started, args, settings) + [
+        f"- wall time {wall:.0f} s; other load on the machine during the run: {other.cores():.2f} cores on average",
+        f"- logs and configs of the run: {workdir}"]
+    return write_report(result.markdown(), result.exit_status(), args, started, "soak-swap", wall)
+
+
+def write_report(report: str, status: int, args: argparse.Namespace, started: datetime, kind: str,
+                 wall: float) -> int:
+    minutes = f"{args.minutes:g}"
+    out = args.out or RESULTS / (f"{started:%Y-%m-%d}-{socket.gethostname()}-{kind}"
+                                 + ("" if args.minutes == 10 else f"-{minutes}min") + ".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(report)
+    log(f"written to {out} ({wall:.0f} s); exit status {status}")
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now()
+    if args.scenario == "swap":
+        workdir = Path(tempfile.mkdtemp(prefix="mtproxy-soak-swap-"))
+        log(f"work directory (configs, logs): {workdir}")
+        return main_swap(args, started, workdir)
     t_start = time.monotonic()
     other = OtherLoad()
     workdir = Path(tempfile.mkdtemp(prefix="mtproxy-soak-"))
@@ -335,16 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - t_start
     foreign = other.cores()  # the children's CPU counts once they are waited for (stopped above)
     result.header = header(started, args, wall, foreign, workdir)
-    report = result.markdown()
-    minutes = f"{args.minutes:g}"
-    out = args.out or RESULTS / (f"{started:%Y-%m-%d}-{socket.gethostname()}-soak"
-                                 + ("" if args.minutes == 10 else f"-{minutes}min") + ".md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
-    status = result.exit_status()
-    log(f"written to {out} ({wall:.0f} s); exit status {status}")
-    return status
+    return write_report(result.markdown(), result.exit_status(), args, started, "soak", wall)
 
 
 if __name__ == "__main__":

@@ -264,15 +264,18 @@ def _left(tally: Tally, plan: Plan, phase: str, t_close: float) -> Outcome:
 # --- the workers -----------------------------------------------------------------------------------
 
 class Traffic:
-    """``concurrency`` workers, each sending one request after another until stopped."""
+    """``concurrency`` workers, each sending one request after another until stopped; each request
+    for ``model``, or for one of ``models`` drawn at random when given (the swap scenario)."""
 
-    def __init__(self, base_url: str, mix: Mix, seed: int, model: str, prefix: str = "soak") -> None:
+    def __init__(self, base_url: str, mix: Mix, seed: int, model: str, prefix: str = "soak",
+                 models: tuple[str, ...] = ()) -> None:
         self.base_url = base_url
         host, port = base_url.removeprefix("http://").rsplit(":", 1)
         self.host, self.port = host, int(port)
         self.mix = mix
         self.rng = random.Random(seed)
         self.model = model
+        self.models = models
         self.prefix = prefix
         self.tally = Tally()
         self._n = 0
@@ -301,7 +304,8 @@ class Traffic:
     async def _worker(self, session: aiohttp.ClientSession) -> None:
         while not self._stop.is_set():
             self._n += 1
-            plan = draw(self.rng, self.mix, f"{self.prefix}-{self._n}", self.model)
+            model = self.rng.choice(self.models) if self.models else self.model
+            plan = draw(self.rng, self.mix, f"{self.prefix}-{self._n}", model)
             try:
                 if plan.phase is None:
                     outcome = await complete(session, self.base_url, plan)

@@ -111,6 +111,14 @@ class ProxyMetrics:
     backend_up: dict[str, float] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)  # mtproxy_requests_total by status
     retries: float = 0.0
+    # the backends mtproxy starts and stops (swap.py): the swap scenario reads these
+    swaps: dict[str, float] = field(default_factory=dict)  # mtproxy_group_swaps_total by group
+    starts: Counter[str] = field(default_factory=Counter)  # mtproxy_backend_starts_total by reason
+    stops: Counter[str] = field(default_factory=Counter)  # mtproxy_backend_stops_total by reason
+    state: dict[str, str] = field(default_factory=dict)  # mtproxy_backend_state: backend -> its state
+    queue_depth: dict[str, float] = field(default_factory=dict)  # mtproxy_backend_queue_depth
+    start_seconds: tuple[float, float] = (0.0, 0.0)  # mtproxy_backend_start_duration_seconds: (sum, count)
+    queue_wait: Counter[float] = field(default_factory=Counter)  # its cumulative buckets, all backends
 
     @classmethod
     def parse(cls, text: str) -> ProxyMetrics:
@@ -131,11 +139,34 @@ class ProxyMetrics:
                     out.requests[s.labels["status"]] += int(s.value)
                 elif s.name == "mtproxy_upstream_retries_total":
                     out.retries += s.value
+                else:
+                    out._swap_sample(s.name, s.labels, s.value)
         return out
+
+    def _swap_sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        if name == "mtproxy_group_swaps_total":
+            self.swaps[labels["group"]] = value
+        elif name == "mtproxy_backend_starts_total":
+            self.starts[labels["reason"]] += int(value)
+        elif name == "mtproxy_backend_stops_total":
+            self.stops[labels["reason"]] += int(value)
+        elif name == "mtproxy_backend_state" and value == 1:
+            self.state[labels["backend"]] = labels["state"]
+        elif name == "mtproxy_backend_queue_depth":
+            self.queue_depth[labels["backend"]] = value
+        elif name == "mtproxy_backend_start_duration_seconds_sum":
+            self.start_seconds = (self.start_seconds[0] + value, self.start_seconds[1])
+        elif name == "mtproxy_backend_start_duration_seconds_count":
+            self.start_seconds = (self.start_seconds[0], self.start_seconds[1] + value)
+        elif name == "mtproxy_backend_queue_wait_seconds_bucket":
+            self.queue_wait[float(labels["le"])] += value
 
 
 _SERIES = ("mtproxy_event_loop_tasks ", "mtproxy_requests_in_flight{", "mtproxy_backend_up{",
-           "mtproxy_requests_total{", "mtproxy_upstream_retries_total{")
+           "mtproxy_requests_total{", "mtproxy_upstream_retries_total{", "mtproxy_group_swaps_total{",
+           "mtproxy_backend_starts_total{", "mtproxy_backend_stops_total{", "mtproxy_backend_state{",
+           "mtproxy_backend_queue_depth{", "mtproxy_backend_start_duration_seconds_",
+           "mtproxy_backend_queue_wait_seconds_bucket{")
 
 
 async def get_metrics(base_url: str) -> str:

@@ -5,16 +5,19 @@ bounded by count and age, oldest first out; a restart loses every response) and
 :class:`RedisStore` (Redis or Valkey through the official ``redis`` client's asyncio API, shared
 by every replica behind one Service; keys expire after ``max_age_seconds``, the count is kept
 under ``max_items`` by an index of ids by time). A record is opaque bytes to both.
+:class:`StoreSlot` holds the app's store, which a reload replaces when the ``responses:``
+section changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from ..config import ResponsesConfig
+from ..config import ConfigError, ResponsesConfig
 from ..errors import ProxyError
 
 MAX_ID = 256  # longer ids are not looked up: no store key grows with what a client sends
@@ -133,6 +136,14 @@ class RedisStore:
             raise self._unavailable(exc) from None
         return bool(deleted)
 
+    async def check(self) -> None:
+        """Ask the server for a PONG; ConfigError naming why it did not answer."""
+        try:
+            await self.client.ping()
+        except self._errors as exc:  # redis-py's messages name the host, never the password
+            raise ConfigError(f"responses.store: the Redis server did not answer: {type(exc).__name__}: {exc}") \
+                from None
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -141,3 +152,67 @@ def open_store(config: ResponsesConfig) -> ResponseStore:
     if config.store == "memory":
         return MemoryStore(config.max_items, config.max_age_seconds)
     return RedisStore(config.store, config.max_items, config.max_age_seconds)
+
+
+async def open_checked(config: ResponsesConfig) -> ResponseStore:
+    """A store for a reloaded config, checked before it takes over: a missing ``redis`` package
+    or a Redis that does not answer is a ConfigError (the reload is rejected, the old store stays).
+    At start-up the store is opened unchecked: lookups answer 503 until Redis is there."""
+    try:
+        store = open_store(config)
+    except RuntimeError as exc:
+        raise ConfigError(f"responses.store: {exc}") from None
+    if isinstance(store, RedisStore):
+        try:
+            await store.check()
+        except ConfigError:
+            await store.close()
+            raise
+    return store
+
+
+class StoreSlot:
+    """The app's response store and the ``responses:`` config it was opened for. A reload that
+    changes the section puts a new store in (:meth:`reopen`, then :meth:`replace`); new requests
+    get the new one, a request holds the store it began with (:meth:`use`) until it ends, and a
+    replaced store is closed when the last request holding it ends. The memory store stays when
+    only its limits change: it takes them, and keeps what it holds."""
+
+    def __init__(self, config: ResponsesConfig, store: ResponseStore) -> None:
+        self.config = config
+        self.store = store
+        self._users: dict[int, int] = {}  # id(store) -> requests holding it
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[ResponseStore]:
+        store, key = self.store, id(self.store)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield store
+        finally:
+            left = self._users.pop(key) - 1
+            if left:
+                self._users[key] = left
+            elif store is not self.store:  # replaced while in use: its last request closes it
+                await store.close()
+
+    async def reopen(self, config: ResponsesConfig) -> ResponseStore | None:
+        """The store a reloaded ``responses:`` section needs, opened and checked (ConfigError
+        when it cannot be); None when this one stays (the section unchanged, or memory still)."""
+        if config == self.config or config.store == self.config.store == "memory":
+            return None
+        return await open_checked(config)
+
+    async def replace(self, config: ResponsesConfig, store: ResponseStore | None) -> None:
+        """Take a reloaded ``responses:`` section with the store :meth:`reopen` gave for it."""
+        old, self.config = self.store, config
+        if store is None:
+            if isinstance(old, MemoryStore):
+                old.max_items, old.max_age = config.max_items, config.max_age_seconds
+            return
+        self.store = store
+        if id(old) not in self._users:
+            await old.close()
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -31,12 +31,12 @@ from ..stream.events import DONE, PLAIN, Batch, Report, Run
 from ..stream.tap import parse_event
 from ..wire import CHAT, RESPONSES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import responses_wire as rw
-from .response_store import MAX_ID, ResponseStore, open_store
+from .response_store import MAX_ID, ResponseStore, StoreSlot, open_store
 
 log = logging.getLogger("mtproxy.responses")
 
 JSON = "application/json"
-STORE = web.AppKey("responses_store", object)
+STORE = web.AppKey("responses_store", StoreSlot)
 _UNPARSED: Any = object()
 
 
@@ -747,30 +747,36 @@ class ResponsesFormat:
 
 # --- routes ----------------------------------------------------------------------------------------------
 
-async def _record(request: web.Request, rid: str) -> dict[str, Any] | None:
+async def _record(store: ResponseStore, rid: str) -> dict[str, Any] | None:
     if not rid or len(rid) > MAX_ID:
         return None
-    data = await request.app[STORE].get(rid)  # type: ignore[attr-defined]
+    data = await store.get(rid)
     return None if data is None else orjson.loads(data)
 
 
+async def _lookup(request: web.Request, rid: str) -> dict[str, Any] | None:
+    async with request.app[STORE].use() as store:
+        return await _record(store, rid)
+
+
 async def create(request: web.Request) -> web.StreamResponse:
-    store: ResponseStore = request.app[STORE]  # type: ignore[assignment]
     raw = await request.read()
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         parsed = _UNPARSED  # parse() answers it, counted like any bad request
-    prior = None
-    previous = parsed.get("previous_response_id") if isinstance(parsed, dict) else None
-    if isinstance(previous, str):
-        prior = await _record(request, previous)
-    return await request.app[PROXY].serve(request, RESPONSES, ResponsesFormat(store, parsed, prior))
+    # the request keeps the store it began with to its end, whatever a reload puts in meanwhile
+    async with request.app[STORE].use() as store:
+        prior = None
+        previous = parsed.get("previous_response_id") if isinstance(parsed, dict) else None
+        if isinstance(previous, str):
+            prior = await _record(store, previous)
+        return await request.app[PROXY].serve(request, RESPONSES, ResponsesFormat(store, parsed, prior))
 
 
 async def retrieve(request: web.Request) -> web.Response:
     rid = request.match_info["id"]
-    record = await _record(request, rid)
+    record = await _lookup(request, rid)
     if record is None:
         raise not_found(rid)
     return web.json_response(record["response"], dumps=lambda o: orjson.dumps(o).decode())
@@ -778,8 +784,11 @@ async def retrieve(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     rid = request.match_info["id"]
-    store: ResponseStore = request.app[STORE]  # type: ignore[assignment]
-    if not rid or len(rid) > MAX_ID or not await store.delete(rid):
+    if not rid or len(rid) > MAX_ID:
+        raise not_found(rid)
+    async with request.app[STORE].use() as store:
+        deleted = await store.delete(rid)
+    if not deleted:
         raise not_found(rid)
     return web.json_response({"id": rid, "object": "response", "deleted": True})
 
@@ -796,7 +805,7 @@ async def input_items(request: web.Request) -> web.Response:
         limit = 0
     if not 1 <= limit <= 100:
         raise InvalidRequest("`limit` must be an integer from 1 to 100.", param="limit")
-    record = await _record(request, rid)
+    record = await _lookup(request, rid)
     if record is None:
         raise not_found(rid)
     items = list(record.get("input") or ())
@@ -813,13 +822,14 @@ async def input_items(request: web.Request) -> web.Response:
 
 
 async def store_context(app: web.Application) -> AsyncIterator[None]:
-    """The response store, opened with the app and closed with it (cleanup_ctx)."""
-    store = open_store(app[POOL].config.responses)
-    app[STORE] = store
+    """The response store, opened with the app and closed with it (cleanup_ctx); a reload may
+    replace it (reload.py)."""
+    config = app[POOL].config.responses
+    slot = app[STORE] = StoreSlot(config, open_store(config))
     try:
         yield
     finally:
-        await store.close()
+        await slot.close()
 
 
 def add_routes(app: web.Application) -> None:

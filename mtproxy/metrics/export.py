@@ -8,6 +8,9 @@ cached per-series prefixes, appended to what prometheus_client renders of its re
 backend state, retries), and gzip, when the scraper accepts it, is done in the same thread. The
 collectors read plain Python values; what belongs to the event loop (the token window, its tasks)
 is snapshot on the loop first.
+
+With ``metrics.runtime_metrics`` the backends' own metrics (metrics/scrape.py) are read on the
+loop first, within their timeout, and rendered after the request families.
 """
 
 from __future__ import annotations
@@ -22,35 +25,42 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from .instruments import Metrics
 from .lean import LeanRegistry
+from .scrape import Page, RuntimeMetrics, render_own
 
 OPENMETRICS_EOF = b"# EOF\n"
 
 
-def render(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool) -> bytes:
-    """prometheus_client's ``registry`` then the ``lean`` families, in the text format (or
-    OpenMetrics, one ``# EOF`` at the end)."""
-    rest = (generate_openmetrics if openmetrics else generate_latest)(registry)
-    parts = [rest.removesuffix(OPENMETRICS_EOF) if openmetrics else rest, lean.text(openmetrics).encode()]
+def render(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool, runtimes: Page | None = None) -> bytes:
+    """prometheus_client's ``registry``, the ``lean`` families, then the backends' own families
+    (``runtimes``), in the text format (or OpenMetrics, one ``# EOF`` at the end)."""
+    if runtimes is None:
+        rest = (generate_openmetrics if openmetrics else generate_latest)(registry)
+        parts = [rest.removesuffix(OPENMETRICS_EOF) if openmetrics else rest, lean.text(openmetrics).encode()]
+    else:
+        own, theirs = render_own(registry, runtimes, openmetrics)
+        parts = [own, lean.text(openmetrics).encode(), theirs]
     if openmetrics:
         parts.append(OPENMETRICS_EOF)
     return b"".join(parts)
 
 
-def _page(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool, compress: bool) -> bytes:
-    body = render(registry, lean, openmetrics)
+def _page(registry: CollectorRegistry, lean: LeanRegistry, openmetrics: bool, compress: bool,
+          runtimes: Page | None) -> bytes:
+    body = render(registry, lean, openmetrics, runtimes)
     return gzip.compress(body, compresslevel=6, mtime=0) if compress else body
 
 
-def metrics_handler(metrics: Metrics):
+def metrics_handler(metrics: Metrics, runtimes: RuntimeMetrics):
     registry, state, lean = metrics.registry, metrics.state, metrics.lean
 
     async def handle(request: web.Request) -> web.Response:
         _, content_type = choose_encoder(request.headers.get("Accept", ""))
         openmetrics = content_type.startswith("application/openmetrics-text")
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        page = await runtimes.page()  # None unless metrics.runtime_metrics
         state.snapshot()
         body = await asyncio.get_running_loop().run_in_executor(
-            None, _page, registry, lean, openmetrics, compress)
+            None, _page, registry, lean, openmetrics, compress, page)
         headers = {"Content-Type": content_type, "Vary": "Accept-Encoding"}
         if compress:
             headers["Content-Encoding"] = "gzip"

@@ -15,9 +15,11 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as ClientCounter
+from prometheus_client import Histogram as ClientHistogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..stream.events import Report
 from .lean import Bins, Histogram, LeanRegistry, Total, Twin
 from .meter import ANSWERED, Labels, Measurement, RequestMeter
 from .window import TokenWindow
@@ -34,14 +36,22 @@ TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4
 OTEL_TPOT = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)  # OTel advised
 TOKENS_PER_SECOND = (0.5, 1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 2000, 5000)
 TOKENS_PER_CHUNK = (1.0, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 16.0)
+RATIO = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)  # 0..1, e.g. drafts accepted
 OVERHEAD = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+START = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)  # a runtime's start or load
+SWAP_STATES = ("stopped", "starting", "ready", "draining", "stopping")  # swap.STATES
 TOKEN_USAGE = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216,
                67108864)  # OTel advised
 
 LABELS = ("backend", "runtime", "model", "mtp", "endpoint", "stream")
+# accepted drafts by draft position: 0 … POSITIONS-1, the rest summed under f"{POSITIONS}+"
+POSITIONS = 8
+POSITION_LABELS = (*(str(i) for i in range(POSITIONS)), f"{POSITIONS}+")
 CUT_REASONS = ("header_timeout", "body_timeout", "too_many")  # client connections cut (clients.py)
 OTEL_LABELS = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
-OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+# Anthropic Messages and OpenAI Responses are chat operations in the GenAI conventions.
+OTEL_OPERATION = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings",
+                  "messages": "chat", "responses": "chat"}
 
 
 def otel_labels(*extra: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
@@ -81,6 +91,9 @@ class Metrics:
         self.ttft = hist("mtproxy_time_to_first_token_seconds",
                          "Request received to first content chunk relayed (streams).", TTFT,
                          twin=Twin(otel_ttft, otel_labels()))
+        self.visible_ttft = hist("mtproxy_time_to_first_visible_token_seconds",
+                                 "Request received to the first chunk of the answer relayed, reasoning "
+                                 "(thinking) content left out (streams).", TTFT)
         self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
                         INTER_TOKEN)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
@@ -107,6 +120,22 @@ class Metrics:
                                          "Speculative tokens drafted, as the runtime reports them.", LABELS)
         self.accepted_tokens = lean.counter("mtproxy_spec_decode_accepted_tokens",
                                             "Drafted tokens accepted, as the runtime reports them.", LABELS)
+        self.reasoning_tokens = lean.counter("mtproxy_reasoning_tokens",
+                                             "Of the output tokens, reasoning (thinking) ones, as the runtime "
+                                             "reports them.", LABELS)
+        self.acceptance_rate = hist("mtproxy_spec_decode_acceptance_rate",
+                                    "Drafted tokens accepted / drafted, per request, as the runtime reports them.",
+                                    RATIO)
+        self.acceptance_length = hist("mtproxy_spec_decode_acceptance_length",
+                                      "Mean tokens per verification step (1 + accepted / steps), per request, "
+                                      "as the runtime reports it.", TOKENS_PER_CHUNK)
+        self.draft_rounds = lean.counter("mtproxy_spec_decode_draft_rounds",
+                                         "Verification steps that checked drafted tokens, as the runtime reports "
+                                         "them.", LABELS)
+        self.accepted_by_position = lean.counter(
+            "mtproxy_spec_decode_accepted_by_position",
+            f"Drafted tokens accepted, by position in the draft (0 first; {POSITION_LABELS[-1]} the rest), as "
+            "the runtime reports them.", (*LABELS, "position"))
         for otel in (otel_ttft, otel_tpot, otel_duration, otel_usage):
             lean.add(otel)
         self.retries = ClientCounter("mtproxy_upstream_retries",
@@ -118,6 +147,12 @@ class Metrics:
             "(header_timeout, body_timeout) or refused beyond server.max_connections (too_many).",
             ("reason",), registry=r)
         self._cuts = {reason: self.client_cuts.labels(reason) for reason in CUT_REASONS}  # at 0 from the start
+        self.swaps = SwapInstruments(r)
+        self.runtime_errors = ClientCounter(  # metrics.runtime_metrics (metrics/scrape.py)
+            "mtproxy_runtime_metrics_errors",
+            "Reads of a backend's own metrics left out of /metrics (reason: timeout, unreachable, status, "
+            "too_large, malformed; clash: families named like mtproxy's own or of another type left out).",
+            ("backend", "reason"), registry=r)
         self.clients_open = 0  # client connections open now: kept by clients.ClientServer
         self.state = StateCollector(pool, window, lambda: self.clients_open)
         r.register(self.state)
@@ -159,8 +194,16 @@ class Metrics:
             s.draft_tokens.inc(report.draft_tokens)
         if report.accepted_tokens is not None:
             s.accepted_tokens.inc(report.accepted_tokens)
+            if report.draft_tokens:
+                s.acceptance_rate.observe(report.accepted_tokens / report.draft_tokens)
+        if report.draft_rounds is not None or report.tokens_per_step is not None or report.accepted_by_position:
+            self._speculation(s, report)
+        if report.reasoning_tokens is not None:
+            s.reasoning_tokens.inc(report.reasoning_tokens)
         if m.ttft is not None:
             s.ttft.observe(m.ttft)
+        if m.visible_ttft is not None:
+            s.visible_ttft.observe(m.visible_ttft)
         if m.content_chunks > 1 and m.gaps is not None:
             s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
@@ -173,6 +216,60 @@ class Metrics:
             s.per_step.observe(m.tokens_per_step)
         return m
 
+    def _speculation(self, s: Bound, report: Report) -> None:
+        """Draft rounds, mean acceptance length and acceptance by position, where reported."""
+        rounds, accepted = report.draft_rounds, report.accepted_tokens
+        if rounds is not None:
+            s.draft_rounds.inc(rounds)
+        length = report.tokens_per_step  # the runtime's own (vLLM, SGLang, TensorRT-LLM)
+        if length is None and rounds and accepted is not None:
+            length = 1 + accepted / rounds
+        # for requests that speculated: steps or drafts reported, or more than a token per step
+        # (TensorRT-LLM reports no counts; llama.cpp's 1.0 without drafts is the adapter's inference)
+        if length is not None and (rounds or report.draft_tokens or length > 1.0):
+            s.acceptance_length.observe(length)
+        positions = report.accepted_by_position
+        if positions:
+            series = s.by_position
+            if series is None:
+                series = s.by_position = tuple(self.accepted_by_position.labels(*s.values, p) for p in POSITION_LABELS)
+            for i, n in enumerate(positions[:POSITIONS]):
+                series[i].inc(n)
+            if len(positions) > POSITIONS:
+                series[POSITIONS].inc(sum(positions[POSITIONS:]))
+
+
+class SwapInstruments:
+    """Starts, stops, swaps and queue waits of the backends mtproxy starts and stops (swap.py,
+    whose ``Events`` protocol this implements)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.starts = ClientCounter("mtproxy_backend_starts", "Backends started (reason: request, startup, "
+                                    "admin, restart), counted once ready.", ("backend", "reason"), registry=r)
+        self.stops = ClientCounter("mtproxy_backend_stops", "Backends stopped (reason: swap, idle, admin, "
+                                   "exit: on its own, failed: its start failed).", ("backend", "reason"), registry=r)
+        self.start_seconds = ClientHistogram("mtproxy_backend_start_duration_seconds",
+                                             "Seconds from starting a backend (or loading its model) to ready.",
+                                             ("backend",), buckets=START, registry=r)
+        self.swaps = ClientCounter("mtproxy_group_swaps", "Members swapped in after others were drained to "
+                                   "make room, per group.", ("group",), registry=r)
+        self.queue_wait = ClientHistogram("mtproxy_backend_queue_wait_seconds",
+                                          "Seconds a request waited for its backend to start or swap in.",
+                                          ("backend",), buckets=DURATION, registry=r)
+
+    def started(self, backend: str, reason: str, seconds: float) -> None:
+        self.starts.labels(backend, reason).inc()
+        self.start_seconds.labels(backend).observe(seconds)
+
+    def stopped(self, backend: str, reason: str) -> None:
+        self.stops.labels(backend, reason).inc()
+
+    def swapped(self, group: str) -> None:
+        self.swaps.labels(group).inc()
+
+    def waited(self, backend: str, seconds: float) -> None:
+        self.queue_wait.labels(backend).observe(seconds)
+
 
 class Bound:
     """One label set's series in every request family ("pre-bound children"): a request looks
@@ -180,7 +277,8 @@ class Bound:
     each series is exported once observed (metrics/lean.py)."""
 
     __slots__ = ("values", "requests", "duration", "overhead", "prompt_tokens", "completion_tokens", "draft_tokens",
-                 "accepted_tokens", "ttft", "itl", "tpot", "decode", "per_chunk", "per_step")
+                 "accepted_tokens", "ttft", "itl", "tpot", "decode", "per_chunk", "per_step", "visible_ttft",
+                 "reasoning_tokens", "acceptance_rate", "acceptance_length", "draft_rounds", "by_position")
 
     def __init__(self, metrics: Metrics, labels: Labels) -> None:
         self.values = v = (*labels[:5], "true" if labels.stream else "false")
@@ -197,6 +295,12 @@ class Bound:
         self.decode: Bins = metrics.decode.labels(*v)
         self.per_chunk: Bins = metrics.per_chunk.labels(*v)
         self.per_step: Bins = metrics.per_step.labels(*v)
+        self.visible_ttft: Bins = metrics.visible_ttft.labels(*v)
+        self.reasoning_tokens: Total = metrics.reasoning_tokens.labels(*v)
+        self.acceptance_rate: Bins = metrics.acceptance_rate.labels(*v)
+        self.acceptance_length: Bins = metrics.acceptance_length.labels(*v)
+        self.draft_rounds: Total = metrics.draft_rounds.labels(*v)
+        self.by_position: tuple[Total, ...] | None = None  # POSITION_LABELS' series, made when first reported
 
 
 class _Named(Protocol):
@@ -232,6 +336,17 @@ class BackendState(Protocol):
 
     @property
     def mtp(self) -> Mapping[str, _MtpState]: ...
+
+    @property
+    def member(self) -> _Member | None: ...
+
+
+class _Member(Protocol):
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def waiting(self) -> int: ...
 
 
 class Pool(Protocol):
@@ -294,7 +409,18 @@ class StateCollector(Collector):
                 mismatch.add_metric((b.name, runtime, model), 1.0 if status.mismatch else 0.0)
         clients = GaugeMetricFamily("mtproxy_client_connections", "Client connections open.",
                                     value=self.clients_open())
-        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients]
+        state = GaugeMetricFamily("mtproxy_backend_state", "1 for the state a backend mtproxy starts and "
+                                  "stops is in (stopped, starting, ready, draining, stopping).",
+                                  labels=("backend", "state"))
+        queue = GaugeMetricFamily("mtproxy_backend_queue_depth",
+                                  "Requests waiting for a backend to start or swap in.", labels=("backend",))
+        for b in self.pool.backends:
+            member = b.member
+            if member is not None:
+                for name in SWAP_STATES:
+                    state.add_metric((b.name, name), 1.0 if member.state == name else 0.0)
+                queue.add_metric((b.name,), float(member.waiting))
+        families: list[Metric] = [up, in_flight, info, active, mismatch, window, clients, state, queue]
         if loop is not None:
             for (backend, model), rate in self.window.rates(perf_counter()):  # the meter's clock
                 window.add_metric((backend, runtimes.get(backend, "unknown"), model), rate)

@@ -2,6 +2,8 @@
 
 Definitions (the ones proxies in front of LLM runtimes have shipped wrong):
 - TTFT: from the moment the proxy received the request to the first content chunk relayed;
+- time to first visible token: the same, to the first chunk of the answer itself, the reasoning
+  (thinking) a reasoning model streams first left out: the wait its user sees;
 - inter-token latency: the gaps between content chunks;
 - time per output token: (duration − TTFT) / (output tokens − 1), not duration / output tokens;
 - decode rate: (output tokens − 1) / (t_last − t_first), from the first token, not the request;
@@ -87,6 +89,7 @@ def step_threshold(ordered: list[float]) -> float:
 class Measurement:
     duration: float
     ttft: float | None = None
+    visible_ttft: float | None = None  # to the first answer (not reasoning) content
     gaps: list[float] | None = None  # between reads that carried content
     zero_gaps: int = 0  # between chunks that came in one read
     output_tokens: int | None = None
@@ -161,11 +164,13 @@ class RequestMeter(Generic[T]):
     coarse for a step's chunks (microseconds apart) and short steps (a few ms)."""
 
     __slots__ = ("labels", "target", "outcome", "http_status", "report",
-                 "t0", "t_sent", "t_in", "t_out", "t_end", "times", "counts", "window", "window_key")
+                 "t0", "t_sent", "t_in", "t_out", "t_end", "t_visible", "times", "counts", "window", "window_key",
+                 "attempts")
 
     def __init__(self, t0: float, endpoint: str, stream: bool = False) -> None:
         self.labels = unrouted(endpoint, stream)
         self.target: T | None = None  # chosen last
+        self.attempts = 0  # backends tried (route() calls): retries = attempts - 1
         # ANSWERED with 200 unless said otherwise (the relay fails, the client leaves, an error)
         self.outcome = ANSWERED
         self.http_status = 200
@@ -176,6 +181,7 @@ class RequestMeter(Generic[T]):
         self.t_in: float | None = None  # first upstream byte received
         self.t_out: float | None = None  # first byte written to the client
         self.t_end: float | None = None
+        self.t_visible: float | None = None  # the first content that was not all reasoning
         # one entry per upstream read that carried content: its time and its content chunks
         # (a runtime that sends all at once fills one read with hundreds of chunks)
         self.times: list[float] = []
@@ -189,6 +195,11 @@ class RequestMeter(Generic[T]):
         labels = self.labels
         self.labels = _make_labels(Labels, (backend, runtime, model, "on" if mtp else "off", labels[4], labels[5]))
         self.target = target
+        self.attempts += 1
+
+    def mtp_shown(self) -> None:
+        """The answer showed the backend drafting with MTP, which the route did not know yet."""
+        self.labels = self.labels._replace(mtp="on")
 
     def answered(self, status: int) -> None:
         """The client got (or gets) an answer with HTTP ``status``, whatever happened before."""
@@ -200,7 +211,10 @@ class RequestMeter(Generic[T]):
         self.window = window
         self.window_key = (self.labels.backend, self.labels.model)
 
-    def content(self, t: float, n: int) -> None:
+    def content(self, t: float, n: int, hidden: bool = False) -> None:
+        """``n`` content chunks came in at ``t``; ``hidden``: all of them reasoning."""
+        if self.t_visible is None and not hidden:
+            self.t_visible = t
         times = self.times
         if times and times[-1] == t:
             self.counts[-1] += n
@@ -226,6 +240,8 @@ class RequestMeter(Generic[T]):
         if not self.labels.stream or not times:
             return m
         m.ttft = times[0] - self.t0
+        if self.t_visible is not None:
+            m.visible_ttft = self.t_visible - self.t0
         m.gaps = [b - a for a, b in zip(times, times[1:])]
         m.content_chunks = sum(self.counts)
         m.zero_gaps = m.content_chunks - len(times)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .auth import Keys, bearer
+from .auth import Keys
 from .cors import OriginsOf, preflight
 from .errors import ShapeOf, answer_error
 
@@ -31,7 +31,7 @@ def front_door(keys_of: Callable[[web.Application], Keys], origins_of: OriginsOf
             else:
                 keys = keys_of(request.app)
                 if keys.guards(request.path):
-                    keys.check(request.path, bearer(request))
+                    keys.authorize(request)
             return await handler(request)
         except Exception as exc:
             return answer_error(request, exc, shape_of)

@@ -1,6 +1,6 @@
 """Whether a backend is actually running MTP for a model: ``active``, ``capable`` or ``off``.
 
-Evidence, strongest first: the runtime's own report (probe: llama.cpp /props speculative types,
+Evidence, strongest first: the runtime's own report (probe: llama.cpp /slots speculative types,
 SGLang speculative_algorithm, vLLM spec_decode counters, Ollama draft_num_predict) and what its
 responses carry (draft/accepted tokens, tokens per iteration); then the registry's support row
 and the version the backend reports. The config flag ``backends[].mtp`` states intent only: the

@@ -15,7 +15,7 @@ import orjson
 from yarl import URL
 
 from .. import upstream
-from ..errors import UpstreamError
+from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp.detect import Trained
 from ..mtp.registry import Support, version_key
 from ..mtp.state import Evidence
@@ -38,12 +38,12 @@ class Upstream:
     """The request as the runtime wants it."""
 
     path: str
-    body: bytes
+    body: bytes | upstream.Streamed  # streamed: a multipart form (wire.FormBody)
     content_type: str | None = None  # None: JSON (the backend's headers say so)
 
 
 class BackendHTTP:
-    """Bounded requests against one backend, for probes (never on the request path)."""
+    """Bounded requests against one backend, for probes and swaps (never on the request path)."""
 
     __slots__ = ("session", "base_url", "headers", "timeout")
 
@@ -64,15 +64,33 @@ class BackendHTTP:
                                     timeout=self.timeout) as resp:
             return resp.status, await resp.text(errors="replace")
 
-    async def request(self, method: str, path: str, json: Any = None) -> tuple[int, Any]:
+    async def request(self, method: str, path: str, json: Any = None, *,
+                      timeout: float | None = None) -> tuple[int, Any]:
+        status, body = await self.raw(method, path, json, timeout=timeout)
+        try:
+            return status, orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            return status, None
+
+    async def raw(self, method: str, path: str, json: Any = None, *,
+                  timeout: float | None = None) -> tuple[int, bytes]:
+        """(status, body bytes). ``timeout``: seconds for the whole request (a model load takes
+        minutes), connecting still within the probe timeout; None: the probe timeout."""
+        limit = self.timeout if timeout is None else aiohttp.ClientTimeout(
+            total=timeout, sock_connect=self.timeout.total)
         data = None if json is None else orjson.dumps(json)
         async with self.session.request(method, self.base_url.join(URL(path)), data=data,
-                                        headers=self.headers, timeout=self.timeout) as resp:
-            body = await resp.read()
-        try:
-            return resp.status, orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            return resp.status, None
+                                        headers=self.headers, timeout=limit) as resp:
+            return resp.status, await resp.read()
+
+
+class SwapFailed(Exception):
+    """A runtime refused to load or unload a model, or said the load failed; ``message`` quotes
+    the runtime's own words."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class Runtime(Protocol):
@@ -91,6 +109,16 @@ class Runtime(Protocol):
     # Whether requests to the rest of the local API (Endpoint.relay: rerank, tokenize, audio,
     # images) go to the runtime as they came, to the same path; False: it serves none of them.
     relays_local: ClassVar[bool]
+    # Whether the runtime loads and unloads models on request (llama.cpp router mode, Ollama,
+    # vLLM sleep mode), so a group can swap it without launching a process (swap.py).
+    swaps: ClassVar[bool]
+    # The path of the runtime's own metrics (GET), None when it has none (Ollama, MLX-LM,
+    # llama-cpp-python): read only with metrics.runtime_metrics (metrics/scrape.py).
+    metrics_path: ClassVar[str | None]
+    # Whether what ``mtp_probe`` reads changes once the runtime has served requests (vLLM's
+    # spec_decode counters, llama.cpp's /slots types, shown after a slot's first task), so the pool
+    # reads it again soon after a request while it has not said yet (backends.py).
+    reprobe_mtp: ClassVar[bool]
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         """Liveness (the runtime's own health endpoint), version, and when ``discover`` the
@@ -103,6 +131,11 @@ class Runtime(Protocol):
 
     async def mtp_probe(self, http: BackendHTTP, model: str) -> tuple[Trained | None, Evidence]:
         """The runtime's own word on ``model``: is it MTP-trained, and is MTP drafting on."""
+        ...
+
+    def exposition(self, body: bytes) -> str:
+        """What ``metrics_path`` answered, in the Prometheus text format (TensorRT-LLM's JSON
+        converted); raises ``ValueError`` when it is not in the shape this runtime writes."""
         ...
 
     def relays(self, native: Native) -> bool:
@@ -137,8 +170,41 @@ class Runtime(Protocol):
         """The runtime's error body as the one OpenAI error shape."""
         ...
 
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        """Load ``models`` and return once they serve; raises ``SwapFailed`` (a message quoting the
+        runtime's own words) when the runtime refuses or reports a failure. The caller bounds the
+        wait (asyncio.timeout) and may cancel it."""
+        ...
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        """Free the memory of ``models`` (returns when the runtime says it is done); raises SwapFailed."""
+        ...
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        """Whether all of ``models`` are loaded now (None: the runtime cannot tell)."""
+        ...
+
 
 PROBE_ERRORS = upstream.ERRORS  # what a probe's request can raise (upstream.py)
+# A swap's blocking request (Ollama's load, vLLM's wake-up) may take this long; the caller bounds
+# the whole swap with its own asyncio.timeout, usually far sooner.
+SWAP_REQUEST_SECONDS = 3600.0
+POLL_SECONDS = 0.25  # between two looks at a runtime's model status while it loads or unloads
+
+
+async def swap_request(http: BackendHTTP, method: str, path: str, json: Any = None, *,
+                       timeout: float | None = None) -> tuple[int, bytes]:
+    """A request of a swap; a backend that cannot be reached is a :class:`SwapFailed`."""
+    try:
+        return await http.raw(method, path, json, timeout=timeout)
+    except PROBE_ERRORS as exc:
+        raise SwapFailed(f"{method} {path}: {upstream.describe(exc)}") from None
+
+
+def runtime_words(method: str, path: str, status: int, body: bytes) -> str:
+    """What the runtime said when it refused: its error message, and the status."""
+    return f"{method} {path} answered HTTP {status}: {normalise_upstream_error(status, body).message}"
+
 
 def native_kinds(native_apis: dict[str, str], version: str | None) -> frozenset[str]:
     """The client APIs a runtime reporting ``version`` serves itself: those it declares, unless
@@ -162,3 +228,37 @@ def as_float(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def int_list(value: Any) -> list[int] | None:
+    """A list of non-negative ints, else None."""
+    if value.__class__ is not list or not all(as_int(v) is not None and v >= 0 for v in value):
+        return None
+    return value
+
+
+def accepted_by_position(histogram: Any) -> list[int] | None:
+    """Accepted drafts by draft position from an acceptance histogram (index j: the verification
+    steps that accepted exactly j drafts, as vLLM's ``acceptance_histogram`` and SGLang's
+    ``spec_acceptance_histogram``): a step that accepted j drafts accepted positions 0 … j-1, so
+    position i counts the steps that accepted more than i."""
+    counts = int_list(histogram)
+    if counts is None:
+        return None
+    positions, above = [], 0
+    for n in reversed(counts[1:]):
+        above += n
+        positions.append(above)
+    return positions[::-1]
+
+
+def accepted_by_position_of_steps(per_step: Any) -> list[int] | None:
+    """The same from the drafts each step accepted, in order (vLLM's ``per_step_accepted``)."""
+    steps = int_list(per_step)
+    if steps is None:
+        return None
+    positions = [0] * max(steps, default=0)
+    for accepted in steps:
+        for i in range(accepted):
+            positions[i] += 1
+    return positions

@@ -8,6 +8,8 @@ Source: abetlen/llama-cpp-python llama_cpp/server/app.py, llama_cpp/server/error
 - version: GET /openapi.json → info.version;
 - streams never carry usage (stream_options is ignored): token counts stay unknown;
 - accepts any `model` name.
+- neither Anthropic Messages nor OpenAI Responses (native_apis {}): app.py routes
+  /v1/{completions,chat/completions,embeddings,models} only (0.3.36; docs/client-apis-wire.md §3.1).
 """
 
 from __future__ import annotations

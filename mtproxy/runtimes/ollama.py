@@ -7,10 +7,29 @@ Source: ollama/ollama server/routes.go (/api/chat, /api/generate, /api/embed, /a
 - an error inside a stream is an object {"error": "<text>"};
 - errors are {"error": "<text>"} with the HTTP status;
 - no draft/acceptance figures at all; `options.draft_num_predict` sets MTP drafting length.
+- OpenAI Responses served natively: POST /v1/responses since v0.13.3 (PR #13351, commit 1eb5e75,
+  openai/responses.go), stateless: previous_response_id, background and conversation are not
+  supported, tool_choice and parallel_tool_calls are not read, image URLs other than data: are
+  refused. The proxy puts the turns of previous_response_id in front of the input itself
+  (front/responses.py); requests asking for the others are translated. Usage on
+  `response.completed`.
+- Anthropic Messages served natively: POST /v1/messages since v0.14.0 (PR #13600, commit 2b2cda7,
+  anthropic/anthropic.go); no /v1/messages/count_tokens. Its converter reads no tool_choice,
+  maps thinking "enabled"/"disabled" only (not "adaptive"), takes base64 images only, drops
+  "document" blocks and tool_result.is_error: such requests are translated. Usage on
+  message_start (an estimate of the input) and message_delta (the counts).
+- swapping (docs/api.md "Load a model" / "Unload a model", docs/faq.mdx, server/routes.go
+  GenerateHandler, server/sched.go expireRunner): POST /api/generate {"model"} without a prompt
+  loads the model and answers once it is loaded (done_reason "load"); "keep_alive": -1 keeps it
+  loaded until told otherwise (api/types.go Duration: any negative number is forever; the string
+  "-1" has no unit and is refused). {"model", "keep_alive": 0} answers at once (done_reason
+  "unload") and only marks the runner expired: it is freed when its requests finish, and GET
+  /api/ps lists it until then (names as "<model>:<tag>").
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, ClassVar
 
@@ -20,12 +39,23 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp.detect import Trained
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..stream.events import DONE, Batch, Event, Report, StreamFailure
-from ..stream.tap import content_count
+from ..stream.events import DONE, Batch, Event, Report, StreamDecoder, StreamFailure
+from ..stream.tap import content_count, shows_answer
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from . import ollama_wire as wire
-from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
+from .base import (
+    POLL_SECONDS,
+    PROBE_ERRORS,
+    SWAP_REQUEST_SECONDS,
+    BackendHTTP,
+    Probe,
+    SwapFailed,
+    Upstream,
+    runtime_words,
+    swap_request,
+)
+from .native import message_blocks, nothing, observe_body, relay_decoder, response_parts, tool_choice
 
 _PATHS = {"chat": "/api/chat", "completions": "/api/generate", "embeddings": "/api/embed"}
 
@@ -91,7 +121,10 @@ class NDJSONDecoder:
 
     @staticmethod
     def _batch(events: list[Event]) -> Batch | None:
-        return Batch(None, events, sum(content_count(obj) for _, obj in events)) if events else None
+        if not events:
+            return None
+        content = sum(content_count(obj) for _, obj in events)  # thinking: reasoning_content deltas
+        return Batch(None, events, content, content > 0 and not any(shows_answer(obj) for _, obj in events))
 
     def _lines(self, data: bytes) -> list[Event]:
         events: list[Event] = []
@@ -140,8 +173,15 @@ class Ollama:
     name: ClassVar[str] = "ollama"
     rediscover: ClassVar[bool] = True
     mtp_support: ClassVar[Support] = REGISTRY["ollama"]
-    native_apis: ClassVar[dict[str, str]] = {}  # (Ollama serves both since 0.13.3/0.14.0; not used yet)
+    # the first release serving each (the module docstring has the sources)
+    native_apis: ClassVar[dict[str, str]] = {"messages": "0.14.0", "responses": "0.13.3"}
     relays_local: ClassVar[bool] = False  # no rerank, tokenize, audio or images routes
+    swaps: ClassVar[bool] = True  # /api/generate without a prompt loads; with keep_alive 0 unloads
+    metrics_path: ClassVar[str | None] = None  # Ollama serves no metrics of its own
+
+    def exposition(self, body: bytes) -> str:
+        raise ValueError("Ollama has no /metrics")
+    reprobe_mtp: ClassVar[bool] = False  # /api/show's parameters do not change with requests
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:
@@ -174,12 +214,37 @@ class Ollama:
         return show_evidence(shown)
 
     def relays(self, native: Native) -> bool:
-        return False  # no native_apis declared yet
+        payload = native.payload
+        if native.kind == "responses":
+            if payload.get("background") or payload.get("conversation") is not None:
+                return False
+            if payload.get("tool_choice") not in (None, "auto") or payload.get("parallel_tool_calls") is False:
+                return False
+            return not any(part.get("type") == "input_image" and not str(part.get("image_url") or "").startswith("data:")
+                           for part in response_parts(payload))
+        if native.path.endswith("/count_tokens"):
+            return False  # no such route
+        choice = tool_choice(payload)
+        if choice.get("type", "auto") != "auto" or choice.get("disable_parallel_tool_use"):
+            return False
+        thinking = payload.get("thinking")
+        if thinking is not None and (not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled")):
+            return False
+        for block in message_blocks(payload):
+            kind = block.get("type")
+            source = block.get("source")
+            if kind == "document" or block.get("is_error") or (
+                    kind == "image" and not (isinstance(source, dict) and source.get("type") == "base64")):
+                return False
+        return True
 
     async def count_tokens(self, http: BackendHTTP, req: ApiRequest) -> int | None:
         return None  # Ollama has no tokenizer route
 
     def prepare(self, req: ApiRequest) -> Upstream:
+        if req.relayed:  # the client's own request, to Ollama's route for its API
+            assert req.native is not None
+            return Upstream(req.native.path, req.native.body(req.payload["model"]))
         kind = req.endpoint.kind
         if kind == "chat":
             body = wire.chat_request(req.payload, req.stream)
@@ -190,7 +255,9 @@ class Ollama:
         return Upstream(_PATHS[kind], orjson.dumps(body))
 
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
-                       texts: bool = False) -> NDJSONDecoder:
+                       texts: bool = False) -> StreamDecoder:
+        if req.relayed and req.native is not None:  # Ollama's own SSE in the client's API
+            return relay_decoder(req.native, nothing, report)
         return NDJSONDecoder(req, report)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -200,6 +267,9 @@ class Ollama:
             raise UpstreamError("Ollama sent a body that is not JSON.", status=502) from None
         if not isinstance(obj, dict):
             raise UpstreamError("Ollama sent an unexpected body.", status=502)
+        if req.relayed and req.native is not None:  # in the client's API, relayed as it is
+            observe_body(req.native, obj, report, nothing)
+            return body
         observe(obj, report)
         kind = req.endpoint.kind
         if kind == "chat":
@@ -212,3 +282,47 @@ class Ollama:
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
         return normalise_upstream_error(status, body)
+
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        for model in models:  # kept loaded (keep_alive -1) until mtproxy unloads it
+            await _generate(http, {"model": model, "keep_alive": -1, "stream": False})
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        for model in models:
+            await _generate(http, {"model": model, "keep_alive": 0, "stream": False})
+        while (running := await _running(http)) is None or any(_tagged(m) in running for m in models):
+            await asyncio.sleep(POLL_SECONDS)  # until its runner is gone (requests it still serves)
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        try:
+            running = await _running(http)
+        except SwapFailed:
+            return None
+        return None if running is None else all(_tagged(m) in running for m in models)
+
+
+def _tagged(model: str) -> str:
+    """A model's name as /api/ps writes it: with its tag (":latest" when none is given)."""
+    return model if ":" in model.rpartition("/")[2] else f"{model}:latest"
+
+
+async def _running(http: BackendHTTP) -> set[str] | None:
+    """The models /api/ps lists as loaded; None: it did not answer with a list."""
+    status, body = await swap_request(http, "GET", "/api/ps")
+    try:
+        data = orjson.loads(body) if status == 200 else None
+    except orjson.JSONDecodeError:
+        return None
+    listed = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        return None
+    return {_tagged(str(m.get("model") or m.get("name"))) for m in listed
+            if isinstance(m, dict) and (m.get("model") or m.get("name"))}
+
+
+async def _generate(http: BackendHTTP, body: dict[str, Any]) -> None:
+    status, answer = await swap_request(http, "POST", "/api/generate", body, timeout=SWAP_REQUEST_SECONDS)
+    if status != 200:
+        action = "unload" if body["keep_alive"] == 0 else "load"
+        raise SwapFailed(f"Ollama could not {action} {body['model']}: "
+                         f"{runtime_words('POST', '/api/generate', status, answer)}")

@@ -15,13 +15,12 @@ from ..errors import UpstreamError, normalise_upstream_error
 from ..mtp import detect
 from ..mtp.registry import REGISTRY, Support
 from ..mtp.state import NO_EVIDENCE, Evidence
-from ..stream.anthropic import AnthropicSSEDecoder, observe_message
 from ..stream.events import Report, StreamDecoder
-from ..stream.native import NativeDecoder, observe_native
 from ..stream.tap import Observer, SSEDecoder, attention_markers, observe_all
 from ..upstream import describe
 from ..wire import ApiRequest, Native
 from .base import PROBE_ERRORS, BackendHTTP, Probe, Upstream
+from .native import observe_body, relay_decoder
 
 
 def model_ids(data: Any) -> tuple[str, ...] | None:
@@ -39,7 +38,8 @@ def _count(data: Any, field: str, path: str) -> int:
 
 
 def observe_usage(obj: dict[str, Any], report: Report) -> None:
-    """OpenAI ``usage``: prompt and completion tokens."""
+    """OpenAI ``usage``: prompt and completion tokens, and of those the reasoning ones
+    (``completion_tokens_details.reasoning_tokens``) where reported."""
     usage = obj.get("usage")
     if usage.__class__ is dict:
         prompt = usage.get("prompt_tokens")
@@ -48,6 +48,11 @@ def observe_usage(obj: dict[str, Any], report: Report) -> None:
         completion = usage.get("completion_tokens")
         if completion.__class__ is int:
             report.completion_tokens = completion
+        details = usage.get("completion_tokens_details")
+        if details.__class__ is dict:
+            reasoning = details.get("reasoning_tokens")
+            if reasoning.__class__ is int:
+                report.reasoning_tokens = reasoning
 
 
 USAGE = Observer("usage", observe_usage)
@@ -63,8 +68,9 @@ class OpenAICompatible:
     name: ClassVar[str] = "openai"
     health_path: ClassVar[str | None] = None
     version_path: ClassVar[str | None] = None
-    # Request fields this runtime rejects; None: it accepts (and ignores) unknown fields.
-    accepted_fields: ClassVar[dict[str, frozenset[str]] | None] = None
+    # The request fields this runtime accepts, per endpoint kind (it rejects others: they are
+    # dropped before sending); None: it accepts (and ignores) unknown fields.
+    accepted_fields: dict[str, frozenset[str]] | None = None
     # Fields mtproxy itself understands as extensions (Ollama `options`); never sent to
     # runtimes that do not know them.
     extension_fields: ClassVar[tuple[str, ...]] = ("options",)
@@ -83,6 +89,13 @@ class OpenAICompatible:
     relays_local: ClassVar[bool] = True
     # A tokenizer route that takes chat messages ({"model", "messages"} -> {"count"}), if any.
     chat_tokenize_path: ClassVar[str | None] = None
+    # Loads and unloads models on request (Runtime.swaps); those that do override the three below.
+    swaps: ClassVar[bool] = False
+    # The runtime's own Prometheus metrics (Runtime.metrics_path); None: not known to have any.
+    metrics_path: ClassVar[str | None] = None
+    # What mtp_probe reads changes as the runtime serves (Runtime.reprobe_mtp); those whose does
+    # say so.
+    reprobe_mtp: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -93,6 +106,9 @@ class OpenAICompatible:
         """Fill ``report`` from one response object or stream chunk: every observer."""
         for observer in self.observers:
             observer.read(obj, report)
+
+    def exposition(self, body: bytes) -> str:
+        return body.decode()  # the text format is UTF-8; anything else is a UnicodeDecodeError
 
     async def probe(self, http: BackendHTTP, *, discover: bool) -> Probe:
         try:
@@ -159,10 +175,8 @@ class OpenAICompatible:
     def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
                        texts: bool = False) -> StreamDecoder:
         if req.relayed and req.native is not None:  # the runtime's own stream in the client's API
-            if req.native.kind == "messages":  # Anthropic SSE
-                fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
-                return AnthropicSSEDecoder(observe_all(self.observers), report, fields)
-            return NativeDecoder(req.native.kind, observe_all(self.observers), report)
+            fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
+            return relay_decoder(req.native, observe_all(self.observers), report, fields)
         return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention, texts)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
@@ -171,11 +185,9 @@ class OpenAICompatible:
         except orjson.JSONDecodeError:
             return body
         if isinstance(obj, dict):
-            if req.relayed and req.native is not None and req.native.kind == "responses":
-                observe_native("responses", obj, report, self.observe)
+            if req.relayed and req.native is not None:
+                observe_body(req.native, obj, report, self.observe)
             else:
-                if req.relayed:
-                    observe_message(obj, report)
                 self.observe(obj, report)
         return body
 
@@ -201,3 +213,12 @@ class OpenAICompatible:
 
     def upstream_error(self, status: int, body: bytes) -> UpstreamError:
         return normalise_upstream_error(status, body)
+
+    async def load(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        raise NotImplementedError(f"{self.name} does not load models on request")
+
+    async def unload(self, http: BackendHTTP, models: tuple[str, ...]) -> None:
+        raise NotImplementedError(f"{self.name} does not unload models on request")
+
+    async def loaded(self, http: BackendHTTP, models: tuple[str, ...]) -> bool | None:
+        return None

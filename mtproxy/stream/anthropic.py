@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .events import PLAIN, Batch, Event, Report
-from .sse import EventFramer
-from .tap import parse_event
+from .events import Batch, Report
+from .tap import EventTap
 
 _DELTA = b'"content_block_delta"'
+_ANSWER_DELTAS = (b'"text_delta"', b'"input_json_delta"')  # the others (thinking) are reasoning
 # events parsed rather than counted from their bytes: those that carry usage or end the stream,
 # errors, and any with an empty string (an empty delta counts for nothing)
 ATTENTION = (b'""', b'"message_start"', b'"message_delta"', b'"message_stop"', b'"error"', b"signature_delta")
@@ -67,55 +67,26 @@ def delta_count(obj: Any) -> int:
     return 0
 
 
-class AnthropicSSEDecoder:
+class AnthropicSSEDecoder(EventTap):
     """Anthropic SSE in, the same events out (the runtime's bytes relayed as they are), content
     counted and usage read on the way; ``observe``: the adapter's own observers (llama.cpp's
     ``timings``, where a build adds them), run on every parsed event."""
 
-    __slots__ = ("_framer", "_observe", "_report", "_attention")
+    __slots__ = ()
 
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
                  attention: tuple[bytes, ...] = ()) -> None:
-        self._framer = EventFramer()
-        self._observe = observe
-        self._report = report
-        self._attention = ATTENTION + attention
+        super().__init__(observe, report, ATTENTION + attention)
 
-    def feed(self, data: bytes) -> Batch | None:
-        complete = self._framer.feed(data)
-        return self._batch(complete) if complete else None
+    def _count_plain(self, block: bytes) -> int:  # deltas, block starts and stops, pings
+        return block.count(_DELTA)
 
-    def flush(self) -> Batch | None:
-        tail = self._framer.flush()
-        return self._batch(tail) if tail else None
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        observe_message(obj, self._report)
+        self._observe(obj, self._report)
+        return delta_count(obj)
 
-    def _batch(self, complete: bytes) -> Batch:
-        if b"\r" in complete:
-            complete = complete.replace(b"\r\n", b"\n")
-        first = -1
-        for marker in self._attention:
-            at = complete.find(marker)
-            if at >= 0 and (first < 0 or at < first):
-                first = at
-        if first < 0:  # deltas, block starts and stops, pings: counted from their bytes
-            return Batch(complete, None, complete.count(_DELTA))
-        events: list[Event] = []
-        content = 0
-        boundary = complete.rfind(b"\n\n", 0, first)
-        rest = complete
-        if boundary >= 0:
-            block = complete[:boundary + 2]
-            events.append((block, PLAIN))
-            content = block.count(_DELTA)
-            rest = complete[boundary + 2:]
-        observe, report = self._observe, self._report
-        for part in rest.split(b"\n\n"):
-            if not part:
-                continue
-            obj = parse_event(part)
-            if obj.__class__ is dict:
-                observe_message(obj, report)
-                observe(obj, report)
-                content += delta_count(obj)
-            events.append((part + b"\n\n", obj))
-        return Batch(complete, events, content)
+    def _answer_in(self, batch: Batch) -> bool:  # a text or tool input delta: not thinking only
+        raw = batch.raw
+        assert raw is not None
+        return any(delta in raw for delta in _ANSWER_DELTAS)

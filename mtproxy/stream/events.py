@@ -20,7 +20,12 @@ class Report:
     completion_tokens: int | None = None
     draft_tokens: int | None = None  # speculative tokens proposed (MTP heads or a draft model)
     accepted_tokens: int | None = None  # of those, accepted
-    tokens_per_step: float | None = None  # runtime's own tokens per decode iteration
+    draft_rounds: int | None = None  # verification steps that checked drafts (vLLM num_spec_steps)
+    # accepted drafts by their position in the draft (0: the first drafted token), where the
+    # runtime reports how many drafts each step accepted
+    accepted_by_position: list[int] | None = None
+    tokens_per_step: float | None = None  # runtime's own tokens per decode iteration (mean acceptance length)
+    reasoning_tokens: int | None = None  # of the completion tokens, reasoning (thinking) ones
     prompt_seconds: float | None = None  # runtime's own prompt-processing time
     decode_seconds: float | None = None  # runtime's own generation time
 
@@ -72,16 +77,20 @@ class Batch:
     ``raw``: the runtime's bytes for them (None when the adapter made the events up);
     ``events``: the events one by one, or None when every one is a plain content chunk (the
     fast path: nothing in them needs the proxy's attention, and ``raw`` is relayed as it is);
-    ``content``: how many carry generated content; ``run``: the texts of a run of content
-    chunks, when the decoder was asked for them and found one (:class:`Run`).
+    ``content``: how many carry generated content; ``hidden``: all of that content is reasoning
+    (thinking), none of it the answer the user sees. A decoder that cannot tell says False.
+    ``run``: the texts of a run of answer content chunks, when the decoder was asked for them
+    and found one (:class:`Run`).
     """
 
-    __slots__ = ("raw", "events", "content", "run")
+    __slots__ = ("raw", "events", "content", "hidden", "run")
 
-    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int, run: Run | None = None) -> None:
+    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int, hidden: bool = False,
+                 run: Run | None = None) -> None:
         self.raw = raw
         self.events = events
         self.content = content
+        self.hidden = hidden
         self.run = run
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .events import Batch, Event, Report
-from .sse import EventFramer
-from .tap import parse_event
+from .events import Batch, Report
+from .tap import EventTap
 
 # The events that carry generated content, per API (the Endpoint kind of the native request).
 CONTENT_EVENTS: dict[str, frozenset[str]] = {
@@ -22,6 +21,10 @@ CONTENT_EVENTS: dict[str, frozenset[str]] = {
         "response.reasoning_text.delta", "response.reasoning_summary_text.delta",
     }),
 }
+
+
+# Of those, the reasoning (thinking) ones: not the answer the user sees.
+_REASONING_EVENTS = frozenset({"response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
 
 
 def _int(value: Any) -> int | None:
@@ -57,41 +60,30 @@ def observe_native(kind: str, obj: dict[str, Any], report: Report,
     observe(obj, report)
 
 
-class NativeDecoder:
+class NativeDecoder(EventTap):
     """Typed SSE in, the same events out (each with the runtime's bytes), content counted."""
 
-    __slots__ = ("_framer", "_kind", "_content", "_observe", "_report")
+    __slots__ = ("_kind", "_content")
 
     def __init__(self, kind: str, observe: Callable[[dict[str, Any], Report], None], report: Report) -> None:
-        self._framer = EventFramer()
+        super().__init__(observe, report, None)  # every event parsed
         self._kind = kind
         self._content = CONTENT_EVENTS.get(kind, frozenset())
-        self._observe = observe
-        self._report = report
 
-    def feed(self, data: bytes) -> Batch | None:
-        complete = self._framer.feed(data)
-        return self._batch(complete) if complete else None
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        kind_of = obj.get("type")
+        if kind_of.__class__ is str and kind_of in self._content:
+            return 1
+        if "response" in obj or "usage" in obj or "timings" in obj:
+            observe_native(self._kind, obj, self._report, self._observe)
+        return 0
 
-    def flush(self) -> Batch | None:
-        tail = self._framer.flush()
-        return self._batch(tail) if tail else None
-
-    def _batch(self, complete: bytes) -> Batch:
-        if b"\r" in complete:
-            complete = complete.replace(b"\r\n", b"\n")
-        events: list[Event] = []
-        content = 0
-        kinds, kind, report, observe = self._content, self._kind, self._report, self._observe
-        for part in complete.split(b"\n\n"):
-            if not part:
-                continue
-            obj = parse_event(part)
-            if obj.__class__ is dict:
-                kind_of = obj.get("type")
-                if kind_of.__class__ is str and kind_of in kinds:
-                    content += 1
-                elif "response" in obj or "usage" in obj or "timings" in obj:
-                    observe_native(kind, obj, report, observe)
-            events.append((part + b"\n\n", obj))
-        return Batch(complete, events, content)
+    def _answer_in(self, batch: Batch) -> bool:  # a content event that is not reasoning
+        events = batch.events
+        assert events is not None  # every event parsed
+        kinds = self._content
+        for _, obj in events:
+            kind_of = obj.get("type") if obj.__class__ is dict else None
+            if kind_of.__class__ is str and kind_of in kinds and kind_of not in _REASONING_EVENTS:
+                return True
+        return False

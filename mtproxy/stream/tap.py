@@ -1,6 +1,7 @@
 """The tap on a relayed OpenAI SSE stream: cut it into events, count its content chunks, and
 hand the events that need the proxy's attention to the adapter's observers, while the runtime's
-own bytes pass on untouched.
+own bytes pass on untouched. :class:`EventTap` is the loop every tap shares (stream/anthropic.py,
+stream/native.py too): frame, then parse the events from the first that needs attention on.
 
 A content chunk is defined once, by :data:`TEXT_FIELDS` and :data:`STRUCTURED_FIELDS`: the byte
 markers of the fast paths and :func:`content_count` of a parsed event both derive from them. The
@@ -49,6 +50,9 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # ...or one of these is non-empty (an attention marker: such events are always parsed).
 STRUCTURED_FIELDS: dict[str, tuple[str, ...]] = {"chat": ("tool_calls",), "completions": ()}
+# Of the text fields, these carry reasoning (thinking: vLLM `reasoning`, llama.cpp, SGLang and
+# older vLLM `reasoning_content`), the others the answer the user sees.
+REASONING_FIELDS = frozenset({"reasoning_content", "reasoning"})
 
 
 def content_count(obj: Any, kind: str = "chat") -> int:
@@ -75,6 +79,34 @@ def content_count(obj: Any, kind: str = "chat") -> int:
         if part.get(field):
             return n + 1
     return n
+
+
+def shows_answer(obj: Any) -> bool:
+    """Whether one parsed OpenAI event carries answer content: a non-empty text field that is not
+    reasoning (:data:`REASONING_FIELDS`), or tool calls."""
+    if obj.__class__ is not dict:
+        return False
+    choices = obj.get("choices")
+    if not choices or choices[0].__class__ is not dict:
+        return False
+    choice = choices[0]
+    part = choice.get("delta")
+    if part is None:
+        return True  # a text completion: no reasoning there
+    if part.__class__ is not dict:
+        return False
+    for field in TEXT_FIELDS["chat"]:
+        value = part.get(field)
+        if value and value.__class__ is str and field not in REASONING_FIELDS:
+            return True
+    return any(part.get(field) for field in STRUCTURED_FIELDS["chat"])
+
+
+@functools.cache
+def _answer_markers(kind: str) -> tuple[bytes, ...]:
+    """The keys of the answer's text fields, compact and spaced, up to the opening quote of a value."""
+    return tuple(f'"{name}"{sep}"'.encode() for name in TEXT_FIELDS.get(kind, ())
+                 if name not in REASONING_FIELDS for sep in (":", ": "))
 
 
 def has_content(obj: Any) -> bool:
@@ -168,8 +200,6 @@ def _texts(data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]]) ->
     return n
 
 
-# the text field whose texts Template.texts cuts out: a chat chunk's content, compact or spaced
-_CONTENT_FIELDS = (b'"content":"', b'"content": "')
 # translate() deletes all but these: what is left of a run of events is its quotes and newlines.
 _NOT_QUOTE_OR_NEWLINE = bytes(c for c in range(256) if c not in b'"\n')
 
@@ -185,10 +215,13 @@ class Template:
     anything but its text falls back to the marker scans.
     """
 
-    __slots__ = ("prefix", "end", "quotes", "shape", "empty", "cut", "between")
+    __slots__ = ("prefix", "end", "quotes", "shape", "empty", "hidden", "answer", "cut", "between")
 
-    def __init__(self, prefix: bytes, suffix: bytes, separator: bytes) -> None:
+    def __init__(self, prefix: bytes, suffix: bytes, separator: bytes, hidden: bool = False) -> None:
         self.prefix = prefix
+        self.hidden = hidden  # its text field is reasoning (REASONING_FIELDS)
+        # its text field is a chat chunk's answer text (`content`): the message's text
+        self.answer = not hidden and prefix.endswith(_answer_markers("chat"))
         self.end = suffix + b"\n\n"
         self.cut = itemgetter(slice(len(prefix), -len(suffix)))  # an event's text
         self.between = self.end + prefix  # the bytes between two texts of a run
@@ -213,7 +246,9 @@ class Template:
         if end <= start or event.find(marker, start) >= 0 or event.find(b"\\", start, end) >= 0:
             return None  # no text (a role chunk is no model for content chunks), or an escape in it
         separator = marker[marker.rindex(b'"', 0, len(marker) - 1):]  # `":"` or `": "`
-        template = cls(event[:start], event[end:], separator)
+        prefix = event[:start]
+        hidden = any(prefix.endswith(b'"' + name.encode() + separator) for name in REASONING_FIELDS)
+        template = cls(prefix, event[end:], separator, hidden)
         if template.empty in template.prefix + b"x" + template.end:
             return None  # an empty text could not be told from a full one
         return template
@@ -255,9 +290,9 @@ class Template:
         The check is exact: every event of the run is ``prefix``, a text without a quote or a
         line break, ``end``. It takes about the time of :meth:`run`'s passes, which that format
         would otherwise pay again to cut the texts out (it needs one event a line). Only the
-        texts of a chat chunk's ``content`` (a template learnt from ``reasoning_content`` is no
-        model for a message's text)."""
-        if not self.prefix.endswith(_CONTENT_FIELDS):
+        texts of the answer (``answer``: a chat chunk's ``content``); a run of reasoning is no
+        message text (``hidden``: :meth:`run` checks it)."""
+        if not self.answer:
             return None
         lines = data.split(b"\n")  # one byte: the quickest split on this CPython
         if lines[-1] or any(lines[1::2]):  # not one `data:` line per event
@@ -287,7 +322,97 @@ class Template:
         return start, stop, texts, joined
 
 
-class SSEDecoder:
+class EventTap:
+    """The loop shared by the taps on relayed SSE streams: whole events out of the reads, a block
+    of events before the first one holding an ``attention`` marker passed on as it is (PLAIN, its
+    content counted from its bytes by :meth:`_count_plain`), every event from there on parsed and
+    handed to :meth:`_parsed` (which observes it and answers its content chunks). ``attention``
+    None: every event is parsed.
+
+    Reasoning: until the stream's first answer content, a batch with content is asked
+    :meth:`_answer_in`; one whose content is all reasoning (thinking) is marked ``hidden``. From
+    the first answer content on (``_shown``), nothing more is looked for."""
+
+    __slots__ = ("_framer", "_attention", "_observe", "_report", "_shown")
+
+    def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
+                 attention: tuple[bytes, ...] | None) -> None:
+        self._framer = EventFramer()
+        self._attention = attention
+        self._observe = observe
+        self._report = report
+        self._shown = False  # answer content seen (or the format has no reasoning): nothing to tell apart
+
+    def feed(self, data: bytes) -> Batch | None:
+        complete = self._framer.feed(data)
+        return self._told(complete) if complete else None
+
+    def flush(self) -> Batch | None:
+        tail = self._framer.flush()
+        return self._told(tail) if tail else None
+
+    def _told(self, complete: bytes) -> Batch:
+        """The batch of whole events; before the stream's first answer content, ``hidden`` when
+        its content is all reasoning."""
+        batch = self._batch(complete)
+        if not self._shown and batch.content:
+            if self._answer_in(batch):
+                self._shown = True
+            else:
+                batch.hidden = True
+        return batch
+
+    def _batch(self, complete: bytes) -> Batch:
+        if b"\r" in complete:
+            complete = complete.replace(b"\r\n", b"\n")
+        events, content = self._scan(complete)
+        return Batch(complete, events, content)
+
+    def _scan(self, data: bytes) -> tuple[list[Event] | None, int]:
+        """The events of ``data`` (None: all plain) and its content chunks."""
+        events: list[Event] = []
+        content = 0
+        rest = data
+        attention = self._attention
+        if attention is not None:
+            first = _first_attention(data, attention)
+            if first < 0:
+                return None, self._count_plain(data)
+            # the plain events before the first one needing attention pass as one block
+            boundary = data.rfind(b"\n\n", 0, first)
+            if boundary >= 0:
+                cut = boundary + 2
+                block = data[:cut]
+                events.append((block, PLAIN))
+                content = self._count_plain(block)
+                rest = data[cut:]
+        # From the first event needing attention on, every event is parsed: that is usually the
+        # stream's tail (finish, usage, [DONE]), and parsing a small event costs less than
+        # scanning it for markers first.
+        parsed = self._parsed
+        for part in rest.split(b"\n\n"):
+            if not part:
+                continue
+            obj = parse_event(part)
+            if obj.__class__ is dict:
+                content += parsed(obj)
+            events.append((part + b"\n\n", obj))
+        return events, content
+
+    def _count_plain(self, block: bytes) -> int:
+        """The content chunks of whole events none of which holds an attention marker."""
+        raise NotImplementedError
+
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        """One parsed event: observed into the report; answers its content chunks."""
+        raise NotImplementedError
+
+    def _answer_in(self, batch: Batch) -> bool:
+        """Whether ``batch`` (which has content) carries answer content, not only reasoning."""
+        raise NotImplementedError
+
+
+class SSEDecoder(EventTap):
     """OpenAI SSE in, OpenAI events out, each keeping the runtime's own bytes.
 
     Fast paths: a read that is one event shaped like the stream's learnt content
@@ -295,10 +420,13 @@ class SSEDecoder:
     a run of such events is checked with a few scans; a block of whole events none of which holds
     an attention marker comes out as one raw block (PLAIN) with a content count. The events from
     the first one that needs attention on are parsed (all of them with ``parse_all``).
+
+    Reasoning: until the stream's first answer content (:func:`shows_answer`), a batch whose
+    content is all reasoning is marked ``hidden``; the check looks for the answer's keys in that
+    batch only, and stops at the first answer content (one ``find`` in a stream without reasoning).
     """
 
-    __slots__ = ("_framer", "_observe", "_report", "_parse_all", "_kind", "_markers", "_attention",
-                 "_template", "_misses", "_texts")
+    __slots__ = ("_parse_all", "_kind", "_markers", "_template", "_misses", "_answers", "_texts")
 
     # Reads in a row that no template carried before the decoder stops trying (a runtime that
     # writes something new into every chunk, e.g. per-token timings).
@@ -311,16 +439,16 @@ class SSEDecoder:
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
                  parse_all: bool = False, kind: str = "chat", attention: tuple[bytes, ...] = BASE_ATTENTION,
                  texts: bool = False) -> None:
-        self._framer = EventFramer()
+        super().__init__(observe, report, None if parse_all else attention)
         self._texts = texts  # a run's texts cut out for the encoder (Batch.run)
-        self._attention = attention
-        self._observe = observe
-        self._report = report
         self._parse_all = parse_all
         self._kind = kind
         self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
         self._template: Template | None = None
         self._misses = 0
+        # a kind without reasoning fields: nothing to tell apart
+        self._shown = not REASONING_FIELDS.intersection(TEXT_FIELDS.get(kind, ()))
+        self._answers = _answer_markers(kind)
 
     def feed(self, data: bytes) -> Batch | None:
         template = self._template
@@ -330,13 +458,8 @@ class SSEDecoder:
             content = template.single(data)
             if content is not None:
                 self._misses = 0
-                return Batch(data, None, content)
-        complete = self._framer.feed(data)
-        return self._batch(complete) if complete else None
-
-    def flush(self) -> Batch | None:
-        tail = self._framer.flush()
-        return self._batch(tail) if tail else None
+                return Batch(data, None, content, template.hidden)
+        return EventTap.feed(self, data)
 
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
@@ -344,20 +467,20 @@ class SSEDecoder:
         if self._markers is None:  # a runtime writes all its JSON one way: compact or spaced
             spaced = _spaced(complete)
             if spaced is None:  # no JSON yet (a comment, a keep-alive): nothing to count
-                events, content = self._scan(complete, _text_markers(self._kind, False))
+                events, content = self._scan(complete)
                 return Batch(complete, events, content)
             self._markers = _text_markers(self._kind, spaced)
         run = None  # (start, end, content chunks) of a run of template events
         found = None  # and its texts, when the encoder asked for them
         if len(complete) >= self.TEMPLATE_MIN and not self._parse_all and self._misses < self.MAX_MISSES:
             template = self._template or self._learn(complete)
-            if template is not None and self._texts:
+            if template is not None and self._texts and template.answer:
                 cut = template.texts(complete)
                 if cut is not None:
                     start, end, texts, joined = cut
                     run = start, end, len(texts) if all(texts) else len(texts) - texts.count(b"")
                     found = texts, joined
-            elif template is not None:
+            elif template is not None:  # a reasoning run, or a format that relays the bytes
                 run = template.run(complete)
             if run is None:
                 self._template = None
@@ -370,7 +493,7 @@ class SSEDecoder:
         self._misses = 0
         start, end, content = run
         if start == 0 and end == len(complete):
-            return Batch(complete, None, content, None if found is None else Run(complete, *found))
+            return Batch(complete, None, content, run=None if found is None else Run(complete, *found))
         # the run passes as one plain block; a role chunk before it and the tail after it are scanned
         parts: list[Event] = []
         plain = True
@@ -388,41 +511,27 @@ class SSEDecoder:
             elif piece:
                 parts.append((piece, PLAIN))
         # a run cut into texts stands as one event of its own (Batch.run)
-        return Batch(complete, None if plain and texts_run is None else parts, content, texts_run)
+        return Batch(complete, None if plain and texts_run is None else parts, content, run=texts_run)
 
-    def _scan(self, data: bytes, markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
-              ) -> tuple[list[Event] | None, int]:
-        """Marker scans: the events of ``data`` (None: all plain) and its content chunks."""
-        markers = markers or self._markers
-        assert markers is not None
-        events: list[Event] = []
-        content = 0
-        rest = data
-        if not self._parse_all:
-            first = _first_attention(data, self._attention)
-            if first < 0:
-                return None, _texts(data, markers)
-            # the plain events before the first one needing attention pass as one block
-            boundary = data.rfind(b"\n\n", 0, first)
-            if boundary >= 0:
-                cut = boundary + 2
-                block = data[:cut]
-                events.append((block, PLAIN))
-                content = _texts(block, markers)
-                rest = data[cut:]
-        # From the first event needing attention on, every event is parsed: that is usually the
-        # stream's tail (finish, usage, [DONE]), and parsing a small event costs less than
-        # scanning it for markers first.
-        observe, report, kind = self._observe, self._report, self._kind
-        for part in rest.split(b"\n\n"):
-            if not part:
-                continue
-            obj = parse_event(part)
-            if obj.__class__ is dict:
-                observe(obj, report)
-                content += content_count(obj, kind)
-            events.append((part + b"\n\n", obj))
-        return events, content
+    def _count_plain(self, block: bytes) -> int:
+        return _texts(block, self._markers or _text_markers(self._kind, False))
+
+    def _parsed(self, obj: dict[str, Any]) -> int:
+        self._observe(obj, self._report)
+        return content_count(obj, self._kind)
+
+    def _answer_in(self, batch: Batch) -> bool:
+        raw = batch.raw
+        assert raw is not None
+        for marker in self._answers:  # an answer text field, not empty
+            at = raw.find(marker)
+            while at >= 0:
+                end = at + len(marker)
+                if raw[end:end + 1] != b'"':
+                    return True
+                at = raw.find(marker, end)
+        return batch.events is not None and any(
+            obj.__class__ is dict and shows_answer(obj) for _, obj in batch.events)
 
     def _learn_one(self, data: bytes) -> None:
         """From a small read the marker scans found to be plain with one content chunk: when it
@@ -444,7 +553,7 @@ class SSEDecoder:
 
     def _learn(self, data: bytes) -> Template | None:
         """A template from the first or second event of ``data`` (the first may be a role chunk)."""
-        assert self._markers is not None
+        assert self._markers is not None and self._attention is not None  # never with parse_all
         start = 0
         for _ in range(2):
             end = data.find(b"\n\n", start)

@@ -89,6 +89,8 @@ def runtime_figures(out: list[tuple[str, object]]) -> dict[str, float]:
         # n_gen_steps), as in the proxy's (output tokens - 1) / (last - first content chunk)
         "decode_rate": sum(t["predicted_per_second"] for t in timings) / n,
         "ttft": sum(t["prompt_ms"] for t in timings) / n / 1000,
+        # acceptance per request that drafted: draft_n_accepted / draft_n
+        "rates": [t["draft_n_accepted"] / t["draft_n"] for t in timings if t.get("draft_n")],
     }
 
 
@@ -107,6 +109,11 @@ def proxy_figures(samples: dict, backend: str) -> dict[str, float | None]:
         "per_step": mean("mtproxy_tokens_per_step"),
         "decode_rate": mean("mtproxy_decode_tokens_per_second"),
         "ttft": mean("mtproxy_time_to_first_token_seconds"),
+        "rate_count": value(samples, "mtproxy_spec_decode_acceptance_rate_count", **labels) or 0,
+        "rate_sum": value(samples, "mtproxy_spec_decode_acceptance_rate_sum", **labels) or 0,
+        # llama-server reports no verification steps or positions per request: none exported
+        "rounds": value(samples, "mtproxy_spec_decode_draft_rounds_total", **labels),
+        "length": value(samples, "mtproxy_spec_decode_acceptance_length_count", **labels),
     }
 
 
@@ -115,6 +122,10 @@ def assert_matches_the_runtime(proxy: dict, runtime: dict, *, steps_within: floa
     TTFT within 10 %."""
     for counter in ("completion", "prompt", "drafted", "accepted"):
         assert proxy[counter] == runtime[counter], (counter, proxy, runtime)
+    # acceptance rate: one observation per request that drafted, of the runtime's own ratio
+    assert proxy["rate_count"] == len(runtime["rates"]), (proxy, runtime)
+    assert proxy["rate_sum"] == pytest.approx(sum(runtime["rates"]), rel=1e-12), (proxy, runtime)
+    assert proxy["rounds"] is None and proxy["length"] is None, proxy
     assert proxy["per_step"] == pytest.approx(runtime["per_step"], rel=steps_within), (proxy, runtime)
     # The proxy times the same stream the runtime writes, from its first to its last content
     # chunk: the two rates differ by the time between a chunk's write and its read.
@@ -199,6 +210,7 @@ async def test_drafts_accepted_tokens_per_step_and_decode_rate(llama_server, lla
     timed_runtime, timed_proxy = runtime_figures(timed_out), proxy_figures(timed_samples, "timed")
     # the generic adapter reads usage, not timings: no draft counters; steps from the timing
     timed_runtime["drafted"] = timed_runtime["accepted"] = 0
+    timed_runtime["rates"] = []
     # Timed: 20 %, not 10. Measured (mean over the requests): 4.56-4.77 tokens per step on the
     # busy VM, 4.36 (16.8 steps for the runtime's 15) with a callgrind benchmark running alongside.
     # A 5-15 ms stall in the middle of a step's chunks cannot be told from a one-token step

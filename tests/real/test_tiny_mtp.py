@@ -32,8 +32,9 @@ from typing import Any
 import pytest
 
 from mtproxy.mtp.detect import from_path
+from mtproxy.state import POOL
 
-from ..conftest import make_config
+from ..conftest import make_config, until
 from ..promtext import scrape, value
 from .conftest import RealServer, embedded_argv, get_json, llama_server_path, missing
 
@@ -44,6 +45,7 @@ ALIAS = "tiny-mtp"
 # n_max+1 tokens plus the one-layer MTP head costs clearly less than n_max+1 plain decode steps.
 MODEL_ARGS = ["--n-layer", "8", "--n-embd", "384", "--n-ff", "1536", "--seed", "7"]
 DRAFT_N_MAX = 8
+DRAFT_MTP = ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(DRAFT_N_MAX)]
 # One thread each: the two servers take turns, and on a busy 2-core machine two spinning
 # threads per server slow every step down far more than they help.
 THREADS = "1"
@@ -83,8 +85,10 @@ class Server(RealServer):
 
 
 class Tiny:
-    def __init__(self, kind: str, mtp_gguf: Path, trunk_gguf: Path, mtp: Server, plain: Server) -> None:
-        self.kind, self.mtp_gguf, self.trunk_gguf, self.mtp, self.plain = kind, mtp_gguf, trunk_gguf, mtp, plain
+    def __init__(self, kind: str, program: list[str], mtp_gguf: Path, trunk_gguf: Path, mtp: Server,
+                 plain: Server) -> None:
+        self.kind, self.program, self.mtp_gguf, self.trunk_gguf = kind, program, mtp_gguf, trunk_gguf
+        self.mtp, self.plain = mtp, plain
 
 
 def _make(out: Path, *extra: str) -> Path:
@@ -110,8 +114,7 @@ def tiny(request, ggufs, tmp_path_factory) -> Iterator[Tiny]:
         program = [str(llama_server_path())]
     d = tmp_path_factory.mktemp(f"tiny-{request.param}")
     mtp_gguf, trunk_gguf = ggufs
-    mtp = Server(f"{request.param}-draft-mtp", program, mtp_gguf,
-                 ["--spec-type", "draft-mtp", "--spec-draft-n-max", str(DRAFT_N_MAX)], d)
+    mtp = Server(f"{request.param}-draft-mtp", program, mtp_gguf, DRAFT_MTP, d)
     plain = Server(f"{request.param}-plain", program, mtp_gguf, [], d)
     try:
         mtp.start()
@@ -119,7 +122,7 @@ def tiny(request, ggufs, tmp_path_factory) -> Iterator[Tiny]:
         # warm up both (first requests pay for page faults and graph allocation)
         mtp.complete(max_tokens=16)
         plain.complete(max_tokens=16)
-        yield Tiny(request.param, mtp_gguf, trunk_gguf, mtp, plain)
+        yield Tiny(request.param, program, mtp_gguf, trunk_gguf, mtp, plain)
     finally:
         mtp.stop()
         plain.stop()
@@ -201,6 +204,35 @@ async def test_proxy_reads_mtp_from_the_gguf_and_sees_it_active(tiny: Tiny, prox
         assert "nextn_predict_layers = 1" in s["mtp_trained_why"], s
     assert states["mtp"]["mtp"] == "active", states["mtp"]
     assert states["plain"]["mtp"] != "active", states["plain"]
+
+
+async def test_the_first_request_that_drafts_is_labelled_on(tiny: Tiny, proxy_factory, http, tmp_path) -> None:
+    """A freshly started draft-mtp server says nothing of its speculative types before its first
+    task (/props "none", /slots only "speculative": true): the first request's own drafts label it
+    mtp="on", and /slots, read again soon after it (not after health.mtp_interval), says draft-mtp."""
+    fresh = Server(f"{tiny.kind}-fresh", tiny.program, tiny.mtp_gguf, DRAFT_MTP, tmp_path).start()
+    try:
+        proxy = await proxy_factory(make_config([{"name": "fresh", "runtime": "llamacpp", "url": fresh.url}],
+                                                health={"interval": 1.0, "timeout": 10, "mtp_interval": 3600}))
+        before = (await _states(http, proxy))["fresh"]
+        for stream in (True, False):  # a stream's labels settle at its end, a JSON answer's before its headers
+            async with http.post(proxy.url + "/v1/completions", json={
+                    "model": ALIAS, "prompt": PROMPT, "max_tokens": 32, "temperature": 0, "stream": stream}) as resp:
+                assert resp.status == 200, await resp.text()
+                await resp.read()
+                assert resp.headers["x-mtproxy-mtp"] == ("off" if stream and before["mtp"] != "active" else "on")
+        async with http.get(proxy.url + "/metrics") as resp:
+            samples = scrape(await resp.text())
+        for stream in ("true", "false"):
+            labels = {"backend": "fresh", "stream": stream}
+            assert _value(samples, "mtproxy_requests_total", mtp="on", **labels) == 1, (before, stream)
+            assert _value(samples, "mtproxy_requests_total", mtp="off", **labels) == 0, (before, stream)
+        [backend] = proxy.app[POOL].backends
+        await until(lambda: backend.evidence[ALIAS].mtp is True, 30)  # the early probe, in the background
+        assert "/slots speculative.types = none,draft-mtp" in backend.evidence[ALIAS].why
+        assert (await _states(http, proxy))["fresh"]["mtp"] == "active"
+    finally:
+        fresh.stop()
 
 
 async def test_requests_for_the_model_route_to_the_mtp_backend(tiny: Tiny, proxy_factory, http) -> None:

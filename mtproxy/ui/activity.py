@@ -1,0 +1,84 @@
+"""One finished request as the page shows it, and its exports (JSON Lines, CSV).
+
+A record is a plain tuple in the order of :data:`COLUMNS`, built from the request's meter and
+measurement (the same figures ``/metrics`` observes); formatting waits until someone reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from ..metrics.meter import ANSWERED, Measurement, RequestMeter
+
+COLUMNS = ("time", "client", "endpoint", "stream", "model", "backend", "mtp", "status", "ttft_s", "decode_tps",
+           "tokens_per_step", "drafted", "accepted", "tokens_in", "tokens_out", "duration_s", "retries")
+Record = tuple[Any, ...]
+FILTERS = ("model", "backend", "status", "client", "endpoint")  # exact matches, as query parameters
+
+_formats: dict[type, str] = {}
+
+
+def _format_name(fmt: object) -> str:
+    kind = type(fmt)
+    name = _formats.get(kind)
+    if name is None:  # OpenAIFormat -> openai, OllamaEmbedFormat -> ollamaembed
+        name = _formats[kind] = kind.__name__.removesuffix("Format").lower() or "unknown"
+    return name
+
+
+def record(meter: RequestMeter, m: Measurement, fmt: object) -> Record:
+    """The record of one finished request (on the request path: a tuple, nothing formatted)."""
+    labels, report = meter.labels, meter.report
+    status = meter.http_status if meter.outcome is ANSWERED else meter.outcome.value
+    return (time.time(), _format_name(fmt), labels.endpoint, labels.stream, labels.model, labels.backend,
+            labels.mtp == "on", status, m.ttft, m.decode_rate, m.tokens_per_step, report.draft_tokens,
+            report.accepted_tokens, report.prompt_tokens, m.output_tokens, m.duration, max(0, meter.attempts - 1))
+
+
+def as_dict(rec: Record) -> dict[str, Any]:
+    return dict(zip(COLUMNS, rec))
+
+
+def matches(rec: Record, wanted: Mapping[str, str]) -> bool:
+    """Whether ``rec`` passes the filters (exact, as strings: ``status=200``)."""
+    for key, value in wanted.items():
+        if str(rec[COLUMNS.index(key)]) != value:
+            return False
+    return True
+
+
+def filters(query: Mapping[str, str]) -> dict[str, str]:
+    return {k: query[k] for k in FILTERS if query.get(k)}
+
+
+def jsonl(records: Iterable[Record]) -> Iterator[bytes]:
+    for rec in records:
+        yield orjson.dumps(as_dict(rec)) + b"\n"
+
+
+def csv_rows(records: Iterable[Record]) -> Iterator[bytes]:
+    """CSV with a header row; a value a spreadsheet would run as a formula is quoted with ``'``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for rec in records:
+        writer.writerow([_cell(v) for v in rec])
+        if buf.tell() > 65536:
+            yield buf.getvalue().encode()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
