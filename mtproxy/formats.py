@@ -39,6 +39,7 @@ class ErrorShape(Protocol):
 
 class ClientFormat(ErrorShape, Protocol):
     parse_all: bool  # the encoder needs every event parsed
+    texts: bool  # the encoder rewrites runs of content chunks from their texts (Batch.run)
 
     def parse(self, body: bytes, endpoint: Endpoint) -> ApiRequest:
         """The client's request body as the proxy's request (raises InvalidRequest)."""

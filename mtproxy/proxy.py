@@ -380,7 +380,7 @@ class Proxy:
             meter.t_in = perf_counter()
             meter.count_live(self.metrics.window)
 
-            decoder = backend.runtime.stream_decoder(req, meter.report, parse_all=fmt.parse_all)
+            decoder = backend.runtime.stream_decoder(req, meter.report, parse_all=fmt.parse_all, texts=fmt.texts)
             encoder = fmt.stream_encoder(req, meter.report)
             out = web.StreamResponse(headers={"Content-Type": encoder.content_type, **STREAM_HEADERS,
                                               **self._headers(meter)})

@@ -587,3 +587,15 @@ async def test_texts_moved_from_their_bytes_keep_every_escape(start):
             msg = await stream.get_final_message()
     assert [(b.type, getattr(b, "thinking", None) or b.text) for b in msg.content] == \
         [("thinking", "".join(tokens)), ("text", "".join(tokens))]
+
+
+async def test_a_long_run_read_at_once_keeps_every_escape(start):
+    """A long run of plain chunks read at once, which the decoder cuts into its texts (no quote
+    in any): every escape, non-ASCII and astral character arrives as sent, one delta a chunk."""
+    tokens = ["He", "\n", "\\", "ü€", "\u2028", "</s>", "\t{}", " 🦊", "\\n", " %s"] * 40
+    proxy, _ = await start("vllm", tokens=tokens, steps=[(0.0, len(tokens))])  # in one write
+    async with client(proxy, _strict_response_validation=True) as c:
+        async with c.messages.stream(model="m1", max_tokens=len(tokens), messages=HI) as stream:
+            deltas = [e.delta.text async for e in stream if e.type == "content_block_delta"]
+            assert (await stream.get_final_text()) == "".join(tokens)
+    assert deltas == tokens

@@ -602,6 +602,35 @@ async def test_redis_down_is_a_503_and_answers_still_go_out(scripted, proxy_fact
     assert exc.value.status_code == 503 and exc.value.body["code"] == "response_store_unavailable"
 
 
+async def test_a_long_run_read_at_once_keeps_every_escape(serve):
+    """A long run of plain chunks read at once, which the decoder cuts into its texts (no quote
+    in any): backslashes, escaped line breaks and tabs, non-ASCII and astral characters, empty
+    texts arrive as sent, one delta a chunk with a text, numbered in order."""
+    texts = [" w", "\\", "\n", "\t", " é", " 🦊", "\u2028", "", " </s>", " %d", "\\n"] * 40
+    _, proxy = await serve([{"content": t} for t in texts], at_once=True)
+    async with client(proxy, strict=True) as c:
+        async with c.responses.stream(model="m1", input="hi") as s:
+            events = [e async for e in s]
+            final = await s.get_final_response()
+    assert final.output_text == "".join(texts)
+    assert [e.delta for e in events if e.type == "response.output_text.delta"] == [t for t in texts if t]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+async def test_a_long_run_of_reasoning_read_at_once_stays_reasoning(serve):
+    """A long run of reasoning chunks read at once, then the answer: the reasoning item holds
+    the reasoning, the message the answer (the decoder cuts only a run of content texts)."""
+    thinking = [f" step{i}" for i in range(200)]
+    deltas = [*({"reasoning_content": t} for t in thinking), *({"content": f" a{i}"} for i in range(100))]
+    _, proxy = await serve(deltas, at_once=True)
+    async with client(proxy, strict=True) as c:
+        async with c.responses.stream(model="m1", input="hi") as s:
+            final = await s.get_final_response()
+    assert [o.type for o in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "".join(thinking)
+    assert final.output_text == "".join(f" a{i}" for i in range(100))
+
+
 # --- reload: the `responses:` section ------------------------------------------------------------------
 
 ADMIN = {"Authorization": "Bearer admin-key"}

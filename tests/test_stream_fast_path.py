@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mtproxy.front.openai import OpenAIStream
 from mtproxy.runtimes import Report, runtime_for
-from mtproxy.stream.tap import SSEDecoder, Template
+from mtproxy.stream.events import PLAIN
+from mtproxy.stream.tap import SSEDecoder, Template, parse_event
 from mtproxy.wire import CHAT, COMPLETIONS, from_payload
 
 TEXT = st.one_of(
@@ -75,11 +76,11 @@ def streams(draw, kind=CHAT):
     return b"\n\n".join(out) + b"\n\n"
 
 
-def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT):
+def decode(raw: bytes, cuts: list[int], parse_all: bool, kind=CHAT, texts: bool = False):
     """(report, batches, bytes sent to the client, finished) of ``raw`` read in pieces cut at ``cuts``."""
     req = from_payload({"model": "m", "stream": True}, kind)
     report = Report()
-    decoder = runtime_for("vllm").stream_decoder(req, report, parse_all=parse_all)
+    decoder = runtime_for("vllm").stream_decoder(req, report, parse_all=parse_all, texts=texts)
     encoder = OpenAIStream(strip_usage=True)
     batches, bounds = [], sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
     for a, b in zip(bounds, bounds[1:]):
@@ -104,12 +105,31 @@ def reads(raw: bytes, cuts: list[int]) -> list[list[int]]:
 def check(raw: bytes, cuts: list[int], kind=CHAT) -> None:
     for plan in reads(raw, cuts):
         full_report, full, full_sent, full_done = decode(raw, plan, True, kind)
-        fast_report, fast, fast_sent, fast_done = decode(raw, plan, False, kind)
-        assert b"".join(b.raw for b in fast) == raw
-        assert fast_sent == full_sent
-        assert fast_done == full_done
-        assert fast_report == full_report
-        assert [b.content for b in fast] == [b.content for b in full]
+        for texts in (False, True):
+            fast_report, fast, fast_sent, fast_done = decode(raw, plan, False, kind, texts)
+            assert b"".join(b.raw for b in fast) == raw
+            assert fast_sent == full_sent
+            assert fast_done == full_done
+            assert fast_report == full_report
+            assert [b.content for b in fast] == [b.content for b in full]
+            for batch in fast:
+                assert batch.run is None or texts
+                if batch.run is not None:
+                    check_run(batch, kind)
+
+
+def check_run(batch, kind=CHAT) -> None:
+    """A batch's run of content chunks cut into its texts: a plain block of the batch, each of
+    its events the template around the text it was cut into, nothing else in it."""
+    run = batch.run
+    assert run.data is batch.raw if batch.events is None else \
+        [obj for data, obj in batch.events if data is run.data] == [PLAIN]
+    events = [parse_event(e) for e in run.data.split(b"\n\n") if e]
+    field = "text" if kind is COMPLETIONS else "content"
+    want = [e["choices"][0].get("delta", e["choices"][0])[field] for e in events]
+    assert [orjson.loads(b'"' + t + b'"') for t in run.texts] == want
+    assert run.joined == b"".join(run.texts) and b'"' not in run.joined
+    assert batch.content >= sum(1 for t in run.texts if t)
 
 
 @settings(max_examples=300, deadline=None)
@@ -134,6 +154,32 @@ def test_a_run_of_content_chunks_is_counted_without_parsing():
     decoder = runtime_for("vllm").stream_decoder(req, Report())
     batches = [decoder.feed(piece) for piece in pieces]
     assert [(b.raw, b.events, b.content) for b in batches] == [(p, None, n) for p, n in zip(pieces, [3, 72, 525])]
+
+
+def test_a_run_is_cut_into_its_texts_for_a_format_that_rewrites_them():
+    """Asked for texts (a translating format), the decoder hands a long run's texts with the
+    batch, still escaped, with the role chunk before the run and the tail after it as events;
+    not asked, it hands none. A run with a quote in a text is counted by the marker scans, uncut."""
+    texts = ["a", "", "b\\c", "\u00e9\U0001f98a", "d\n", "\t"] * 100
+    role = b"data: " + orjson.dumps(chunk(1, {"role": "assistant", "content": ""})) + b"\n\n"
+    run = b"".join(b"data: " + orjson.dumps(chunk(1, {"content": t})) + b"\n\n" for t in texts)
+    tail = b"data: " + orjson.dumps(chunk(1, {}, "stop")) + b"\n\ndata: [DONE]\n\n"
+    req = from_payload({"model": "m", "stream": True}, CHAT)
+    for data in (run, role + run, role + run + tail):
+        batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(data)
+        assert batch is not None and batch.run is not None and batch.content == 500 and not batch.hidden
+        # the run is the batch, or one event of it beside the others
+        assert batch.run.data is data if data is run else b"".join(e for e, _ in batch.events) == data
+        assert [orjson.loads(b'"' + t + b'"') for t in batch.run.texts] == texts
+        check_run(batch)
+        assert runtime_for("vllm").stream_decoder(req, Report()).feed(data).run is None
+    thinking = b"".join(b"data: " + orjson.dumps(chunk(1, {"reasoning_content": t})) + b"\n\n" for t in texts)
+    batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(thinking)
+    assert batch.run is None and batch.content == 500 and batch.hidden  # reasoning is no message text
+    assert batch.events is None  # but a run all the same (Template.run): one block
+    quoted = run + b"data: " + orjson.dumps(chunk(1, {"content": 'say "hi"'})) + b"\n\n" + run
+    batch = runtime_for("vllm").stream_decoder(req, Report(), texts=True).feed(quoted)
+    assert batch.run is None and batch.events is None and batch.content == 1001
 
 
 def test_the_template_refuses_what_it_cannot_vouch_for():

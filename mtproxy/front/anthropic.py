@@ -25,7 +25,7 @@ from aiohttp import web
 
 from ..errors import InvalidRequest, ModelNotFound, ProxyError, UpstreamError
 from ..state import POOL, PROXY
-from ..stream.events import DONE, PLAIN, Batch, Report
+from ..stream.events import DONE, PLAIN, Batch, Report, Run
 from ..stream.tap import Template
 from ..wire import CHAT, MESSAGES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import anthropic_wire as wire
@@ -139,9 +139,12 @@ class AnthropicStream:
                 "usage": {"input_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                           "output_tokens": 0}}}))
             out.append(PING)
-        events = batch.events
+        events, run = batch.events, batch.run
         if events is None:  # plain content chunks only (the tap's fast path)
-            self._plain(batch.raw or b"", out)
+            if run is not None and run.data is batch.raw:
+                self._run(run, out)
+            else:
+                self._plain(batch.raw or b"", out)
             return b"".join(out)
         for raw, obj in events:
             if obj.__class__ is dict:
@@ -149,7 +152,10 @@ class AnthropicStream:
                 if self.finished:
                     break
             elif obj is PLAIN:
-                self._plain(raw or b"", out)
+                if run is not None and raw is run.data:
+                    self._run(run, out)
+                else:
+                    self._plain(raw or b"", out)
             elif obj is DONE:
                 self._finish(out)
                 break
@@ -202,6 +208,19 @@ class AnthropicStream:
             out.append(self.prefix + b'"' + between.join(texts) + b'"}}\n\n')
         if last < len(events) - 1:
             self._fields(b"\n\n".join(events[last:]), out)
+
+    def _run(self, run: Run, out: list[bytes]) -> None:
+        """A run of content chunks the decoder cut into their texts (checked there against the
+        stream's template): joined with the bytes of Anthropic's deltas between them."""
+        if not run.joined:
+            return
+        texts = run.texts
+        if not all(texts):
+            texts = [text for text in texts if text]  # empty texts add nothing
+        if self.block != "text":
+            self._open("text", {"type": "text", "text": ""}, "text", out)
+        between = b'"}}\n\n' + self.prefix + b'"'
+        out.append(self.prefix + b'"' + between.join(texts) + b'"}}\n\n')
 
     @staticmethod
     def _learn(data: bytes) -> Template | None:
@@ -319,6 +338,7 @@ class AnthropicFormat:
     """POST /v1/messages (``count``: /v1/messages/count_tokens, which only parses)."""
 
     parse_all = False  # plain content chunks are rewritten from their bytes (AnthropicStream._plain)
+    texts = True  # and a long run of them from the texts the decoder cut out (AnthropicStream._run)
     error_body = staticmethod(error_body)
 
     def __init__(self, count: bool = False) -> None:

@@ -131,6 +131,7 @@ class OllamaFormat:
     """/api/chat (``generate`` False) and /api/generate."""
 
     parse_all = True  # every event is rewritten as an NDJSON line
+    texts = False
     error_body = staticmethod(error_body)
 
     def __init__(self, generate: bool) -> None:
@@ -221,6 +222,7 @@ class OllamaEmbedFormat:
     ({"embedding": [...]})."""
 
     parse_all = True
+    texts = False
     error_body = staticmethod(error_body)
 
     def __init__(self, legacy: bool) -> None:

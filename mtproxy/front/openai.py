@@ -67,6 +67,7 @@ class OpenAIFormat:
     """The OpenAI API: the runtime's own bytes relayed, the request validated by wire.py."""
 
     parse_all = False
+    texts = False
 
     def parse(self, body: bytes, endpoint: Endpoint) -> ApiRequest:
         return parse_request(body, endpoint)

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from ..errors import InvalidRequest, ProxyError
 from ..state import POOL, PROXY
-from ..stream.events import DONE, PLAIN, Batch, Report
+from ..stream.events import DONE, PLAIN, Batch, Report, Run
 from ..stream.tap import parse_event
 from ..wire import CHAT, RESPONSES, ApiRequest, Endpoint, Native, deeply_nested, from_payload, too_deep
 from . import responses_wire as rw
@@ -219,16 +219,29 @@ class ResponsesStream:
         out: list[bytes] = []
         if not self.started:
             self._start(out)
-        events = batch.events
+        events, run = batch.events, batch.run
         if events is None:
-            self._plain(batch.raw or b"", out)
+            if run is None or run.data is not batch.raw or not self._run(run, out):
+                self._plain(batch.raw or b"", out)
         else:
             for raw, obj in events:
                 if obj is PLAIN:
-                    self._plain(raw or b"", out)
+                    if run is None or raw is not run.data or not self._run(run, out):
+                        self._plain(raw or b"", out)
                 else:
                     self._parsed(raw, obj, out)
         return b"".join(out)
+
+    def _run(self, run: Run, out: list[bytes]) -> bool:
+        """A run of content chunks the decoder cut into their texts (checked there against the
+        stream's template): text deltas, the texts copied as they are. False when the texts are
+        not valid JSON string contents (then the run is taken as any block)."""
+        joined = run.joined
+        if not _valid(joined):
+            return False
+        texts = run.texts
+        self._texts(texts if all(texts) else [t for t in texts if t], out, joined)
+        return True
 
     def _parsed(self, raw: bytes | None, obj: Any, out: list[bytes]) -> None:
         if obj.__class__ is dict:
@@ -331,14 +344,18 @@ class ResponsesStream:
             if part:
                 self._parsed(part + b"\n\n", parse_event(part), out)
 
-    def _texts(self, texts: list[bytes], out: list[bytes]) -> None:
-        """Text deltas of the message, each text as its chunk had it (escaped, unquoted)."""
+    def _texts(self, texts: list[bytes], out: list[bytes], joined: bytes | None = None) -> None:
+        """Text deltas of the message, each text as its chunk had it (escaped, unquoted);
+        ``joined``: the texts in one already."""
         if not texts:
             return
         current = self.open
         if current is None or current.kind != "message":
             current = self._open_item("message", out)
-        current.parts.extend(texts)
+        if joined is None:
+            current.parts.extend(texts)
+        else:
+            current.parts.append(joined)
         n = len(texts)
         seq = self.seq
         self.seq = seq + n
@@ -645,6 +662,7 @@ class ResponsesFormat:
     (to look up ``previous_response_id``) and what the store holds for it."""
 
     parse_all = False  # plain content chunks come as raw blocks (ResponsesStream._plain)
+    texts = True  # and a long run of them as the texts the decoder cut out (ResponsesStream._run)
 
     def __init__(self, store: ResponseStore, parsed: Any = _UNPARSED, prior: dict[str, Any] | None = None) -> None:
         self.store = store

@@ -154,9 +154,12 @@ class Runtime(Protocol):
         route when ``req.relayed``); None when the runtime cannot count."""
         ...
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
+                       texts: bool = False) -> StreamDecoder:
         """Turns the runtime's stream into OpenAI events, filling ``report`` on the way;
-        ``parse_all``: every event parsed (a client format that rewrites every event needs it)."""
+        ``parse_all``: every event parsed (a client format that rewrites every event needs it);
+        ``texts``: runs of content chunks cut into their texts where the decoder finds them
+        (``Batch.run``, for a format that rewrites them; a hint a decoder may ignore)."""
         ...
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:

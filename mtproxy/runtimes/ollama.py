@@ -254,7 +254,8 @@ class Ollama:
             body = wire.embed_request(req.payload)
         return Upstream(_PATHS[kind], orjson.dumps(body))
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
+                       texts: bool = False) -> StreamDecoder:
         if req.relayed and req.native is not None:  # Ollama's own SSE in the client's API
             return relay_decoder(req.native, nothing, report)
         return NDJSONDecoder(req, report)

@@ -172,11 +172,12 @@ class OpenAICompatible:
             return payload.keys() - self.accepted_fields[req.endpoint.kind]
         return payload.keys() & self.extension_fields
 
-    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False) -> StreamDecoder:
+    def stream_decoder(self, req: ApiRequest, report: Report, *, parse_all: bool = False,
+                       texts: bool = False) -> StreamDecoder:
         if req.relayed and req.native is not None:  # the runtime's own stream in the client's API
             fields = tuple(f'"{o.field}"'.encode() for o in self.observers)
             return relay_decoder(req.native, observe_all(self.observers), report, fields)
-        return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention)
+        return SSEDecoder(observe_all(self.observers), report, parse_all, req.endpoint.kind, self.attention, texts)
 
     def decode_body(self, req: ApiRequest, body: bytes, report: Report) -> bytes:
         try:

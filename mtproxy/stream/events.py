@@ -56,6 +56,21 @@ class _Plain:
 PLAIN: Any = _Plain()
 
 
+class Run:
+    """A run of plain content chunks written alike but for their texts, cut into its texts by
+    the decoder (stream/tap.py ``Template.texts``, for a format that rewrites them): ``data``,
+    the bytes object of the batch that holds the run (``raw``, or one PLAIN event's raw);
+    ``texts``, each event's text as it stands between its quotes (escaped JSON string contents,
+    no quote or line break in it, maybe empty), in order; ``joined``, all of them in one."""
+
+    __slots__ = ("data", "texts", "joined")
+
+    def __init__(self, data: bytes, texts: list[bytes], joined: bytes) -> None:
+        self.data = data
+        self.texts = texts
+        self.joined = joined
+
+
 class Batch:
     """The complete events one upstream read finished.
 
@@ -64,15 +79,19 @@ class Batch:
     fast path: nothing in them needs the proxy's attention, and ``raw`` is relayed as it is);
     ``content``: how many carry generated content; ``hidden``: all of that content is reasoning
     (thinking), none of it the answer the user sees. A decoder that cannot tell says False.
+    ``run``: the texts of a run of answer content chunks, when the decoder was asked for them
+    and found one (:class:`Run`).
     """
 
-    __slots__ = ("raw", "events", "content", "hidden")
+    __slots__ = ("raw", "events", "content", "hidden", "run")
 
-    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int, hidden: bool = False) -> None:
+    def __init__(self, raw: bytes | None, events: list[Event] | None, content: int, hidden: bool = False,
+                 run: Run | None = None) -> None:
         self.raw = raw
         self.events = events
         self.content = content
         self.hidden = hidden
+        self.run = run
 
 
 class StreamFailure(Exception):

@@ -14,11 +14,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import orjson
 
-from .events import DONE, PLAIN, Batch, Event, Report
+from .events import DONE, PLAIN, Batch, Event, Report, Run
 from .sse import EventFramer
 
 
@@ -214,12 +215,16 @@ class Template:
     anything but its text falls back to the marker scans.
     """
 
-    __slots__ = ("prefix", "end", "quotes", "shape", "empty", "hidden")
+    __slots__ = ("prefix", "end", "quotes", "shape", "empty", "hidden", "answer", "cut", "between")
 
     def __init__(self, prefix: bytes, suffix: bytes, separator: bytes, hidden: bool = False) -> None:
         self.prefix = prefix
         self.hidden = hidden  # its text field is reasoning (REASONING_FIELDS)
+        # its text field is a chat chunk's answer text (`content`): the message's text
+        self.answer = not hidden and prefix.endswith(_answer_markers("chat"))
         self.end = suffix + b"\n\n"
+        self.cut = itemgetter(slice(len(prefix), -len(suffix)))  # an event's text
+        self.between = self.end + prefix  # the bytes between two texts of a run
         self.quotes = prefix.count(b'"') + suffix.count(b'"')
         # one event's quotes and newlines, in order
         self.shape = b'"' * self.quotes + b"\n\n"
@@ -278,6 +283,43 @@ class Template:
         if marks != shape * lines or data.count(end_marker, start, end) != lines:
             return None
         return start, end, lines - data.count(self.empty, start, end)
+
+    def texts(self, data: bytes) -> tuple[int, int, list[bytes], bytes] | None:
+        """(start, end, texts, the texts joined) of the run of template events in ``data``, as
+        :meth:`run` finds it, for a format that rewrites the texts (stream/events.py ``Run``).
+        The check is exact: every event of the run is ``prefix``, a text without a quote or a
+        line break, ``end``. It takes about the time of :meth:`run`'s passes, which that format
+        would otherwise pay again to cut the texts out (it needs one event a line). Only the
+        texts of the answer (``answer``: a chat chunk's ``content``); a run of reasoning is no
+        message text (``hidden``: :meth:`run` checks it)."""
+        if not self.answer:
+            return None
+        lines = data.split(b"\n")  # one byte: the quickest split on this CPython
+        if lines[-1] or any(lines[1::2]):  # not one `data:` line per event
+            return None
+        events = lines[0:-1:2]
+        prefix, end = self.prefix, self.end
+        suffix = end[:-2]
+        first, last = 0, len(events)
+        if not events[0].startswith(prefix):  # a role chunk
+            first = 1
+        while last > first and not events[last - 1].endswith(suffix):  # finish, usage, [DONE]
+            last -= 1
+        if last <= first:
+            return None
+        # each text cut from its event in one C-level loop; then one check for the whole run:
+        # its bytes are the template around these texts (compared in place), no text holds a
+        # quote (so it is nothing but a text)
+        texts = list(map(self.cut, events[first:last] if first or last < len(events) else events))
+        joined = b"".join(texts)
+        start = len(events[0]) + 2 if first else 0
+        stop = len(data) - sum(len(e) + 2 for e in events[last:])
+        inner = self.between.join(texts)
+        head = start + len(prefix)
+        if b'"' in joined or stop - head != len(inner) + len(end) or not data.startswith(prefix, start) \
+                or not data.startswith(inner, head) or not data.startswith(end, stop - len(end)):
+            return None
+        return start, stop, texts, joined
 
 
 class EventTap:
@@ -384,7 +426,7 @@ class SSEDecoder(EventTap):
     batch only, and stops at the first answer content (one ``find`` in a stream without reasoning).
     """
 
-    __slots__ = ("_parse_all", "_kind", "_markers", "_template", "_misses", "_answers")
+    __slots__ = ("_parse_all", "_kind", "_markers", "_template", "_misses", "_answers", "_texts")
 
     # Reads in a row that no template carried before the decoder stops trying (a runtime that
     # writes something new into every chunk, e.g. per-token timings).
@@ -395,8 +437,10 @@ class SSEDecoder(EventTap):
     TEMPLATE_MIN = 8192
 
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
-                 parse_all: bool = False, kind: str = "chat", attention: tuple[bytes, ...] = BASE_ATTENTION) -> None:
+                 parse_all: bool = False, kind: str = "chat", attention: tuple[bytes, ...] = BASE_ATTENTION,
+                 texts: bool = False) -> None:
         super().__init__(observe, report, None if parse_all else attention)
+        self._texts = texts  # a run's texts cut out for the encoder (Batch.run)
         self._parse_all = parse_all
         self._kind = kind
         self._markers: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None  # set by the first event
@@ -426,10 +470,18 @@ class SSEDecoder(EventTap):
                 events, content = self._scan(complete)
                 return Batch(complete, events, content)
             self._markers = _text_markers(self._kind, spaced)
-        run = None
+        run = None  # (start, end, content chunks) of a run of template events
+        found = None  # and its texts, when the encoder asked for them
         if len(complete) >= self.TEMPLATE_MIN and not self._parse_all and self._misses < self.MAX_MISSES:
             template = self._template or self._learn(complete)
-            run = None if template is None else template.run(complete)
+            if template is not None and self._texts and template.answer:
+                cut = template.texts(complete)
+                if cut is not None:
+                    start, end, texts, joined = cut
+                    run = start, end, len(texts) if all(texts) else len(texts) - texts.count(b"")
+                    found = texts, joined
+            elif template is not None:  # a reasoning run, or a format that relays the bytes
+                run = template.run(complete)
             if run is None:
                 self._template = None
                 self._misses += 1
@@ -441,21 +493,25 @@ class SSEDecoder(EventTap):
         self._misses = 0
         start, end, content = run
         if start == 0 and end == len(complete):
-            return Batch(complete, None, content)
+            return Batch(complete, None, content, run=None if found is None else Run(complete, *found))
         # the run passes as one plain block; a role chunk before it and the tail after it are scanned
         parts: list[Event] = []
         plain = True
+        texts_run = None
         for piece, in_run in ((complete[:start], False), (complete[start:end], True), (complete[end:], False)):
             events = None
             if piece and not in_run:
                 events, n = self._scan(piece)
                 content += n
+            elif in_run and found is not None:
+                texts_run = Run(piece, *found)
             if events is not None:
                 plain = False
                 parts.extend(events)
             elif piece:
                 parts.append((piece, PLAIN))
-        return Batch(complete, None if plain else parts, content)
+        # a run cut into texts stands as one event of its own (Batch.run)
+        return Batch(complete, None if plain and texts_run is None else parts, content, run=texts_run)
 
     def _count_plain(self, block: bytes) -> int:
         return _texts(block, self._markers or _text_markers(self._kind, False))
