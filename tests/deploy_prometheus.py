@@ -190,7 +190,9 @@ class Prometheus:
         stored; its start. (A failed one leaves staleness markers: gauges read as absent.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = (await self.query(f'timestamp(up{{instance="{instance}"}} == 1)'))["result"]
+            # timestamp() of the selector itself: of `up == 1` it is the evaluation's time, now
+            up = f'up{{instance="{instance}"}}'
+            result = (await self.query(f"timestamp({up}) and {up} == 1"))["result"]
             if result and float(result[0]["value"][1]) > t:
                 return float(result[0]["value"][1])
             await asyncio.sleep(0.05)
