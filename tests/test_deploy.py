@@ -3,7 +3,8 @@
 - Prometheus: `promtool check config`, `check rules` and `test rules` (every alert unit-tested).
 - End to end: the proxy in-process with fake runtimes, a real Prometheus scraping it every second
   on loopback, traffic, then every PromQL expression of every dashboard panel and every rule run
-  against Prometheus's HTTP API: each must parse and return data.
+  against Prometheus's HTTP API: each must parse and return data (PANELS_ELSEWHERE: panels whose
+  data needs another run, which checks them).
 - Kubernetes manifests against the Kubernetes schemas (kubernetes-validate, offline), the
   ServiceMonitor against the Prometheus Operator's CRD schema; compose with `docker compose config`.
 
@@ -137,7 +138,10 @@ def test_dashboard_is_well_formed():
     titles = " ".join(p["title"] for p in board["panels"]).lower()
     for topic in ("requests/s", "errors", "time to first token", "inter-token", "time per output token",
                   "decode tokens/s", "window", "tokens per step", "acceptance", "mtp state", "version",
-                  "in-flight", "overhead", "swaps", "backend state", "start duration", "queue wait"):
+                  "in-flight", "overhead", "swaps", "backend state", "start duration", "queue wait",
+                  "estimated time to first token", "estimated decode tokens/s", "estimated tokens per step",
+                  "estimate age", "acceptance rate", "acceptance length", "draft position", "draft rounds",
+                  "first visible token", "reasoning tokens/s", "runtimes' own metrics"):
         assert topic in titles, f"no panel about {topic}"
     exprs = " ".join(e for _, e, _ in panel_queries(board))
     for q in ("0.5", "0.9", "0.99"):
@@ -166,6 +170,15 @@ def props(speculative_types: str) -> dict[str, Any]:
                        "default_generation_settings": {"params": {"speculative.types": speculative_types}}}}
 
 
+REASONING = 8  # `spec`: its first 8 chunks are reasoning
+# 70 drafted, 34 accepted in 7 steps: 2 accepted none, 1 one, 1 three, 3 all ten
+SPEC_EXTRA = {"metrics": {"speculative_decoding": {
+    "num_draft_tokens": 70, "num_accepted_draft_tokens": 34, "num_spec_steps": 7,
+    "mean_acceptance_length": 1 + 34 / 7, "draft_acceptance_rate": 34 / 70,
+    "acceptance_histogram": [2, 1, 0, 1, 0, 0, 0, 0, 0, 0, 3], "num_spec_tokens": 10}},
+    "usage": {"prompt_tokens": 5, "completion_tokens": len(TOKENS), "total_tokens": 5 + len(TOKENS),
+              "completion_tokens_details": {"reasoning_tokens": REASONING}}}
+
 # One fake runtime per situation a panel or an alert is about. Decode steps are 25-50 ms apart: the
 # fakes, the proxy and the client share one event loop, and a late step followed by a catch-up on
 # a busy machine looks like a burst of speculation.
@@ -185,6 +198,9 @@ FAKES: dict[str, tuple[str, dict[str, Any]]] = {
     # its event loop) delays the steps after it instead of bunching them into a burst.
     "nospec": ("llamacpp", dict(models=["m-nospec"], tokens=TOKENS, token_delay=0.05,
                                 routes=props("none,draft-mtp"))),
+    # vLLM with speculative decoding and a reasoning parser: its per-request SpeculativeDecodingMetrics
+    # (drafts, steps, acceptance histogram) and reasoning deltas before the answer
+    "spec": ("vllm", dict(models=["m-spec"], tokens=TOKENS, rate=40.0, reasoning=REASONING, extra=SPEC_EXTRA)),
 }
 MTP_TRAINED = {"m-mtp": {"mtp": True}, "m-cfg": {"mtp": True}, "m-nospec": {"mtp": True}}
 # `nospec` streams per round: fewer in all than the proxy's own live check needs to demote the
@@ -213,6 +229,15 @@ ALERT_EVIDENCE: dict[str, list[str] | None] = {
     "MtproxyBackendStartFailing": None,  # `nostart`, once a round
 }
 
+# Panels this run cannot give data, each with why and where they get it instead; their queries must
+# still parse and evaluate here.
+RUNTIME_METRICS_OFF = ("metrics.runtime_metrics is off in this run (on, every scrape would also read every "
+                       "fake's /metrics): shown with data in test_prometheus_scrapes_the_runtimes_metrics")
+PANELS_ELSEWHERE: dict[str, str] = {
+    "Runtimes' own metrics on the page": RUNTIME_METRICS_OFF,
+    "Runtimes' own metrics: reads left out/s": RUNTIME_METRICS_OFF,
+}
+
 # Managed backends (swap.py), launched as processes: two models swapped in a group of one (each
 # round asks for both at once: a start, a wait in the queue, a drain, a swap), and one whose
 # process exits at once (its start fails: 503 backend_start_failed).
@@ -232,7 +257,8 @@ async def send_traffic(http: aiohttp.ClientSession, url: str, nospec: int) -> co
     """One round: streams and not, to every backend, plus requests no backend can take."""
     plan = ([("m-mtp", True)] * 3 + [("m-mtp", False)] + [("m-plain", True)] * 3 + [("m-plain", False)] * 2
             + [("m-err", True)] * 3 + [("m-err", False)] * 3 + [("m-cfg", True)] * 2
-            + [("m-nospec", True)] * nospec + [("m-gone", False), ("no-such-model", False)]
+            + [("m-nospec", True)] * nospec + [("m-spec", True)] * 2 + [("m-spec", False)]
+            + [("m-gone", False), ("no-such-model", False)]
             + [(m, True) for m in SWAP_MODELS] + [("m-nostart", False)])
     return collections.Counter(await asyncio.gather(*(call_chat(http, url, m, s) for m, s in plan)))
 
@@ -297,7 +323,7 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
         for round_ in range(3):
             nospec = NOSPEC_STREAMS[round_]
             statuses = await send_traffic(http, proxy.url, nospec)
-            assert statuses == {200: 13 + nospec, 500: 6, 503: 2, 404: 1}, statuses
+            assert statuses == {200: 16 + nospec, 500: 6, 503: 2, 404: 1}, statuses
             await prom.scraped_after(instance, time.time() + 0.2)
         # twice: alerts read recorded series, and the two groups are evaluated on their own clocks
         await prom.rules_evaluated_after(time.time() + 0.2)
@@ -319,14 +345,16 @@ async def test_every_panel_and_rule_returns_data(runtime_factory, proxy_factory,
             if not values:
                 failures.append(f"variable {v['name']}: {v['definition']} has no values")
 
-        for title, expr, instant in panel_queries(board):
+        queries = panel_queries(board)
+        assert set(PANELS_ELSEWHERE) <= {title for title, _, _ in queries}, "PANELS_ELSEWHERE names no panel"
+        for title, expr, instant in queries:
             query = substitute(expr, names)
             try:
                 result = await (prom.query(query) if instant else prom.query_range(query, 30))
             except AssertionError as err:
                 failures.append(f"panel {title!r}: {query}\n    {err}")
                 continue
-            if not finite(result):
+            if not finite(result) and title not in PANELS_ELSEWHERE:
                 failures.append(f"panel {title!r} shows nothing: {query}")
 
         assert set(ALERT_EVIDENCE) == set(alerts()), "ALERT_EVIDENCE must name every alert, and only those"
@@ -363,9 +391,11 @@ async def test_prometheus_scrapes_the_runtimes_metrics(runtime_factory, proxy_fa
     binary = require("prometheus")
     a = await runtime_factory("a", routes={"/metrics": VLLM_A})
     b = await runtime_factory("b", models=["m2"], routes={"/metrics": VLLM_B})
+    bad = await runtime_factory("bad", models=["m3"], routes={"/metrics": "vllm:num_requests_running{engine=\"0\" 3\n"})
     proxy = await proxy_factory(make_config(
         [{"name": "va", "runtime": "vllm", "url": a.url, "models": ["m1"]},
-         {"name": "vb", "runtime": "sglang", "url": b.url, "models": ["m2"]}],
+         {"name": "vb", "runtime": "sglang", "url": b.url, "models": ["m2"]},
+         {"name": "bad", "runtime": "vllm", "url": bad.url, "models": ["m3"]}],  # a malformed page
         metrics={"runtime_metrics": True}))
     instance = f"127.0.0.1:{proxy.port}"
     config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
@@ -379,6 +409,21 @@ async def test_prometheus_scrapes_the_runtimes_metrics(runtime_factory, proxy_fa
         assert {r["metric"]["backend"] for r in cpu} == {"va", "vb"}
         info = (await prom.query('{__name__="vllm:cache_config_info", backend="va"}'))["result"]
         assert info[0]["metric"]["exported_backend"] == "FLASH_ATTN"
+        # the dashboard's panels about these reads (PANELS_ELSEWHERE): rate() needs two scrapes
+        # carrying `bad`'s failed read
+        counted = 'count_over_time(mtproxy_runtime_metrics_errors_total{backend="bad", reason="malformed"}[1m]) >= 2'
+        for _ in range(10):
+            if (await prom.query(counted))["result"]:
+                break
+            await prom.scraped_after(instance, time.time())
+        board = json.loads(DASHBOARD.read_text())
+        names = [v["name"] for v in board["templating"]["list"]]
+        for title, expr, _ in panel_queries(board):
+            if title in PANELS_ELSEWHERE:
+                query = substitute(expr, names)
+                assert finite(await prom.query_range(query, 30)), f"panel {title!r} shows nothing: {query}"
+        up = (await prom.query("mtproxy_runtime_metrics_up"))["result"]
+        assert {(r["metric"]["backend"], r["value"][1]) for r in up} == {("va", "1"), ("vb", "1"), ("bad", "0")}
 
 
 # --- Kubernetes ------------------------------------------------------------------------------------
