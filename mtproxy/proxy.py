@@ -134,7 +134,8 @@ class Proxy:
             if meter.t_end is None:
                 meter.t_end = perf_counter()
             backend = meter.target
-            if backend is not None:
+            report = meter.report
+            if backend is not None and (report.accepted_tokens or report.tokens_per_step):
                 self._mtp_shown(backend, meter)  # a stream's drafts: known at its end
             measured = self.metrics.finish(meter)
             if self.observer is not None:
@@ -343,7 +344,8 @@ class Proxy:
         report = meter.report
         body, content_type = fmt.body(req, backend.runtime.decode_body(req, data, report), report)
         await fmt.settle(req)
-        self._mtp_shown(backend, meter)  # so the header says what the answer showed
+        if report.accepted_tokens or report.tokens_per_step:
+            self._mtp_shown(backend, meter)  # so the header says what the answer showed
         headers = self._headers(meter)
         if not content_type:  # the format relays the runtime's answer as it came
             headers["Content-Type"] = resp.headers.get("Content-Type", "application/octet-stream")

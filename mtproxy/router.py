@@ -123,7 +123,8 @@ class Router:
             if backend.full:
                 busy = True
                 continue
-            key = (tier, not backend.warm, backend.outstanding)
+            member = backend.member  # Backend.warm, read without a property call per candidate
+            key = (tier, member is not None and member.state != "ready", backend.outstanding)
             if low is None or key < low:
                 best, low = [backend], key
             elif key == low:

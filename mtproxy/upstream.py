@@ -72,10 +72,14 @@ async def send(session: aiohttp.ClientSession, url: str | URL, body: bytes | Str
     not blamed for it; a streamed body only while none of it is gone. Raises what aiohttp
     raises (:data:`ERRORS`): the caller knows the phase and the timeout that applies, and
     translates with :func:`failure`."""
-    if not isinstance(body, bytes) and body.size is not None:
-        headers = {**headers, "Content-Length": str(body.size)}
-    data = _data(body)
-    assert data is not None, "a streamed body is sent once (ApiRequest.resendable)"
+    data: bytes | AsyncIterator[bytes] | None
+    if isinstance(body, bytes):  # the usual body, sent as it is
+        data = body
+    else:
+        if body.size is not None:
+            headers = {**headers, "Content-Length": str(body.size)}
+        data = body.replay()
+        assert data is not None, "a streamed body is sent once (ApiRequest.resendable)"
     try:
         return await session.post(url, data=data, headers=headers)
     except _STALE as exc:

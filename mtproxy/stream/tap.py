@@ -109,6 +109,14 @@ def _answer_markers(kind: str) -> tuple[bytes, ...]:
                  if name not in REASONING_FIELDS for sep in (":", ": "))
 
 
+@functools.cache
+def _reasoning(kind: str) -> tuple[bool, tuple[tuple[bytes, bytes, int], ...]]:
+    """For a stream of ``kind``: whether it has no reasoning fields (nothing to tell apart), and
+    each of :func:`_answer_markers` with the marker of an empty text and its length."""
+    return (not REASONING_FIELDS.intersection(TEXT_FIELDS.get(kind, ())),
+            tuple((m, m + b'"', len(m)) for m in _answer_markers(kind)))
+
+
 def has_content(obj: Any) -> bool:
     """Whether one parsed OpenAI event carries generated content."""
     return content_count(obj) > 0
@@ -439,7 +447,11 @@ class SSEDecoder(EventTap):
     def __init__(self, observe: Callable[[dict[str, Any], Report], None], report: Report,
                  parse_all: bool = False, kind: str = "chat", attention: tuple[bytes, ...] = BASE_ATTENTION,
                  texts: bool = False) -> None:
-        super().__init__(observe, report, None if parse_all else attention)
+        # EventTap's fields set here rather than by its __init__: one frame less per stream
+        self._framer = EventFramer()
+        self._attention = None if parse_all else attention
+        self._observe = observe
+        self._report = report
         self._texts = texts  # a run's texts cut out for the encoder (Batch.run)
         self._parse_all = parse_all
         self._kind = kind
@@ -447,8 +459,7 @@ class SSEDecoder(EventTap):
         self._template: Template | None = None
         self._misses = 0
         # a kind without reasoning fields: nothing to tell apart
-        self._shown = not REASONING_FIELDS.intersection(TEXT_FIELDS.get(kind, ()))
-        self._answers = _answer_markers(kind)
+        self._shown, self._answers = _reasoning(kind)
 
     def feed(self, data: bytes) -> Batch | None:
         template = self._template
@@ -459,7 +470,16 @@ class SSEDecoder(EventTap):
             if content is not None:
                 self._misses = 0
                 return Batch(data, None, content, template.hidden)
-        return EventTap.feed(self, data)
+        complete = self._framer.feed(data)  # EventTap.feed and _told, written out: once per read
+        if not complete:
+            return None
+        batch = self._batch(complete)
+        if not self._shown and batch.content:
+            if self._answer_in(batch):
+                self._shown = True
+            else:
+                batch.hidden = True
+        return batch
 
     def _batch(self, complete: bytes) -> Batch:
         if b"\r" in complete:
@@ -523,13 +543,12 @@ class SSEDecoder(EventTap):
     def _answer_in(self, batch: Batch) -> bool:
         raw = batch.raw
         assert raw is not None
-        for marker in self._answers:  # an answer text field, not empty
+        for marker, empty, size in self._answers:  # an answer text field, not empty
             at = raw.find(marker)
             while at >= 0:
-                end = at + len(marker)
-                if raw[end:end + 1] != b'"':
+                if not raw.startswith(empty, at):
                     return True
-                at = raw.find(marker, end)
+                at = raw.find(marker, at + size)
         return batch.events is not None and any(
             obj.__class__ is dict and shows_answer(obj) for _, obj in batch.events)
 

@@ -33,12 +33,15 @@ def _format_name(fmt: object) -> str:
 
 
 def record(meter: RequestMeter, m: Measurement, fmt: object) -> Record:
-    """The record of one finished request (on the request path: a tuple, nothing formatted)."""
+    """The record of one finished request (on the request path: a tuple, nothing formatted, no
+    call it can do without)."""
     labels, report = meter.labels, meter.report
     status = meter.http_status if meter.outcome is ANSWERED else meter.outcome.value
-    return (time.time(), _format_name(fmt), labels.endpoint, labels.stream, labels.model, labels.backend,
-            labels.mtp == "on", status, m.ttft, m.decode_rate, m.tokens_per_step, report.draft_tokens,
-            report.accepted_tokens, report.prompt_tokens, m.output_tokens, m.duration, max(0, meter.attempts - 1))
+    attempts = meter.attempts
+    return (time.time(), _formats.get(fmt.__class__) or _format_name(fmt), labels.endpoint, labels.stream,
+            labels.model, labels.backend, labels.mtp == "on", status, m.ttft, m.decode_rate, m.tokens_per_step,
+            report.draft_tokens, report.accepted_tokens, report.prompt_tokens, m.output_tokens, m.duration,
+            attempts - 1 if attempts > 1 else 0)
 
 
 def as_dict(rec: Record) -> dict[str, Any]:
