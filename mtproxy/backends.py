@@ -253,8 +253,10 @@ class BackendPool:
         """A finished request: the runtime's report and the proxy's own tokens per step are live
         evidence of drafting (or of none); and the runtime's own evidence, where it shows once the
         runtime has served, is read again soon (:meth:`_probe_mtp_soon`)."""
-        if backend.runtime.reprobe_mtp and _unshown(backend, model):
-            self._probe_mtp_soon(backend)
+        if backend.runtime.reprobe_mtp:  # _unshown(backend, model), written out: once per request
+            status = backend.mtp.get(model)
+            if status is not None and status.state != "off" and backend.evidence.get(model, NO_EVIDENCE).mtp is None:
+                self._probe_mtp_soon(backend)
         if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
             return  # nothing new (a non-streaming request, a stream without usage): the verdict stands
         recent = backend.recent.get(model)
@@ -320,19 +322,19 @@ class BackendPool:
             return
         n = m.output_tokens
         times = meter.times
+        speeds = backend.speed
         if times:
-            ttft, per_token, unary = times[0] - sent, m.time_per_output_token, None
+            speed = speeds.get(model) or speeds.setdefault(model, Speed())
+            speed.stream(meter.t_end or sent, self.decay, times[0] - sent, m.time_per_output_token, m.tokens_per_step)
         elif n and meter.t_in is not None:
-            ttft, per_token, unary = None, None, (meter.t_in - sent) / n
+            speed = speeds.get(model) or speeds.setdefault(model, Speed())
+            speed.unary_answer(meter.t_end or sent, self.decay, (meter.t_in - sent) / n, m.tokens_per_step)
         else:
             return
-        speed = backend.speed.get(model)
-        if speed is None:
-            speed = backend.speed[model] = Speed()
-        speed.observe(meter.t_end or sent, self.decay, ttft, per_token, unary, m.tokens_per_step)
         if n:
-            mean = self.tokens.get(model)
-            self.tokens[model] = n if mean is None else mean + (n - mean) * 0.1
+            tokens = self.tokens
+            mean = tokens.get(model)
+            tokens[model] = n if mean is None else mean + (n - mean) * 0.1
 
     # --- managed backends ----------------------------------------------------------------------
 

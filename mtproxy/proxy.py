@@ -142,7 +142,7 @@ class Proxy:
                 self.observer(meter, measured, fmt)
             if backend is not None:
                 model = meter.labels.model
-                self.pool.record(backend, model, meter.report, measured.tokens_per_step)
+                self.pool.record(backend, model, report, measured.tokens_per_step)
                 if meter.outcome is ANSWERED and meter.http_status == 200:
                     self.pool.measured(backend, model, meter, measured)
 

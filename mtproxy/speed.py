@@ -36,27 +36,43 @@ class Speed:
         self.count = 0  # observations
         self.probed = -1e18  # perf_counter() of the last probe sent (router.py)
 
-    def observe(self, now: float, decay: float, ttft: float | None, per_token: float | None,
-                unary: float | None, per_step: float | None) -> None:
-        """One answer's figures (None: not measured); the peak-EWMA written out, once per request."""
-        if self.count:
-            w = exp((self.at - now) / decay)
-            if ttft is not None:
-                old = self.ttft
-                self.ttft = ttft if old is None or ttft >= old else old * w + ttft * (1.0 - w)
-            if per_token is not None:
-                old = self.per_token
-                self.per_token = per_token if old is None or per_token >= old else old * w + per_token * (1.0 - w)
-            if unary is not None:
-                old = self.unary
-                self.unary = unary if old is None or unary >= old else old * w + unary * (1.0 - w)
-            if per_step is not None:
-                old = self.per_step
-                self.per_step = per_step if old is None else old * w + per_step * (1.0 - w)
-        else:
-            self.ttft, self.per_token, self.unary, self.per_step = ttft, per_token, unary, per_step
+    # One answer's figures, the peak-EWMA written out, once per request: a stream's (per_token,
+    # per_step: None when not measured) and a non-streaming answer's, each updating only its own
+    # estimates. The time weight is taken once, and 1 - w with it.
+
+    def stream(self, now: float, decay: float, ttft: float, per_token: float | None,
+               per_step: float | None) -> None:
+        count = self.count
+        self.count = count + 1
+        if not count:
+            self.at, self.ttft, self.per_token, self.per_step = now, ttft, per_token, per_step
+            return
+        w = exp((self.at - now) / decay)
+        v = 1.0 - w
         self.at = now
-        self.count += 1
+        old = self.ttft
+        self.ttft = ttft if old is None or ttft >= old else old * w + ttft * v
+        if per_token is not None:
+            old = self.per_token
+            self.per_token = per_token if old is None or per_token >= old else old * w + per_token * v
+        if per_step is not None:
+            old = self.per_step
+            self.per_step = per_step if old is None else old * w + per_step * v
+
+    def unary_answer(self, now: float, decay: float, unary: float, per_step: float | None) -> None:
+        count = self.count
+        self.count = count + 1
+        if not count:
+            self.at, self.unary, self.per_step = now, unary, per_step
+            return
+        w = exp((self.at - now) / decay)
+        v = 1.0 - w
+        self.at = now
+        old = self.unary
+        self.unary = unary if old is None or unary >= old else old * w + unary * v
+        if per_step is not None:
+            old = self.per_step
+            self.per_step = per_step if old is None else old * w + per_step * v
 
     def fresh(self, now: float, max_age: float) -> bool:
         return self.count > 0 and now - self.at <= max_age

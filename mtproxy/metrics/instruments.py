@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from ..stream.events import Report
 from .lean import Bins, Histogram, LeanRegistry, Total, Twin
-from .meter import ANSWERED, Labels, Measurement, RequestMeter
+from .meter import ANSWERED, Labels, Measurement, Outcome, RequestMeter
 from .window import TokenWindow
 
 # --- buckets --------------------------------------------------------------------------------
@@ -94,6 +94,7 @@ class Metrics:
         self.visible_ttft = hist("mtproxy_time_to_first_visible_token_seconds",
                                  "Request received to the first chunk of the answer relayed, reasoning "
                                  "(thinking) content left out (streams).", TTFT)
+        assert self.visible_ttft.bounds == self.ttft.bounds  # finish() bins a value once for both
         self.itl = hist("mtproxy_inter_token_latency_seconds", "Gaps between content chunks (streams).",
                         INTER_TOKEN)
         self.tpot = hist("mtproxy_time_per_output_token_seconds",
@@ -173,10 +174,11 @@ class Metrics:
             s = self._bound[labels] = Bound(self, labels)
         m = meter.measure()
         outcome = meter.outcome  # the status label: the HTTP status answered, else the outcome's name
-        status = str(meter.http_status) if outcome is ANSWERED else outcome.value
-        requests = s.requests.get(status)
+        key = meter.http_status if outcome is ANSWERED else outcome  # the label's string made once
+        requests = s.requests.get(key)
         if requests is None:
-            requests = s.requests[status] = self.requests.labels(*s.values, status)
+            status = str(key) if outcome is ANSWERED else outcome.value
+            requests = s.requests[key] = self.requests.labels(*s.values, status)
         requests.inc()
         if labels.backend == "none":  # never routed: nothing else to say
             return m
@@ -200,10 +202,14 @@ class Metrics:
             self._speculation(s, report)
         if report.reasoning_tokens is not None:
             s.reasoning_tokens.inc(report.reasoning_tokens)
-        if m.ttft is not None:
-            s.ttft.observe(m.ttft)
-        if m.visible_ttft is not None:
-            s.visible_ttft.observe(m.visible_ttft)
+        ttft, visible = m.ttft, m.visible_ttft
+        if ttft is not None and visible == ttft:  # no reasoning first: one value, one bucket (same bounds)
+            s.ttft.observe_with(ttft, s.visible_ttft)
+        else:
+            if ttft is not None:
+                s.ttft.observe(ttft)
+            if visible is not None:
+                s.visible_ttft.observe(visible)
         if m.content_chunks > 1 and m.gaps is not None:
             s.itl.observe_many(m.gaps, m.zero_gaps)
         if m.time_per_output_token is not None:
@@ -282,7 +288,7 @@ class Bound:
 
     def __init__(self, metrics: Metrics, labels: Labels) -> None:
         self.values = v = (*labels[:5], "true" if labels.stream else "false")
-        self.requests: dict[str, Total] = {}  # by status
+        self.requests: dict[int | Outcome, Total] = {}  # by HTTP status answered, else by outcome
         self.duration: Bins = metrics.duration.labels(*v)
         self.overhead: Bins = metrics.overhead.labels(*v)
         self.prompt_tokens: Total = metrics.prompt_tokens.labels(*v)

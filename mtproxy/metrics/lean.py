@@ -84,6 +84,14 @@ class Bins:
         self.counts[bisect_left(self.bounds, value)] += 1  # le is inclusive: value <= bound
         self.sum += value
 
+    def observe_with(self, value: float, other: Bins) -> None:
+        """``value`` here and in ``other``, a series with these very bounds (binned once)."""
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+        other.counts[i] += 1
+        other.sum += value
+
     def observe_many(self, values: Iterable[float], zeros: int = 0) -> None:
         """``values``, plus ``zeros`` observations of 0.0."""
         bounds, counts = self.bounds, self.counts
@@ -97,18 +105,34 @@ class Bins:
 
 
 class TwinBins(Bins):
-    """A histogram series whose values its twin records too."""
+    """A histogram series whose values its twin records too: a plain series (a twin has no twin
+    of its own), written to here without a call, a value's bucket found once where both have
+    the same bounds."""
 
-    __slots__ = ("twin",)
+    __slots__ = ("twin", "shared")
 
     def __init__(self, bounds: tuple[float, ...], twin: Bins) -> None:
         super().__init__(bounds)
-        self.twin = twin
+        self.twin = _plain(twin)
+        self.shared = twin.bounds == bounds
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
         self.sum += value
-        self.twin.observe(value)
+        twin = self.twin
+        twin.counts[i if self.shared else bisect_left(twin.bounds, value)] += 1
+        twin.sum += value
+
+    def observe_with(self, value: float, other: Bins) -> None:
+        i = bisect_left(self.bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+        other.counts[i] += 1
+        other.sum += value
+        twin = self.twin
+        twin.counts[i if self.shared else bisect_left(twin.bounds, value)] += 1
+        twin.sum += value
 
     def observe_many(self, values: Iterable[float], zeros: int = 0) -> None:
         values = list(values)
@@ -140,11 +164,20 @@ class TwinTotal(Total):
 
     def __init__(self, twin: Bins) -> None:
         super().__init__()
-        self.twin = twin
+        self.twin = _plain(twin)
 
     def inc(self, amount: float = 1.0) -> None:
         self.value += amount
-        self.twin.observe(amount)
+        twin = self.twin
+        twin.counts[bisect_left(twin.bounds, amount)] += 1
+        twin.sum += amount
+
+
+def _plain(twin: Bins) -> Bins:
+    """A twin series, which the series it twins writes to directly: a plain one."""
+    if twin.__class__ is not Bins:
+        raise TypeError(f"a twin series records for no other: {twin.__class__.__name__}")
+    return twin
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,28 @@
 """One finished request as the page shows it, and its exports (JSON Lines, CSV).
 
 A record is a plain tuple in the order of :data:`COLUMNS`, built from the request's meter and
-measurement (the same figures ``/metrics`` observes); formatting waits until someone reads it.
+measurement (the same figures ``/metrics`` observes) by the hub's observer (hub.py
+``Hub.record``, on the request path: nothing formatted there); formatting waits until someone
+reads it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-
-from ..metrics.meter import ANSWERED, Measurement, RequestMeter
 
 COLUMNS = ("time", "client", "endpoint", "stream", "model", "backend", "mtp", "status", "ttft_s", "decode_tps",
            "tokens_per_step", "drafted", "accepted", "tokens_in", "tokens_out", "duration_s", "retries")
 Record = tuple[Any, ...]
 FILTERS = ("model", "backend", "status", "client", "endpoint")  # exact matches, as query parameters
 
-_formats: dict[type, str] = {}
-
-
-def _format_name(fmt: object) -> str:
-    kind = type(fmt)
-    name = _formats.get(kind)
-    if name is None:  # OpenAIFormat -> openai, OllamaEmbedFormat -> ollamaembed
-        name = _formats[kind] = kind.__name__.removesuffix("Format").lower() or "unknown"
-    return name
-
-
-def record(meter: RequestMeter, m: Measurement, fmt: object) -> Record:
-    """The record of one finished request (on the request path: a tuple, nothing formatted, no
-    call it can do without)."""
-    labels, report = meter.labels, meter.report
-    status = meter.http_status if meter.outcome is ANSWERED else meter.outcome.value
-    attempts = meter.attempts
-    return (time.time(), _formats.get(fmt.__class__) or _format_name(fmt), labels.endpoint, labels.stream,
-            labels.model, labels.backend, labels.mtp == "on", status, m.ttft, m.decode_rate, m.tokens_per_step,
-            report.draft_tokens, report.accepted_tokens, report.prompt_tokens, m.output_tokens, m.duration,
-            attempts - 1 if attempts > 1 else 0)
+def format_name(kind: type) -> str:
+    """A client format's name in a record: OpenAIFormat -> openai, OllamaEmbedFormat -> ollamaembed."""
+    return kind.__name__.removesuffix("Format").lower() or "unknown"
 
 
 def as_dict(rec: Record) -> dict[str, Any]:
