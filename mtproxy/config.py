@@ -11,11 +11,12 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -150,21 +151,22 @@ def parse_size(value: object) -> object:
     return value
 
 
+Size = Annotated[int | None, BeforeValidator(parse_size)]  # bytes, from "24GiB", "80GB" or a number of GB
+
+
 class GroupConfig(_Strict):
     """Backends that share a machine: at most ``max_running`` of them run at once and/or their
     declared ``memory`` fits in the group's (swap.py). Members are named by ``backends[].group``
     or listed here."""
 
     max_running: int | None = Field(None, ge=1, description="members running at once")
-    memory: int | None = Field(None, gt=0, description="bytes the running members' `memory` must fit in")
+    memory: Size = Field(None, gt=0, description="bytes the running members' `memory` must fit in")
     members: list[str] = []  # backend names; the same as `group:` on each of them
     drain_timeout: float = Field(120.0, gt=0, description="seconds a member being swapped out may "
                                  "finish its requests")
     min_run: float = Field(10.0, ge=0, description="seconds a member stays running while it has work")
     max_queue: int = Field(256, ge=1, description="requests waiting per member")
     queue_timeout: float = Field(300.0, gt=0, description="seconds a request may wait for its member")
-
-    _size = field_validator("memory", mode="before")(classmethod(lambda cls, v: parse_size(v)))
 
     @model_validator(mode="after")
     def _a_limit(self) -> GroupConfig:
@@ -193,11 +195,9 @@ class BackendConfig(_Strict):
     # Swapping (swap.py): the group it belongs to, the memory it takes while running (for the
     # group's budget), never swapped out when pinned, served first when its priority is higher.
     group: str | None = None
-    memory: int | None = Field(None, gt=0)
+    memory: Size = Field(None, gt=0)
     pinned: bool = False
     priority: int = 0
-
-    _size = field_validator("memory", mode="before")(classmethod(lambda cls, v: parse_size(v)))
 
     @field_validator("runtime")
     @classmethod

@@ -43,11 +43,11 @@ from .errors import ProxyError, UpstreamUnreachable
 from .launcher import ManagedProcess
 from .limits import Overloaded
 from .runtimes import BackendHTTP, Runtime
+from .runtimes.base import SwapFailed
 
 log = logging.getLogger("mtproxy.swap")
 
 State = Literal["stopped", "starting", "ready", "draining", "stopping"]
-STATES: tuple[State, ...] = ("stopped", "starting", "ready", "draining", "stopping")
 MAX_BACKOFF = 30.0
 
 
@@ -124,8 +124,6 @@ class ApiDriver:
         return tuple(self.backend.config.models or ())
 
     async def start(self) -> None:
-        from .runtimes.base import SwapFailed
-
         limit = self.backend.config.ready_timeout
         try:
             async with asyncio.timeout(limit):
@@ -138,12 +136,14 @@ class ApiDriver:
             raise StartFailed(f"Backend {self.backend.name} unreachable while loading: {exc}") from None
 
     async def stop(self) -> None:
-        from .runtimes.base import SwapFailed
-
         try:
             await self.backend.runtime.unload(self._http(), self._models())
         except (SwapFailed, OSError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("backend %s: unloading failed: %s", self.backend.name, getattr(exc, "message", exc))
+
+    async def loaded(self) -> bool | None:
+        """Whether the runtime has the backend's models loaded now (None: it cannot tell)."""
+        return await self.backend.runtime.loaded(self._http(), self._models())
 
     async def close(self) -> None:
         """On exit mtproxy leaves a runtime it did not launch as it is."""
@@ -561,13 +561,11 @@ class Swapper:
         """A runtime mtproxy did not launch may have models loaded already: those count as
         running (ready) while their group has room, and are unloaded when it has none, so the
         group's limit holds from the start. Asked one by one, in the config's order."""
-        from .runtimes.base import SwapFailed
-
         for member in members:
             group = member.group
             assert group is not None and isinstance(member.driver, ApiDriver)
             try:
-                loaded = await member.backend.runtime.loaded(member.driver._http(), member.driver._models())
+                loaded = await member.driver.loaded()
             except Exception as exc:  # unreachable, or an adapter bug: the group must not stay stuck
                 log.warning("backend %s: cannot tell what it has loaded (%s): taken as unloaded",
                             member.name, exc.message if isinstance(exc, SwapFailed) else exc)
@@ -615,15 +613,6 @@ class Swapper:
             await member.driver.close()
 
         self.spawn(retire(), f"retire-{member.name}")
-
-    async def admit(self, name: str) -> Member | None:
-        """Wait until backend ``name`` (a member) is ready and count this request on it."""
-        member = self.members.get(name)
-        if member is None:
-            return None
-        assert member.group is not None
-        await member.group.admit(member)
-        return member
 
     async def start(self, name: str, reason: str = "admin") -> Member:
         member = self.members[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -107,16 +108,11 @@ class Soak:
         return [*self._crash(), *self._leaks(), *self._latency(), *self._validity()]
 
     def exit_status(self) -> int:
-        checks = self.checks()
-        if any(not c.ok for c in checks if c.kind == VALIDITY):
-            return 2
-        return 1 if any(not c.ok for c in checks if c.kind in (CRASH, LEAK)) else 0
+        return exit_status(self.checks())
 
     def _crash(self) -> Iterable[Check]:
         e, t = self.end, self.tally
-        yield Check(CRASH, "mtproxy still running and answering /health at the end",
-                    "yes" if e.alive and e.health else ("running, /health failed" if e.alive else "exited"),
-                    "yes", e.alive and e.health)
+        yield alive_check(e.alive, e.health)
         cap = e.capacity
         served = cap.by_category()[OK]
         yield Check(CRASH, f"{self.max_concurrent} requests at once (= limits.max_concurrent) at the end, "
@@ -368,6 +364,23 @@ class Soak:
                          f"{x.in_flight:g} | {x.fds} | {x.client_conns} | {x.upstream_conns} |")
             prev = x
         return lines
+
+
+def exit_status(checks: list[Check]) -> int:
+    """0 pass, 1 a crash or leak check failed, 2 the soak itself was not valid."""
+    if any(not c.ok for c in checks if c.kind == VALIDITY):
+        return 2
+    return 1 if any(not c.ok for c in checks if c.kind in (CRASH, LEAK)) else 0
+
+
+def alive_check(alive: bool, health: bool) -> Check:
+    return Check(CRASH, "mtproxy still running and answering /health at the end",
+                 "yes" if alive and health else ("running, /health failed" if alive else "exited"),
+                 "yes", alive and health)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def as_statuses(tally: Tally) -> Counter[str]:

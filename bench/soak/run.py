@@ -52,7 +52,7 @@ from bench.common import LoopLag, rss_bytes, run_loop
 from bench.machine import OtherLoad, describe, git_commit
 from bench.soak.analysis import Upstream, analyse_closes, analyse_stalls, stale_connections
 from bench.soak.faulty_runtime import FaultRates
-from bench.soak.report import End, FakeView, Soak, Start
+from bench.soak.report import End, FakeView, Soak, Start, log
 from bench.soak.swap import MIX as SWAP_MIX
 from bench.soak.swap import MODELS as SWAP_MODELS
 from bench.soak.swap import SwapRunner, SwapSettings, member_ports
@@ -97,10 +97,6 @@ class ProxySettings:
         lines += [f"  - {{name: b{i}, runtime: vllm, url: \"{u}\", models: [{MODEL}], "
                   f"max_concurrent: {self.backend_cap}}}" for i, u in enumerate(urls)]
         return "\n".join(lines) + "\n"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 class Runner:

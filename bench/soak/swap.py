@@ -37,7 +37,7 @@ import aiohttp
 from bench import fake_runtime, procs
 from bench.common import LOCALHOST, free_port, rss_bytes
 from bench.report import MB
-from bench.soak.report import CRASH, LEAK, VALIDITY, Check, _counts, _ms, _statuses, as_statuses
+from bench.soak.report import CRASH, LEAK, VALIDITY, Check, _counts, _ms, _statuses, alive_check, as_statuses, exit_status, log
 from bench.soak.traffic import BUG, DISCONNECT, OK, SOAK, Mix, Tally, Traffic, complete, draw
 from bench.soak.watch import ProxyMetrics, Sample, Sockets, least_tasks, sample, scrape, sockets
 
@@ -187,10 +187,6 @@ class AliveWatch:
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 @dataclass(slots=True)
 class SwapStart:
     sockets: Sockets
@@ -241,16 +237,11 @@ class SwapSoak:
         return [*self._crash(), *self._swap(), *self._leaks(), *self._validity()]
 
     def exit_status(self) -> int:
-        checks = self.checks()
-        if any(not c.ok for c in checks if c.kind == VALIDITY):
-            return 2
-        return 1 if any(not c.ok for c in checks if c.kind in (CRASH, LEAK)) else 0
+        return exit_status(self.checks())
 
     def _crash(self) -> Iterable[Check]:
         e, t = self.end, self.tally
-        yield Check(CRASH, "mtproxy still running and answering /health at the end",
-                    "yes" if e.alive and e.health else ("running, /health failed" if e.alive else "exited"),
-                    "yes", e.alive and e.health)
+        yield alive_check(e.alive, e.health)
         cap = e.capacity
         served = cap.by_category()[OK]
         n = self.settings.max_concurrent
