@@ -70,7 +70,7 @@ redis:
 # Chromium for the page's browser tests, tests/test_ui_browser.py (Debian's package, driven by
 # Playwright from PyPI; needs root, as CI has).
 chromium:
-	bash scripts/install-chromium.sh
+	bash scripts/install-deb.sh chromium,chromium-driver,fonts-dejavu-core chromium chromedriver
 
 # Static checks (ruff, mypy; configured in pyproject.toml), then the suite.
 lint: $(VENV)/.installed

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs a Debian package some tests need, unless the commands they run are on PATH already:
-#   install-deb.sh PACKAGE COMMAND...
+# Installs the Debian packages some tests need, unless the commands they run are on PATH already:
+#   install-deb.sh PACKAGE[,PACKAGE...] COMMAND...
 # `make prometheus`: prometheus with promtool (tests/test_deploy.py); `make redis`: redis-server
-# (tests/test_responses.py, tests/redis_server.py). Exits 0 at once when every COMMAND is on
+# (tests/test_responses.py, tests/redis_server.py); `make chromium`: chromium with its driver and
+# a font (tests/test_ui_browser.py, driven by Playwright from PyPI with
+# executable_path=/usr/bin/chromium: Playwright's own browser downloads are never used). Exits 0
+# at once when every COMMAND is on
 # PATH. Needs root (CI runs as root) and apt-get. The package's own service is neither started
 # nor needed: the tests run their own server on a free loopback port in a temporary directory.
 set -euo pipefail
@@ -48,7 +51,8 @@ cleanup() { if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+IFS=, read -r -a packages <<<"$package"
+apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 
 if ! on_path "$@"; then
     echo "install-deb.sh: installed $package, but $* are still not all on PATH" >&2

@@ -1,4 +1,4 @@
-"""The page in a real headless Chromium (Debian's ``chromium``, scripts/install-chromium.sh),
+"""The page in a real headless Chromium (Debian's ``chromium``, scripts/install-deb.sh, `make chromium`),
 driven by Playwright's Python API; the proxy and fake runtimes run in this test's event loop on
 127.0.0.1. Without chromium or playwright the tests skip, saying so; with
 MTPROXY_REQUIRE_CHROMIUM=1 (set by ``make test``) they fail instead."""
