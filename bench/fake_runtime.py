@@ -248,6 +248,9 @@ class Behaviour:
     load_seconds: float | None = 0.0
     fail_load: list[str] = field(default_factory=list)
     autoload: bool = True
+    # Ollama's OLLAMA_KEEP_ALIVE: seconds a model stays loaded after a request that names no
+    # keep_alive (Ollama's default: 5 minutes), after which the fake unloads it by itself
+    keep_alive: float = 300.0
 
 
 def as_asked(models: list[str], version: str, tokens: int = 16, rate: float = 0.0, tpc: int = 1) -> Behaviour:

@@ -10,7 +10,10 @@ ollama.py, vllm.py):
 - ``"ollama"``: ``POST /api/generate`` / ``/api/chat`` without a prompt (messages) load the model,
   answering once loaded (``load_seconds``; a model in ``fail_load`` gets 500), with
   ``keep_alive: 0`` unload it; ``GET /api/ps`` lists what is loaded; with a prompt they load on
-  demand and answer one done object. ``/api/version`` and ``/api/tags`` as Ollama's.
+  demand and answer one done object. Each request sets how long its model stays loaded after it:
+  its ``keep_alive`` in seconds (negative: for good), or ``Behaviour.keep_alive`` when it names
+  none; then the fake unloads the model by itself (``("expired", model)`` in ``calls``), as
+  Ollama does. ``/api/version`` and ``/api/tags`` as Ollama's.
 - ``"vllm"``: sleep mode's dev routes: ``POST /sleep`` answers once asleep, ``POST /wake_up`` once
   awake (after ``load_seconds``), ``GET /is_sleeping``. A request to a sleeping engine waits until
   it wakes, as vLLM's paused scheduler holds it.
@@ -18,6 +21,10 @@ ollama.py, vllm.py):
 Models start unloaded (llama.cpp, Ollama); vLLM starts awake. ``load_seconds`` None: a load never
 finishes. A runtime without these APIs (a single-model llama-server, vLLM without dev mode) is a
 FakeRuntime without ``swap``: the routes answer 404.
+
+The status routes (``GET /models``, ``/api/ps``, ``/is_sleeping``) count the looks they get in
+``polls``; while ``hold`` is an event not set, they answer (what held when they were asked) only
+once it is set.
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ class Swapper:
         self.awake = asyncio.Event()  # vLLM
         self.awake.set()
         self.calls: list[tuple[str, str]] = []  # (route, model) of each load/unload asked for
+        self.polls = 0  # looks at the load state (GET /models, /api/ps, /is_sleeping)
+        self.hold: asyncio.Event | None = None  # an event: those looks answer once it is set
+        self._expiry: dict[str, asyncio.Task[Any]] = {}  # Ollama: a model's keep_alive running out
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loads: dict[str, asyncio.Task[Any]] = {}
 
@@ -107,7 +117,34 @@ class Swapper:
             return bool(await asyncio.shield(task))  # a request that leaves does not stop the load
         return self.status[model] == "loaded"
 
+    async def _answer(self, body: Any) -> web.Response:
+        """A status route's answer: ``body``, as of when it was asked, once ``hold`` allows."""
+        hold = self.hold
+        if hold is not None:
+            await hold.wait()
+        return web.json_response(body)
+
+    def _keep(self, model: str, keep_alive: Any) -> None:
+        """Ollama: ``model`` stays loaded ``keep_alive`` seconds after this request (the default
+        when it names none, for good when negative), then is unloaded."""
+        old = self._expiry.pop(model, None)
+        if old is not None:
+            old.cancel()
+        seconds = keep_alive if isinstance(keep_alive, int | float) else self.b.keep_alive
+        if seconds >= 0:
+            self._expiry[model] = self._later(self._expire(model, seconds))
+
+    async def _expire(self, model: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        del self._expiry[model]
+        if self.status[model] == "loaded":
+            self.calls.append(("expired", model))
+            self.status[model] = "unloaded"
+
     async def _unload(self, model: str) -> None:
+        expiry = self._expiry.pop(model, None)
+        if expiry is not None:
+            expiry.cancel()
         task = self._loads.pop(model, None)
         if task is not None:
             task.cancel()  # the router kills a model still loading
@@ -139,6 +176,9 @@ class Swapper:
                 status.update(exit_code=1, failed=True)
             data.append({"id": model, "aliases": [], "tags": [], "object": "model", "owned_by": "llamacpp",
                          "created": CREATED, "status": status})
+        if request.path == "/models":  # what the adapter's load, unload and loaded read
+            self.polls += 1
+            return await self._answer({"data": data, "object": "list"})
         return web.json_response({"data": data, "object": "list"})
 
     async def router_props(self, request: web.Request) -> web.Response:
@@ -174,7 +214,8 @@ class Swapper:
         return web.json_response({"models": [{"name": m, "model": m} for m in self.status]})
 
     async def ollama_ps(self, request: web.Request) -> web.Response:
-        return web.json_response({"models": [
+        self.polls += 1
+        return await self._answer({"models": [
             {"name": m, "model": m, "size": 1 << 30, "size_vram": 1 << 30, "digest": "0" * 64,
              "expires_at": "2318-08-21T00:00:00Z", "context_length": 4096}
             for m, value in self.status.items() if value == "loaded"]})
@@ -198,6 +239,7 @@ class Swapper:
         refused = await self.before_generate(model)
         if refused is not None:
             return refused
+        self._keep(model, body.get("keep_alive"))
         if empty:
             return web.json_response({**done, "response": "", "done_reason": "load"})
         text = "".join(self.b.tokens)
@@ -221,4 +263,5 @@ class Swapper:
         return web.Response(status=200)
 
     async def vllm_is_sleeping(self, request: web.Request) -> web.Response:
-        return web.json_response({"is_sleeping": not self.awake.is_set()})
+        self.polls += 1
+        return await self._answer({"is_sleeping": not self.awake.is_set()})

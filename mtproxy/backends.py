@@ -405,8 +405,12 @@ class BackendPool:
     # --- probes --------------------------------------------------------------------------------
 
     async def probe_all(self, session: aiohttp.ClientSession) -> None:
+        """One probe round; with it, the swapper learns what the runtimes it did not launch have
+        loaded (Swapper.reconcile: a model loaded or unloaded behind its back)."""
         self.session = session
-        await asyncio.gather(*(self._probe(session, b) for b in self.backends))
+        swapper = self.swapper
+        await asyncio.gather(*(self._probe(session, b) for b in self.backends),
+                             *(() if swapper is None else (swapper.reconcile(),)))
         for path in {b.config.model_path for b in self.backends if b.config.model_path} - set(self._files):
             self._files[path] = await detect.from_path_async(path)
         self._reindex()

@@ -23,6 +23,14 @@ words, frees the slot, and the next request tries again.
 A member that is not in a limited group and exits on its own is restarted with backoff (as
 before groups); one in a limited group is left stopped, its slot free, and starts again when a
 request wants it. ``idle_stop`` stops a member after that many seconds without requests.
+
+A runtime mtproxy did not launch may load or unload a model by itself (Ollama's keep_alive
+expiring, llama.cpp's router evicting under --models-max, an operator): at start-up
+(:meth:`Swapper._adopt`) and then once per health-probe round (:meth:`Swapper.reconcile`) each
+such member's runtime is asked what it has loaded, and the member follows: a ready member whose
+model is gone is stopped (``runtime_unloaded``), a stopped one whose model is loaded counts as
+running while its group has room and is unloaded when it has none. A member with requests in
+flight, or starting, draining or stopping, is left to the swapper.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ log = logging.getLogger("mtproxy.swap")
 
 State = Literal["stopped", "starting", "ready", "draining", "stopping"]
 MAX_BACKOFF = 30.0
+UNSURE_LOG_SECONDS = 600.0  # a runtime that cannot say what it has loaded: logged this rarely
 
 
 class StartFailed(ProxyError):
@@ -177,6 +186,7 @@ class Member:
         self.last_start: float | None = None  # seconds the last successful start took
         self.failure: str | None = None  # why the last start failed
         self.restarts = 0
+        self.starts = 0  # starts begun: a runtime's word on what it has loaded from before one is stale
         self.idle = asyncio.Event()  # set while nothing is admitted
         self.idle.set()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -386,6 +396,7 @@ class Group:
 
     def start(self, member: Member, reason: str) -> None:
         member.state = "starting"
+        member.starts += 1
         member.failure = None
         if self._making_room and self.limited:
             self._making_room = False
@@ -494,6 +505,8 @@ class Swapper:
         self.closed = False
         self.default_wait = 300.0
         self._asked: set[Member] = set()  # runtimes asked what they have loaded (adopt)
+        self._reconciling = False  # a reconcile round is under way
+        self._unsure: dict[Member, float] = {}  # members whose runtime could not say: when that was logged
 
     def spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -572,20 +585,96 @@ class Swapper:
                 loaded = False
             finally:
                 group.adopting -= 1
-            if not loaded or member.state != "stopped":
-                continue
-            if group._fits(member):
+            if loaded and member.state == "stopped":
+                self._settle(member, True, "already")
+        for group in {m.group for m in members if m.group is not None}:
+            group.kick()
+
+    def _settle(self, member: Member, loaded: bool, how: str) -> None:
+        """Make a member's state what its runtime says it has loaded (``how``: for the log): a
+        stopped member whose model is loaded counts as running while its group has room (and no
+        other member's request is waiting for it), and is unloaded when it has none; a ready one
+        whose model is gone is stopped, its slot freed. The caller has checked that nothing
+        changed since it asked (a start, a request)."""
+        group = member.group
+        assert group is not None
+        if loaded and member.state == "stopped":
+            if group._fits(member) and all(t.member is member for t in group.queue):
                 member.state = "ready"
+                member.failure = None
                 member.ready_at = member.last_used = asyncio.get_running_loop().time()
-                log.info("backend %s has its model loaded already: counted as running", member.name)
+                log.info("backend %s has its model loaded %s: counted as running", member.name, how)
                 self.on_ready(member)
                 member._arm_idle()
             else:
-                log.info("backend %s has its model loaded but group %s is full: unloading it", member.name, group.name)
+                log.info("backend %s has its model loaded %s but group %s has no room for it: unloading it",
+                         member.name, how, group.name)
                 member.state = "stopping"
-                await group._stop(member, "limit")
-        for group in {m.group for m in members if m.group is not None}:
+                self.spawn(group._stop(member, "limit"), f"limit-stop-{member.name}")
+        elif not loaded and member.state == "ready":
+            member.state = "stopped"
+            log.warning("backend %s: its runtime no longer has its model loaded (unloaded %s): stopped, "
+                        "its slot freed; the next request for it loads it again", member.name, how)
+            self.events.stopped(member.name, "runtime_unloaded")
+
+    @staticmethod
+    def _settled(member: Member) -> bool:
+        """Whether the runtime's word may change ``member``: stopped, or ready with no request."""
+        return member.state == "stopped" or (member.state == "ready" and not member.admitted and not member.waiting)
+
+    async def reconcile(self) -> None:
+        """Once per health-probe round: ask each runtime mtproxy did not launch what it has loaded
+        (side by side, each bounded by the health timeout) and settle the members whose state
+        disagrees (:meth:`_settle`). An answer is used only if nothing happened to its member
+        while it was asked (no start, no request let through or finished); "cannot tell" (None)
+        or an error changes nothing."""
+        if self._reconciling or self.closed:
+            return
+        for gone in [m for m in self._unsure if self.members.get(m.name) is not m]:
+            del self._unsure[gone]
+        members = [m for m in self.members.values() if isinstance(m.driver, ApiDriver) and m in self._asked
+                   and m.group is not None and m.group.limited and not m.group.adopting and self._settled(m)]
+        if not members:
+            return
+        seen = [(m, m.starts, m.last_used) for m in members]
+        self._reconciling = True
+        try:
+            answers = await asyncio.gather(*(self._loaded(m) for m in members))
+        finally:
+            self._reconciling = False
+        kick = set()
+        for (member, starts, used), loaded in zip(seen, answers, strict=True):
+            group = member.group
+            if (loaded is None or self.closed or self.members.get(member.name) is not member or group is None
+                    or group.adopting or member.starts != starts or member.last_used != used
+                    or not self._settled(member)):
+                continue  # cannot tell, or its answer may be stale
+            if loaded == (member.state == "ready"):
+                continue
+            self._settle(member, loaded, "behind mtproxy's back")
+            kick.add(group)
+        for group in kick:
             group.kick()
+
+    async def _loaded(self, member: Member) -> bool | None:
+        """What ``member``'s runtime says it has loaded; None when it cannot tell or fails (logged
+        at most once every UNSURE_LOG_SECONDS)."""
+        assert isinstance(member.driver, ApiDriver)
+        try:
+            loaded = await member.driver.loaded()
+            why = "it cannot tell"
+        except Exception as exc:  # unreachable, or an adapter bug: nothing changes
+            loaded = None
+            why = exc.message if isinstance(exc, SwapFailed) else f"{type(exc).__name__}: {exc}"
+        if loaded is not None:
+            return loaded
+        now = asyncio.get_running_loop().time()
+        last = self._unsure.get(member)
+        if last is None or now - last >= UNSURE_LOG_SECONDS:
+            self._unsure[member] = now
+            log.warning("backend %s: cannot tell what its runtime has loaded (%s): its state (%s) is kept",
+                        member.name, why, member.state)
+        return None
 
     def _member(self, backend: SwapBackend, health_timeout: float) -> Member:
         if backend.config.launch is None:

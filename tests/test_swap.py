@@ -332,7 +332,7 @@ def _loaded_at_once(calls: list[tuple[str, str]]) -> int:
     loaded: set[str] = set()
     most = 0
     for route, model in calls:
-        if route == "unload":
+        if route in ("unload", "expired"):
             loaded.discard(model)
         elif route == "load":
             loaded.add(model)
@@ -418,3 +418,166 @@ async def test_a_member_that_goes_idle_is_swapped_out_at_once(proxy_factory, htt
         assert resp.status == 200  # served once m-a went idle, not after its 600 s of min_run
     assert (await first)[0] == 200
     assert (a.state, b.state) == ("stopped", "ready")
+
+
+# --- a runtime that loads or unloads a model behind the proxy's back -----------------------------
+
+def _router(kind: str, names: list[str], **extra) -> dict:
+    behaviour = {"swap": kind, "load_seconds": 0.05, "models": names, **extra}
+    if kind == "ollama":
+        behaviour.update(flavour="ollama", version="0.14.0")
+    return behaviour
+
+
+def _members(url: str, kind: str, names: list[str], group: str = "gpu") -> list[dict]:
+    return [{"name": f"be-{n[0]}", "runtime": kind, "url": url, "models": [n], "group": group} for n in names]
+
+
+async def _metrics(http, proxy) -> dict:
+    async with http.get(proxy.url + "/metrics") as resp:
+        return scrape(await resp.text())
+
+
+async def test_a_model_ollama_unloads_by_itself_frees_its_slot(runtime_factory, proxy_factory, http):
+    """Ollama unloads a model once its keep_alive runs out (a request naming none gets the
+    server's default, here 0.3 s): within a probe round the member is stopped and its slot free,
+    counted and shown so; another member takes the slot without a swap, and the next request for
+    the first one starts it again properly (a load asked for and counted)."""
+    names = ["a:latest", "b:latest"]
+    rt = await runtime_factory(**_router("ollama", names, keep_alive=0.3))
+    proxy = await proxy_factory(make_config(_members(rt.url, "ollama", names),
+                                            groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    a, b = (x.member for x in proxy.app[POOL].backends)
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("a:latest")) as resp:
+        assert resp.status == 200
+    await until(lambda: ("expired", "a:latest") in rt.swapper.calls)
+    await until(lambda: a.state == "stopped")
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="runtime_unloaded") == 1
+    assert value(samples, "mtproxy_backend_state", backend="be-a", state="stopped") == 1
+    async with http.get(proxy.url + "/mtproxy/backends") as resp:
+        listed = await resp.json()
+    assert listed["groups"]["gpu"]["running"] == []
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("b:latest")) as resp:
+        assert resp.status == 200  # the slot was free: nothing swapped out for it
+    assert ("unload", "a:latest") not in rt.swapper.calls and proxy.app[POOL].swapper.groups["gpu"].swaps == 0
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("a:latest")) as resp:
+        assert resp.status == 200
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_starts_total", backend="be-a", reason="request") == 2
+    assert [m for route, m in rt.swapper.calls if route == "load"].count("a:latest") == 2
+    assert _loaded_at_once(rt.swapper.calls) == 1, rt.swapper.calls
+    assert b.state in ("stopped", "ready") and a.state == "ready"
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", "ollama"])
+async def test_a_model_loaded_behind_the_proxys_back_is_counted_or_unloaded(kind, runtime_factory,
+                                                                             proxy_factory, http):
+    """A model loaded by someone else (a request sent to the runtime directly) counts as running
+    while its group has room; one more loaded when the group is full is unloaded (`limit`)."""
+    names = ["a:latest", "b:latest"]
+    rt = await runtime_factory(**_router(kind, names))
+    proxy = await proxy_factory(make_config(_members(rt.url, kind, names),
+                                            groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    a, b = (x.member for x in proxy.app[POOL].backends)
+
+    async def load_by_hand(model: str) -> None:
+        path, body = ("/models/load", {"model": model}) if kind == "llamacpp" else ("/api/generate", {"model": model})
+        async with http.post(rt.url + path, json=body) as resp:
+            assert resp.status == 200
+        await until(lambda: rt.swapper.status[model] == "loaded" or ("unload", model) in rt.swapper.calls)
+
+    await load_by_hand("a:latest")
+    await until(lambda: a.state == "ready")  # room: counted as running
+    assert b.state == "stopped"
+    await load_by_hand("b:latest")
+    await until(lambda: ("unload", "b:latest") in rt.swapper.calls and b.state == "stopped")
+    assert a.state == "ready" and rt.swapper.status == {"a:latest": "loaded", "b:latest": "unloaded"}
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-b", reason="limit") == 1
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("a:latest")) as resp:
+        assert resp.status == 200  # served at once: a is running, nothing loaded for it
+    assert [m for route, m in rt.swapper.calls if route == "load"] == ["a:latest", "b:latest"]  # by hand
+
+
+async def test_a_request_in_flight_is_not_disturbed_by_an_unload_behind_the_proxys_back(
+        runtime_factory, proxy_factory, http):
+    """The operator unloads a model while a request to it streams: the member stays ready while
+    the request runs, whatever the runtime says, and is stopped once it has finished."""
+    gate = asyncio.Event()
+    names = ["a:latest", "b:latest"]
+    rt = await runtime_factory(**_router("llamacpp", names, gate=gate))
+    proxy = await proxy_factory(make_config(_members(rt.url, "llamacpp", names),
+                                            groups={"gpu": {"max_running": 1, "min_run": 0}}))
+    a = proxy.app[POOL].backends[0].member
+    stream = asyncio.create_task(stream_text(http, proxy.url, chat("a:latest", stream=True)))
+    await until(lambda: a.admitted == 1 and rt.stream_started.is_set())
+    async with http.post(rt.url + "/models/unload", json={"model": "a:latest"}) as resp:
+        assert resp.status == 200
+    await until(lambda: rt.swapper.status["a:latest"] == "unloaded")
+    polls = rt.swapper.polls
+    await until(lambda: rt.swapper.polls >= polls + 3)  # three rounds asked (about b)
+    assert a.state == "ready" and a.admitted == 1
+    gate.set()
+    status, text, done = await stream
+    assert status == 200 and done and text == "Hello world"
+    await until(lambda: a.state == "stopped")
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="runtime_unloaded") == 1
+
+
+async def test_a_request_let_through_while_the_runtime_is_asked_is_not_broken(runtime_factory, proxy_factory, http):
+    """The runtime's answer "not loaded" arrives after a request for the member was let through
+    (and made the runtime load the model again): the answer is stale and changes nothing."""
+    gate = asyncio.Event()
+    rt = await runtime_factory(**_router("llamacpp", ["a:latest"], gate=gate))
+    other = await runtime_factory(**_router("llamacpp", ["b:latest"]))  # asked every round: counts them
+    backends = _members(rt.url, "llamacpp", ["a:latest"]) + _members(other.url, "llamacpp", ["b:latest"], "other")
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1}, "other": {"max_running": 1}},
+                                            health={"interval": 0.2, "timeout": 30}))
+    a = proxy.app[POOL].backends[0].member
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("a:latest")) as resp:
+        assert resp.status == 200
+    assert a.state == "ready"
+    first = rt.swapper.hold = asyncio.Event()  # a round asks while a is loaded: held
+    polls = rt.swapper.polls
+    await until(lambda: rt.swapper.polls > polls)
+    async with http.post(rt.url + "/models/unload", json={"model": "a:latest"}) as resp:  # by hand
+        assert resp.status == 200
+    await until(lambda: rt.swapper.status["a:latest"] == "unloaded")
+    second = rt.swapper.hold = asyncio.Event()
+    polls = rt.swapper.polls
+    first.set()
+    await until(lambda: rt.swapper.polls > polls)  # the next round's answer, "unloaded", is held
+    stream = asyncio.create_task(stream_text(http, proxy.url, chat("a:latest", stream=True)))
+    await until(lambda: a.admitted == 1 and rt.stream_started.is_set())  # let through; loaded again
+    rounds = other.swapper.polls
+    second.set()  # the stale answer arrives
+    await until(lambda: other.swapper.polls >= rounds + 2)  # that round is over
+    assert a.state == "ready" and a.admitted == 1
+    gate.set()
+    status, text, done = await stream
+    assert status == 200 and done and text == "Hello world"
+    polls = rt.swapper.polls
+    await until(lambda: rt.swapper.polls > polls + 1)  # asked again since: loaded, rightly running
+    assert a.state == "ready" and rt.swapper.status["a:latest"] == "loaded"
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="runtime_unloaded") is None
+
+
+async def test_a_runtime_that_cannot_tell_changes_nothing(runtime_factory, proxy_factory, http, caplog):
+    """A runtime that cannot be asked (here: gone) leaves its member as it is, logged once."""
+    one = await runtime_factory(**_router("vllm", ["m1"]))  # a vLLM starts awake: adopted as running
+    other = await runtime_factory(**_router("vllm", ["m2"]))  # asked every round: counts them
+    backends = [{"name": "v1", "runtime": "vllm", "url": one.url, "models": ["m1"], "group": "gpu"},
+                {"name": "v2", "runtime": "vllm", "url": other.url, "models": ["m2"], "group": "other"}]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1}, "other": {"max_running": 1}}))
+    v1 = proxy.app[POOL].backends[0].member
+    await until(lambda: v1.state == "ready")
+    caplog.set_level("WARNING", logger="mtproxy.swap")
+    await one.stop()
+    rounds = other.swapper.polls
+    await until(lambda: other.swapper.polls >= rounds + 4)
+    assert v1.state == "ready"
+    unsure = [r for r in caplog.records if "cannot tell what its runtime has loaded" in r.getMessage()]
+    assert len(unsure) == 1 and "v1" in unsure[0].getMessage()

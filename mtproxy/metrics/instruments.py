@@ -253,7 +253,8 @@ class SwapInstruments:
         self.starts = ClientCounter("mtproxy_backend_starts", "Backends started (reason: request, startup, "
                                     "admin, restart), counted once ready.", ("backend", "reason"), registry=r)
         self.stops = ClientCounter("mtproxy_backend_stops", "Backends stopped (reason: swap, idle, admin, "
-                                   "exit: on its own, failed: its start failed).", ("backend", "reason"), registry=r)
+                                   "exit: on its own, failed: its start failed, limit: loaded with no room, "
+                                   "runtime_unloaded: its runtime unloaded it).", ("backend", "reason"), registry=r)
         self.start_seconds = ClientHistogram("mtproxy_backend_start_duration_seconds",
                                              "Seconds from starting a backend (or loading its model) to ready.",
                                              ("backend",), buckets=START, registry=r)
