@@ -63,7 +63,7 @@ class Backend:
         self.recent: dict[str, deque[tuple[float | None, int | None]]] = {}  # (tokens/step, accepted)
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
-        # early MTP probes after requests (BackendPool.record): the last one's time, the task that
+        # early MTP probes after requests (BackendPool.finished): the last one's time, the task that
         # runs them, and whether a request finished since that task last probed
         self.mtp_early_at = 0.0
         self.mtp_early: asyncio.Task | None = None
