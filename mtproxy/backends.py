@@ -14,7 +14,7 @@ from yarl import URL
 
 from .config import BackendConfig, Config
 from .launcher import ManagedProcess
-from .metrics.meter import Measurement, RequestMeter
+from .metrics.meter import ANSWERED, Measurement, RequestMeter
 from .mtp import detect
 from .mtp.detect import UNKNOWN, Trained
 from .mtp.state import LIVE_WINDOW, NO_EVIDENCE, Evidence, MtpStatus, decide, live_evidence
@@ -63,7 +63,7 @@ class Backend:
         self.recent: dict[str, deque[tuple[float | None, int | None]]] = {}  # (tokens/step, accepted)
         self.mtp: dict[str, MtpStatus] = {}
         self.mtp_probed_at = 0.0
-        # early MTP probes after requests (BackendPool.record): the last one's time, the task that
+        # early MTP probes after requests (BackendPool.finished): the last one's time, the task that
         # runs them, and whether a request finished since that task last probed
         self.mtp_early_at = 0.0
         self.mtp_early: asyncio.Task | None = None
@@ -249,31 +249,6 @@ class BackendPool:
             self._decide(backend)
         return backend.mtp_on(model)
 
-    def record(self, backend: Backend, model: str, report: Report, tokens_per_step: float | None) -> None:
-        """A finished request: the runtime's report and the proxy's own tokens per step are live
-        evidence of drafting (or of none); and the runtime's own evidence, where it shows once the
-        runtime has served, is read again soon (:meth:`_probe_mtp_soon`)."""
-        if backend.runtime.reprobe_mtp:  # _unshown(backend, model), written out: once per request
-            status = backend.mtp.get(model)
-            if status is not None and status.state != "off" and backend.evidence.get(model, NO_EVIDENCE).mtp is None:
-                self._probe_mtp_soon(backend)
-        if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
-            return  # nothing new (a non-streaming request, a stream without usage): the verdict stands
-        recent = backend.recent.get(model)
-        if recent is None:
-            recent = backend.recent[model] = deque(maxlen=LIVE_WINDOW)
-        if tokens_per_step is not None and (report.completion_tokens or 0) >= 8:  # enough to tell
-            recent.append((tokens_per_step, report.accepted_tokens))
-        evidence = live_evidence(report, recent)
-        if evidence is None:
-            return
-        before = backend.live.get(model, NO_EVIDENCE)
-        backend.live[model] = evidence
-        if (before.mtp, before.speculating) != (evidence.mtp, evidence.speculating) and model in self.trained:
-            if evidence.mtp is False:
-                log.warning("backend %s, model %s: %s", backend.name, model, evidence.why)
-            self._decide(backend)
-
     def _probe_mtp_soon(self, backend: Backend) -> None:
         """Probe ``backend`` for MTP in the background: at once, or when EARLY_MTP_PROBE_SECONDS
         have passed since its last early probe; one task per backend, never on the request path."""
@@ -312,29 +287,56 @@ class BackendPool:
                 backend.reported[model] = reported
             backend.evidence[model] = evidence
 
-    def measured(self, backend: Backend, model: str, meter: RequestMeter, m: Measurement) -> None:
-        """A request answered in full: its speed updates the backend's estimate for the model
-        (speed.py), and its output tokens the model's mean. A stream gives its TTFT from the
-        moment it was sent upstream (the proxy's own queueing is not the backend's) and its time
-        per output token; a non-streaming answer its time per output token, prefill included."""
+    def finished(self, backend: Backend, meter: RequestMeter, m: Measurement) -> None:
+        """A request routed to ``backend`` finished (``m``: its measurement), written out as one
+        call, once per request:
+        - answered in full, its speed updates the backend's estimate for the model (speed.py),
+          and its output tokens the model's mean. A stream gives its TTFT from the moment it was
+          sent upstream (the proxy's own queueing is not the backend's) and its time per output
+          token; a non-streaming answer its time per output token, prefill included;
+        - the runtime's report and the proxy's own tokens per step are live evidence of drafting
+          (or of none); and the runtime's own evidence, where it shows once the runtime has
+          served, is read again soon (:meth:`_probe_mtp_soon`)."""
+        model = meter.labels.model
         sent = meter.t_sent
-        if sent is None:
+        if sent is not None and meter.outcome is ANSWERED and meter.http_status == 200:
+            n = m.output_tokens
+            times = meter.times
+            if times:
+                speed = backend.speed.get(model) or backend.speed.setdefault(model, Speed())
+                speed.stream(meter.t_end or sent, self.decay, times[0] - sent, m.time_per_output_token,
+                             m.tokens_per_step)
+            elif n and meter.t_in is not None:
+                speed = backend.speed.get(model) or backend.speed.setdefault(model, Speed())
+                speed.unary_answer(meter.t_end or sent, self.decay, (meter.t_in - sent) / n, m.tokens_per_step)
+            else:
+                n = 0
+            if n:
+                tokens = self.tokens
+                mean = tokens.get(model)
+                tokens[model] = n if mean is None else mean + (n - mean) * 0.1
+        if backend.runtime.reprobe_mtp:  # _unshown(backend, model), written out
+            status = backend.mtp.get(model)
+            if status is not None and status.state != "off" and backend.evidence.get(model, NO_EVIDENCE).mtp is None:
+                self._probe_mtp_soon(backend)
+        report = meter.report
+        tokens_per_step = m.tokens_per_step
+        if tokens_per_step is None and not report.accepted_tokens and report.tokens_per_step is None:
+            return  # nothing new (a non-streaming request, a stream without usage): the verdict stands
+        recent = backend.recent.get(model)
+        if recent is None:
+            recent = backend.recent[model] = deque(maxlen=LIVE_WINDOW)
+        if tokens_per_step is not None and (report.completion_tokens or 0) >= 8:  # enough to tell
+            recent.append((tokens_per_step, report.accepted_tokens))
+        evidence = live_evidence(report, recent)
+        if evidence is None:
             return
-        n = m.output_tokens
-        times = meter.times
-        speeds = backend.speed
-        if times:
-            speed = speeds.get(model) or speeds.setdefault(model, Speed())
-            speed.stream(meter.t_end or sent, self.decay, times[0] - sent, m.time_per_output_token, m.tokens_per_step)
-        elif n and meter.t_in is not None:
-            speed = speeds.get(model) or speeds.setdefault(model, Speed())
-            speed.unary_answer(meter.t_end or sent, self.decay, (meter.t_in - sent) / n, m.tokens_per_step)
-        else:
-            return
-        if n:
-            tokens = self.tokens
-            mean = tokens.get(model)
-            tokens[model] = n if mean is None else mean + (n - mean) * 0.1
+        before = backend.live.get(model, NO_EVIDENCE)
+        backend.live[model] = evidence
+        if (before.mtp, before.speculating) != (evidence.mtp, evidence.speculating) and model in self.trained:
+            if evidence.mtp is False:
+                log.warning("backend %s, model %s: %s", backend.name, model, evidence.why)
+            self._decide(backend)
 
     # --- managed backends ----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .errors import ProxyError, UpstreamError, UpstreamRefused, UpstreamTimeout,
 from .formats import ClientFormat, StreamEncoder
 from .limits import Gate, Waiters
 from .metrics.instruments import Metrics
-from .metrics.meter import ANSWERED, CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
+from .metrics.meter import CLIENT_CLOSED, STREAM_ERROR, Measurement, RequestMeter, unrouted
 from .router import Busy, Router
 from .runtimes.base import BackendHTTP
 from .speed import expected_tokens
@@ -141,10 +141,7 @@ class Proxy:
             if self.observer is not None:
                 self.observer(meter, measured, fmt)
             if backend is not None:
-                model = meter.labels.model
-                self.pool.record(backend, model, report, measured.tokens_per_step)
-                if meter.outcome is ANSWERED and meter.http_status == 200:
-                    self.pool.measured(backend, model, meter, measured)
+                self.pool.finished(backend, meter, measured)
 
     async def forward(self, request: web.Request, req: ApiRequest, fmt: ClientFormat,
                       meter: RequestMeter[Backend]) -> web.StreamResponse:

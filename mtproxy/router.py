@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from time import perf_counter
 
 from .backends import Backend, BackendPool
-from .config import Config, RoutingConfig
+from .config import Config
 from .errors import ModelNotFound, NoBackendAvailable
 from .speed import PAYS_RATE_SHARE, PAYS_TOKENS_PER_STEP, Speed
 
@@ -63,6 +63,7 @@ class Router:
         self._config: Config | None = None
         self._routing = pool.config.routing
         self._fastest = False
+        self._tiers = False  # routing.mtp is not `ignore`
 
     def resolve(self, requested: str) -> Route:
         pool = self.pool
@@ -100,31 +101,21 @@ class Router:
         if config is not self._config:
             self._config, self._routing = config, config.routing
             self._fastest = config.routing.balance == "fastest"
-        routing = self._routing
-        tiered = route.mtp_model and routing.mtp != "ignore"
-        floor, now, max_age, policy = _UNKNOWN, 0.0, 0.0, ""
-        if tiered or self._fastest:
-            policy, max_age = routing.mtp, routing.max_age_seconds
-            now = perf_counter()
-            if tiered and policy == "prefer":
-                floor = plain_floor(route.candidates, route.model, now, max_age)
-            if self._fastest:
-                return self._fastest_of(route, tried, tokens, routing, tiered, floor, now)
+            self._tiers = config.routing.mtp != "ignore"
+        if self._fastest or (route.mtp_model and self._tiers):
+            return self._ranked(route, tried, tokens)
+        # least outstanding without MTP tiers (the usual case): warm first, nothing else read
         best: list[Backend] = []
-        low: tuple[int, bool, int] | None = None
-        require = tiered and policy == "require"
+        low: tuple[bool, int] | None = None
         busy = False
         for backend in route.candidates:
             if not backend.up or backend in tried:
-                continue
-            tier = self._tier(route, backend, policy, floor, now, max_age) if tiered else 0
-            if require and tier != 0:
                 continue
             if backend.full:
                 busy = True
                 continue
             member = backend.member  # Backend.warm, read without a property call per candidate
-            key = (tier, member is not None and member.state != "ready", backend.outstanding)
+            key = (member is not None and member.state != "ready", backend.outstanding)
             if low is None or key < low:
                 best, low = [backend], key
             elif key == low:
@@ -132,21 +123,27 @@ class Router:
         if not best:
             if busy:
                 raise Busy()
-            raise NoBackendAvailable(self._why_none(route, tried, require))
+            raise NoBackendAvailable(self._why_none(route, tried, False))
         self._turn += 1
         return best[self._turn % len(best)]
 
-    def _fastest_of(self, route: Route, tried: Collection[Backend], tokens: int, routing: RoutingConfig,
-                 tiered: bool, floor: float, now: float) -> Backend:
+    def _ranked(self, route: Route, tried: Collection[Backend], tokens: int) -> Backend:
+        """:meth:`pick` for an MTP-trained model under ``prefer`` or ``require`` (tiers), or
+        under ``balance: fastest`` (by expected time, probing an unmeasured candidate)."""
+        routing = self._routing
+        fastest = self._fastest
+        tiered = route.mtp_model and self._tiers
+        policy, max_age = routing.mtp, routing.max_age_seconds
+        now = perf_counter()
+        floor = plain_floor(route.candidates, route.model, now, max_age) if tiered and policy == "prefer" \
+            else _UNKNOWN
+        require = tiered and policy == "require"
+        model = route.model
+        expected = (tokens or self.pool.tokens.get(model, 1.0)) if fastest else 0.0
         best: list[Backend] = []
         low: tuple[int, bool, float, int] | None = None
         probe: Backend | None = None
-        policy = routing.mtp
-        require = route.mtp_model and policy == "require"
         busy = False
-        model = route.model
-        max_age = routing.max_age_seconds
-        expected = tokens or self.pool.tokens.get(model, 1.0)
         for backend in route.candidates:
             if not backend.up or backend in tried:
                 continue
@@ -158,13 +155,15 @@ class Router:
                 continue
             warm = backend.warm
             outstanding = backend.outstanding
-            speed = backend.speed.get(model)
-            if speed is not None and speed.count and now - speed.at <= max_age:  # fresh
-                cost = speed.seconds(expected) * (outstanding + 1)
-            else:
-                cost = _UNKNOWN
-                if probe is None and warm and not outstanding and (speed is None or now - speed.probed > max_age):
-                    probe = backend
+            cost = 0.0  # least outstanding: by tier, warmth and outstanding requests alone
+            if fastest:
+                speed = backend.speed.get(model)
+                if speed is not None and speed.count and now - speed.at <= max_age:  # fresh
+                    cost = speed.seconds(expected) * (outstanding + 1)
+                else:
+                    cost = _UNKNOWN
+                    if probe is None and warm and not outstanding and (speed is None or now - speed.probed > max_age):
+                        probe = backend
             key = (tier, not warm, cost, outstanding)
             if low is None or key < low:
                 best, low = [backend], key

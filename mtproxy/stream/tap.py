@@ -1,7 +1,8 @@
 """The tap on a relayed OpenAI SSE stream: cut it into events, count its content chunks, and
 hand the events that need the proxy's attention to the adapter's observers, while the runtime's
 own bytes pass on untouched. :class:`EventTap` is the loop every tap shares (stream/anthropic.py,
-stream/native.py too): frame, then parse the events from the first that needs attention on.
+stream/native.py too; :class:`SSEDecoder` writes its scan out): frame, then parse the events from
+the first that needs attention on.
 
 A content chunk is defined once, by :data:`TEXT_FIELDS` and :data:`STRUCTURED_FIELDS`: the byte
 markers of the fast paths and :func:`content_count` of a parsed event both derive from them. The
@@ -536,12 +537,35 @@ class SSEDecoder(EventTap):
         # a run cut into texts stands as one event of its own (Batch.run)
         return Batch(complete, None if plain and texts_run is None else parts, content, run=texts_run)
 
-    def _count_plain(self, block: bytes) -> int:
-        return _texts(block, self._markers or _text_markers(self._kind, False))
-
-    def _parsed(self, obj: dict[str, Any]) -> int:
-        self._observe(obj, self._report)
-        return content_count(obj, self._kind)
+    def _scan(self, data: bytes) -> tuple[list[Event] | None, int]:
+        """:meth:`EventTap._scan` with this decoder's counting and observing written out (no
+        call per parsed event): it runs on nearly every read."""
+        markers = self._markers or _text_markers(self._kind, False)
+        events: list[Event] = []
+        content = 0
+        rest = data
+        attention = self._attention
+        if attention is not None:
+            first = _first_attention(data, attention)
+            if first < 0:
+                return None, _texts(data, markers)
+            boundary = data.rfind(b"\n\n", 0, first)
+            if boundary >= 0:
+                cut = boundary + 2
+                block = data[:cut]
+                events.append((block, PLAIN))
+                content = _texts(block, markers)
+                rest = data[cut:]
+        observe, report, kind = self._observe, self._report, self._kind
+        for part in rest.split(b"\n\n"):
+            if not part:
+                continue
+            obj = parse_event(part)
+            if obj.__class__ is dict:
+                observe(obj, report)
+                content += content_count(obj, kind)
+            events.append((part + b"\n\n", obj))
+        return events, content
 
     def _answer_in(self, batch: Batch) -> bool:
         raw = batch.raw

@@ -78,6 +78,15 @@ class Viewer:
         return data
 
 
+class _Names(dict[type, str]):
+    """Client format class -> its name in a record, named when first seen (one subscript per
+    record, no call)."""
+
+    def __missing__(self, kind: type) -> str:
+        name = self[kind] = format_name(kind)
+        return name
+
+
 class Hub:
     def __init__(self, config: UiConfig, pool: BackendPool, metrics: Metrics,
                  proxy_state: Callable[[], dict[str, Any]]) -> None:
@@ -105,7 +114,7 @@ class Hub:
         self._new_markers: list[dict[str, Any]] = []
         self._last: dict[str, Any] = {}  # the state the sampler saw last (markers are its changes)
         self._point_seq = 0
-        self._formats: dict[type, str] = {}  # client format class -> its name in a record
+        self._formats = _Names()  # client format class -> its name in a record
 
     # --- the request path ------------------------------------------------------------------
     def record(self, meter: RequestMeter, m: Measurement, fmt: object) -> None:
@@ -114,7 +123,7 @@ class Hub:
         backend, _, model, mtp, endpoint, stream = meter.labels
         report = meter.report
         attempts = meter.attempts
-        rec = (_time(), self._formats.get(fmt.__class__) or self._format(fmt), endpoint, stream, model, backend,
+        rec = (_time(), self._formats[fmt.__class__], endpoint, stream, model, backend,
                mtp == "on", meter.http_status if meter.outcome is ANSWERED else meter.outcome.value, m.ttft,
                m.decode_rate, m.tokens_per_step, report.draft_tokens, report.accepted_tokens, report.prompt_tokens,
                m.output_tokens, m.duration, attempts - 1 if attempts > 1 else 0)
@@ -122,10 +131,6 @@ class Hub:
         self.seq += 1
         if self.history is not None:
             self.pending.append(rec)
-
-    def _format(self, fmt: object) -> str:
-        name = self._formats[fmt.__class__] = format_name(fmt.__class__)
-        return name
 
     # --- reading ---------------------------------------------------------------------------
     def latest(self, n: int) -> list[Record]:
