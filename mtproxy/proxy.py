@@ -386,9 +386,9 @@ class Proxy:
             await out.prepare(request)
             try:
                 await self._relay(resp, out, first, backend, decoder, encoder, meter)
-            except ConnectionResetError:
+            except ConnectionResetError as exc:
                 meter.outcome = CLIENT_CLOSED
-                log.info("client went away mid-stream; closing the request to %s", backend.name)
+                log.info("client went away mid-stream (%s); closing the request to %s", exc, backend.name)
             return out
         finally:
             # read to its end, the response gave its connection back to the pool already
@@ -403,6 +403,7 @@ class Proxy:
         code = "upstream_stream_error"
         content = resp.content
         last = b""  # the stream's last events, sent with the end of the response in one write
+        writing = False  # a write to the client is under way (the idle limit counts it too)
         try:
             with self.watchdog.watch(self._idle, perf_counter()) as idle:
                 while data:
@@ -415,7 +416,9 @@ class Proxy:
                         if encoder.finished and content.at_eof():
                             last = chunk
                         elif chunk:
+                            writing = True
                             await out.write(chunk)
+                            writing = False
                         if meter.t_out is None:
                             meter.t_out = perf_counter()
                         if batch.content:
@@ -434,6 +437,8 @@ class Proxy:
                 if not encoder.finished:
                     failure = f"Backend {backend.name} closed the stream before it finished."
         except TimeoutError:
+            if writing:  # the client took nothing for that long: it stalled, not the backend
+                raise ConnectionResetError(f"the client read nothing for {self._idle:g} s") from None
             failure = f"Backend {backend.name} was silent for more than {self._idle:g} s mid-stream."
             code = "upstream_timeout"
         except StreamFailure as exc:

@@ -43,6 +43,7 @@ JSON_ROUTES: dict[str, Kind] = {
 }
 FORM_ROUTES: dict[str, Kind] = {"/v1/audio/transcriptions": "transcriptions",
                                 "/v1/audio/translations": "translations"}
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})  # the Content-Encodings aiohttp undoes
 _MISSING_MODEL = ("You must provide a model parameter.", "model", "missing_model")
 
 
@@ -79,7 +80,12 @@ class FormFormat(LocalFormat):
             if len(head) > self.limit:
                 raise _too_large(self.limit, len(head))
         rest = None if content.at_eof() else content.iter_any()
-        form = Form(bytes(head), self.content_type, *found, self.limit, rest, request.content_length)
+        # what is read is the body decoded (aiohttp undoes a gzip or deflate Content-Encoding): the
+        # client's Content-Length counts the encoded bytes, and sent upstream with the decoded ones
+        # it would leave the rest on the runtime's connection, read there as the next request
+        decoded = request.headers.get("Content-Encoding", "").lower() in _DECODED
+        form = Form(bytes(head), self.content_type, *found, self.limit, rest,
+                    None if decoded else request.content_length)
         return self._request(endpoint, form)
 
     @staticmethod

@@ -44,8 +44,12 @@ async def page(request: web.Request) -> web.FileResponse:
 
 async def static(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
-    path = (STATIC / name).resolve()
-    if not path.is_relative_to(STATIC) or not path.is_file():  # never outside static/
+    try:
+        path = (STATIC / name).resolve()
+        found = path.is_relative_to(STATIC) and path.is_file()  # never outside static/
+    except (OSError, ValueError):  # a NUL byte in the name, or one too long
+        found = False
+    if not found:
         raise ProxyError("No such file.", status=404, type_="invalid_request_error", code="not_found")
     return web.FileResponse(path, headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
@@ -104,6 +108,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    if request.method == "HEAD":  # its headers only: nothing to watch
+        return resp
     viewer = hub.join()
     try:
         await resp.write(hub.hello())
@@ -149,8 +155,9 @@ async def requests(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store",
                                        "Content-Disposition": f'attachment; filename="mtproxy-requests-{stamp}.{kind}"'})
     await resp.prepare(request)
-    for chunk in chunks:
-        await resp.write(chunk)
+    if request.method != "HEAD":  # (aiohttp would send a HEAD response the body written to it)
+        for chunk in chunks:
+            await resp.write(chunk)
     await resp.write_eof()
     return resp
 
@@ -166,13 +173,15 @@ async def start_verify(request: web.Request) -> web.Response:
     """Start a ``verify`` run (one at a time); its rounds and verdict go out as ``verify`` events
     and are kept for ``GET /mtproxy/verify``."""
     hub = request.app[UI]
-    if hub.verify is not None and hub.verify.get("state") == "running":
-        raise ProxyError("A verify run is in progress already.", status=409, type_="invalid_request_error",
-                         code="verify_running")
     try:
         body = orjson.loads(await request.read())
     except ValueError:
         body = None
+    # checked once the body is in, with no wait from here until the run is set: two requests
+    # whose bodies came in together both passed a check made before reading them, and both ran
+    if hub.verify is not None and hub.verify.get("state") == "running":
+        raise ProxyError("A verify run is in progress already.", status=409, type_="invalid_request_error",
+                         code="verify_running")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequest('Send {"model": "<model>", "backend"?: "<name>", "against"?: "<name>"}.', param="model")
     for key in ("backend", "against"):
