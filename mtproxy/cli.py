@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from . import __version__
@@ -170,7 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class OneLineFormatter(logging.Formatter):
+    """One log line per record: control characters in a message (a client's model name holding a
+    newline or a terminal escape, a runtime's multi-line error) are written escaped (``\\n``,
+    ``\\x1b``), so no client can forge a log line or rewrite the operator's terminal. A traceback
+    after the message is left as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if not message.isprintable():
+            record.message = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
+        return super().formatMessage(record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     return args.func(args)

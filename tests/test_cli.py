@@ -97,3 +97,23 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(tmp_path, runt
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_client_cannot_forge_a_log_line(tmp_path, runtime_factory, http):
+    """A model name with a newline and a terminal escape is logged on one line, escaped."""
+    rt = await runtime_factory("a")
+    proc, url = await _serve(tmp_path, rt.url, grace=1.0)
+    forged = "2026-01-01 00:00:00,000 ERROR mtproxy.proxy: backend a leaked its key"
+    try:
+        async with http.post(url + "/v1/chat/completions", json={
+                "model": f"nope\n{forged}\x1b[2J", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            assert resp.status == 404
+        lines = []
+        while not any("nope" in line for line in lines):
+            lines.append((await asyncio.wait_for(proc.stderr.readline(), 30)).decode())
+        [line] = [line for line in lines if "nope" in line]
+        assert f"nope\\n{forged}\\x1b[2J" in line, line
+        assert not any(line.startswith(forged) for line in lines), lines
+    finally:
+        proc.terminate()
+        await proc.wait()
