@@ -1,14 +1,17 @@
 """For the hostile-input suites (test_hostile_input.py, test_hostile_messages.py,
 test_hostile_responses.py): upstreams that answer anything (every 5xx seen is the proxy's own),
-a plain request sender, and :class:`ServedOnLoop`, which serves them and the proxy on a loop of
-their own."""
+a plain request sender, :class:`ServedOnLoop`, which serves them and the proxy on a loop of
+their own, and the bodies the suites send: :func:`wrong_typed` (a wrong type in every field) and
+:func:`mutated` (bytes flipped, cut, inserted or repeated)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import http.client
+import random
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import orjson
@@ -111,3 +114,55 @@ async def tolerant_ollama(request: web.Request) -> web.StreamResponse:
     await resp.write(orjson.dumps({**line, "done": False}) + b"\n" + orjson.dumps({"model": "o1", **last}) + b"\n")
     return resp
 
+
+
+WRONG = [None, False, 7, -1.5, "", "s", [], [1], {}, {"k": [1]}]  # a value of every JSON type
+
+
+def field_paths(value, at: tuple = ()):
+    """Every key and index in ``value``, depth first."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield (*at, key)
+        yield from field_paths(item, (*at, key))
+
+
+def replaced(body: dict, at: tuple, value) -> dict:
+    out = copy.deepcopy(body)
+    here = out
+    for key in at[:-1]:
+        here = here[key]
+    here[at[-1]] = value
+    return out
+
+
+def wrong_typed(rnd: random.Random, body: dict, *, stream: bool = True) -> Iterator[tuple[tuple, object, dict]]:
+    """``(at, value, body)``: ``body`` with each field in turn (depth first) set to each of WRONG;
+    for a field other than ``stream``, one time in two (drawn from ``rnd``) asking for a stream as
+    well, unless ``stream`` is false (a route that has none)."""
+    for at in field_paths(body):
+        for value in WRONG:
+            out = replaced(body, at, value)
+            if at != ("stream",) and rnd.random() < 0.5 and stream:
+                out["stream"] = True
+            yield at, value, out
+
+
+def mutated(rnd: random.Random, seed: bytes, inserts: list[bytes], *, times: tuple[int, int] = (1, 4),
+            cut: int = 8, repeat: int | None = 16) -> bytes:
+    """``seed`` with ``times`` (drawn from ``rnd``) random edits: a byte flipped, up to ``cut``
+    bytes cut, one of ``inserts`` inserted, or (unless ``repeat`` is None) up to ``repeat`` bytes
+    repeated two to four times."""
+    body = bytearray(seed)
+    for _ in range(rnd.randint(*times)):
+        i = rnd.randrange(len(body))
+        op = rnd.randrange(3 if repeat is None else 4)
+        if op == 0:
+            body[i] = rnd.randrange(256)
+        elif op == 1:
+            del body[i:i + rnd.randint(1, cut)]
+        elif op == 2:
+            body[i:i] = rnd.choice(inserts)
+        elif repeat is not None:  # op 3, drawn only with a repeat
+            body[i:i] = body[i:i + rnd.randint(1, repeat)] * rnd.randint(2, 4)
+    return bytes(body)

@@ -10,7 +10,6 @@ runs alone or in any order."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import http.client
 import json
 import logging
@@ -31,7 +30,7 @@ from mtproxy.state import PROXY
 from mtproxy.wire import MAX_DEPTH
 
 from .conftest import make_config
-from .hostile import ServedOnLoop
+from .hostile import WRONG, ServedOnLoop, field_paths, mutated, wrong_typed
 from .transcripts import replay
 
 FUZZ = settings(max_examples=600, deadline=None, derandomize=True, database=None,
@@ -251,6 +250,7 @@ SEEDS = [b'{"model": "m1", "messages": [{"role": "user", "content": "hi"}], "str
 
 
 MUTATIONS = 900  # per path
+INSERTS = [b"{", b"}", b"[", b'"', b"\\", b"\xff", b"null", b"1e999", b",", b":"]  # what the mutations insert
 
 
 @pytest.mark.parametrize("path", list(REQUEST_BODIES))
@@ -258,19 +258,7 @@ def test_mutated_requests(served, path):
     """A cheap mutation fuzzer: valid bodies with random bytes flipped, cut, repeated or inserted."""
     rnd = random.Random(path)
     for _ in range(MUTATIONS):
-        body = bytearray(rnd.choice(SEEDS))
-        for _ in range(rnd.randint(1, 4)):
-            i = rnd.randrange(len(body))
-            op = rnd.randrange(4)
-            if op == 0:
-                body[i] = rnd.randrange(256)
-            elif op == 1:
-                del body[i:i + rnd.randint(1, 8)]
-            elif op == 2:
-                body[i:i] = rnd.choice([b"{", b"}", b"[", b'"', b"\\", b"\xff", b"null", b"1e999", b",", b":"])
-            else:
-                body[i:i] = body[i:i + rnd.randint(1, 16)] * rnd.randint(2, 4)
-        status, data, _ = served.send(path, bytes(body))
+        status, data, _ = served.send(path, mutated(rnd, rnd.choice(SEEDS), INSERTS))
         check(path, status, data)
     assert served.sent == MUTATIONS
 
@@ -281,6 +269,7 @@ FORM_SEEDS = [b"".join((
     b'--bnd\r\nContent-Disposition: form-data; name="language"\r\n\r\nen\r\n--bnd--\r\n',
 )) for model in (b"m1", b"alias1", b"o1")]
 FORM_SEEDS.append(FORM_SEEDS[0].replace(b"--bnd--", b"--bnd\r\n" + b"x" * 70_000))  # over the limit
+FORM_INSERTS = [b"--bnd", b"\r\n", b"\r\n\r\n", b"--bnd--", b'name="model"', b"\xff"]
 
 
 @pytest.mark.parametrize("path", list(FORM_ROUTES))
@@ -289,19 +278,7 @@ def test_mutated_multipart_forms(served, path):
     inserted, sent whole or chunked at random points, never get a 5xx or an answer not OpenAI's."""
     rnd = random.Random(path)
     for n in range(MUTATIONS // 3):
-        body = bytearray(rnd.choice(FORM_SEEDS))
-        for _ in range(rnd.randint(0, 4)):
-            i = rnd.randrange(len(body))
-            op = rnd.randrange(4)
-            if op == 0:
-                body[i] = rnd.randrange(256)
-            elif op == 1:
-                del body[i:i + rnd.randint(1, 40)]
-            elif op == 2:
-                body[i:i] = rnd.choice([b"--bnd", b"\r\n", b"\r\n\r\n", b"--bnd--", b'name="model"', b"\xff"])
-            else:
-                body[i:i] = body[i:i + rnd.randint(1, 64)] * rnd.randint(2, 4)
-        data = bytes(body)
+        data = mutated(rnd, rnd.choice(FORM_SEEDS), FORM_INSERTS, times=(0, 4), cut=40, repeat=64)
         if n % 2:  # chunked, split at random points
             cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(1, 6))))
             data = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]  # type: ignore[assignment]
@@ -415,24 +392,6 @@ FULL_BODIES: dict[str, list[dict]] = {  # every field each translation reads, an
     "/api/show": [{"verbose": True}],
 }
 ROUTES = [(path, model) for path in CLIENT_POSTS for model in (["o1"] if path.startswith("/v1/") else ["m1", "o1"])]
-WRONG = [None, False, 7, -1.5, "", "s", [], [1], {}, {"k": [1]}]  # a value of every JSON type
-
-
-def field_paths(value, at: tuple = ()):
-    """Every key and index in ``value``, depth first."""
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        yield (*at, key)
-        yield from field_paths(item, (*at, key))
-
-
-def replaced(body: dict, at: tuple, value) -> dict:
-    out = copy.deepcopy(body)
-    here = out
-    for key in at[:-1]:
-        here = here[key]
-    here[at[-1]] = value
-    return out
 
 
 def wrong_type_requests(path: str, model: str) -> int:
@@ -448,13 +407,9 @@ def test_wrong_types_in_every_field_through_every_translation(served, path, mode
         body = {"model": model, **full}
         status, data, _ = served.send(path, orjson.dumps(body))
         assert status == 200, (path, data[:300])  # the untouched body is fine
-        for at in field_paths(body):
-            for value in WRONG:
-                mutated = replaced(body, at, value)
-                if at != ("stream",) and rnd.random() < 0.5 and path not in ("/v1/embeddings", "/api/show"):
-                    mutated["stream"] = True
-                status, data, _ = served.send(path, orjson.dumps(mutated))
-                tally.check(path, status, data, at, value)
+        for at, value, wrong in wrong_typed(rnd, body, stream=path not in ("/v1/embeddings", "/api/show")):
+            status, data, _ = served.send(path, orjson.dumps(wrong))
+            tally.check(path, status, data, at, value)
     tally.done()
     assert served.sent == wrong_type_requests(path, model)
 

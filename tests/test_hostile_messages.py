@@ -21,8 +21,8 @@ from mtproxy.app import create_app
 from mtproxy.openapi import MESSAGES, MESSAGES_COUNT
 
 from .conftest import make_config
-from .hostile import ServedOnLoop, send, tolerant_runtime
-from .test_hostile_input import FUZZ, WRONG, field_paths, from_schema, replaced
+from .hostile import ServedOnLoop, mutated, send, tolerant_runtime, wrong_typed
+from .test_hostile_input import FUZZ, from_schema
 
 NATIVE_STREAM = (b'event: message_start\ndata: {"type":"message_start","message":{"id":"x","type":"message",'
                  b'"role":"assistant","content":[],"model":"n1","stop_reason":null,"stop_sequence":null,'
@@ -148,15 +148,11 @@ def test_wrong_types_in_every_field(served, path, model):
     status, data, _ = send(served.port, path, orjson.dumps(body))
     assert status == 200, data[:300]  # the untouched body is fine
     wrong = []
-    for at in field_paths(body):
-        for value in WRONG:
-            mutated = replaced(body, at, value)
-            if at != ("stream",) and rnd.random() < 0.5:
-                mutated["stream"] = True
-            status, data, _ = send(served.port, path, orjson.dumps(mutated))
-            problem = anthropic_error(status, data)
-            if problem:
-                wrong.append((at, value, problem, data[:200]))
+    for at, value, mutated_body in wrong_typed(rnd, body):
+        status, data, _ = send(served.port, path, orjson.dumps(mutated_body))
+        problem = anthropic_error(status, data)
+        if problem:
+            wrong.append((at, value, problem, data[:200]))
     assert not wrong, f"{len(wrong)} wrong: {wrong[:5]}"
 
 
@@ -166,19 +162,11 @@ SEEDS = [orjson.dumps({"model": m, **FULL, "stream": s}) for m in ("m1", "n1") f
 def test_mutated_requests(served):
     rnd = random.Random("messages")
     for i in range(1200):
-        body = bytearray(rnd.choice(SEEDS))
-        for _ in range(rnd.randint(1, 4)):
-            at = rnd.randrange(len(body))
-            op = rnd.randrange(3)
-            if op == 0:
-                body[at] = rnd.randrange(256)
-            elif op == 1:
-                del body[at:at + rnd.randint(1, 8)]
-            else:
-                body[at:at] = rnd.choice([b"{", b"}", b"[", b'"', b"\\", b"\xff", b"null", b"1e999", b","])
+        body = mutated(rnd, rnd.choice(SEEDS), [b"{", b"}", b"[", b'"', b"\\", b"\xff", b"null", b"1e999", b","],
+                       repeat=None)
         path = "/v1/messages" if i % 3 else "/v1/messages/count_tokens"
-        status, data, _ = send(served.port, path, bytes(body))
-        assert anthropic_error(status, data) is None, (bytes(body)[:200], status, data[:300])
+        status, data, _ = send(served.port, path, body)
+        assert anthropic_error(status, data) is None, (body[:200], status, data[:300])
 
 
 def test_deep_nesting_and_huge_bodies(served):

@@ -22,18 +22,9 @@ from mtproxy.openapi import RESPONSES
 from mtproxy.wire import MAX_DEPTH
 
 from .conftest import make_config
-from .hostile import ServedOnLoop, send, tolerant_ollama, tolerant_runtime
+from .hostile import ServedOnLoop, mutated, send, tolerant_ollama, tolerant_runtime, wrong_typed
 from .responses_fakes import DATA
-from .test_hostile_input import (
-    FUZZ,
-    WRONG,
-    Tally,
-    check,
-    field_paths,
-    from_schema,
-    nested,
-    replaced,
-)
+from .test_hostile_input import FUZZ, INSERTS, Tally, check, from_schema, nested
 
 PATH = "/v1/responses"
 MODELS = ("m1", "n1", "o1")  # translated to chat, relayed natively, translated to Ollama
@@ -177,13 +168,9 @@ def test_wrong_types_in_every_field(served, model):
         body = {"model": model, **full}
         status, data, _ = send(served.port, PATH, orjson.dumps(body))
         assert status < 500, data[:300]
-        for at in field_paths(body):
-            for value in WRONG:
-                mutated = replaced(body, at, value)
-                if at != ("stream",) and rnd.random() < 0.5:
-                    mutated["stream"] = True
-                status, data, _ = send(served.port, PATH, orjson.dumps(mutated))
-                tally.check(PATH, status, data, at, value)
+        for at, value, wrong in wrong_typed(rnd, body):
+            status, data, _ = send(served.port, PATH, orjson.dumps(wrong))
+            tally.check(PATH, status, data, at, value)
     tally.done()
 
 
@@ -197,20 +184,9 @@ def test_mutated_requests(served):
     rnd = random.Random(PATH)
     tally = Tally()
     for _ in range(1500):
-        body = bytearray(rnd.choice(SEEDS))
-        for _ in range(rnd.randint(1, 4)):
-            i = rnd.randrange(len(body))
-            op = rnd.randrange(4)
-            if op == 0:
-                body[i] = rnd.randrange(256)
-            elif op == 1:
-                del body[i:i + rnd.randint(1, 8)]
-            elif op == 2:
-                body[i:i] = rnd.choice([b"{", b"}", b"[", b'"', b"\\", b"\xff", b"null", b"1e999", b",", b":"])
-            else:
-                body[i:i] = body[i:i + rnd.randint(1, 16)] * rnd.randint(2, 4)
-        status, data, _ = send(served.port, PATH, bytes(body))
-        tally.check(PATH, status, data, bytes(body)[:80])
+        body = mutated(rnd, rnd.choice(SEEDS), INSERTS)
+        status, data, _ = send(served.port, PATH, body)
+        tally.check(PATH, status, data, body[:80])
     tally.done()
 
 
