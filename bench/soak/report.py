@@ -118,13 +118,8 @@ class Soak:
         yield Check(CRASH, f"{self.max_concurrent} requests at once (= limits.max_concurrent) at the end, "
                     "no fault injected", f"{served} of {cap.finished} served",
                     "all: no slot lost", served == cap.finished == self.max_concurrent)
-        bugs = {cause: n for (cat, cause), n in t.outcomes.items() if cat == BUG}
-        yield Check(CRASH, "proxy failures: its own 5xx, dropped connections, broken streams, hangs",
-                    _counts(bugs) or "0", "0", not bugs)
-        yield Check(CRASH, "GET /metrics during the run that failed", str(self.scrape_failures), "0",
-                    self.scrape_failures == 0)
-        yield Check(CRASH, "tracebacks / unhandled errors in mtproxy's log", str(len(e.log_problems)), "0",
-                    not e.log_problems)
+        yield from failure_checks("proxy failures: its own 5xx, dropped connections, broken streams, hangs",
+                                  t, self.scrape_failures, e.log_problems)
         yield Check(CRASH, "requests whose body never completed, forwarded anyway",
                     str(self.closes.incomplete_forwarded), "0", self.closes.incomplete_forwarded == 0)
 
@@ -377,6 +372,16 @@ def alive_check(alive: bool, health: bool) -> Check:
     return Check(CRASH, "mtproxy still running and answering /health at the end",
                  "yes" if alive and health else ("running, /health failed" if alive else "exited"),
                  "yes", alive and health)
+
+
+def failure_checks(what: str, tally: Tally, scrape_failures: int, log_problems: list[str]) -> Iterable[Check]:
+    """The proxy's own failures as the clients counted them (``what`` names them), the samples'
+    scrapes of /metrics that failed, and the problems in its log: crash checks of both scenarios."""
+    bugs = {cause: n for (cat, cause), n in tally.outcomes.items() if cat == BUG}
+    yield Check(CRASH, what, _counts(bugs) or "0", "0", not bugs)
+    yield Check(CRASH, "GET /metrics during the run that failed", str(scrape_failures), "0", scrape_failures == 0)
+    yield Check(CRASH, "tracebacks / unhandled errors in mtproxy's log", str(len(log_problems)), "0",
+                not log_problems)
 
 
 def log(msg: str) -> None:

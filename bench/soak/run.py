@@ -53,6 +53,7 @@ from bench.machine import OtherLoad, describe, git_commit
 from bench.soak.analysis import Upstream, analyse_closes, analyse_stalls, stale_connections
 from bench.soak.faulty_runtime import FaultRates
 from bench.soak.report import End, FakeView, Soak, Start, log
+from bench.soak.sampling import Sampler, watched
 from bench.soak.swap import MIX as SWAP_MIX
 from bench.soak.swap import MODELS as SWAP_MODELS
 from bench.soak.swap import SwapRunner, SwapSettings, member_ports
@@ -107,8 +108,7 @@ class Runner:
         self.fake, self.proxy, self.settings, self.config_text = fake, proxy, settings, config_text
         self.workdir = workdir
         self.seconds, self.concurrency, self.seed = seconds, concurrency, seed
-        self.samples: list[Sample] = []
-        self.scrape_failures = 0
+        self.sampler = Sampler(seconds)  # samples during the traffic
         self.health = HealthProbe(proxy.url)  # the proxy's responsiveness during the traffic
         self.lag = LoopLag()  # … and this process's own, which the probe's round trips include
         self.sched = SchedWatch(proxy.pid)  # … and whether it ran, or waited for a CPU
@@ -138,8 +138,8 @@ class Runner:
                           Counter(fake["flap_refusals"])),
             closes=analyse_closes(disconnects, records),
             cuts=analyse_stalls(records, disconnects, s.first_token, s.idle, s.request),
-            samples=self.samples, health=self.health, client_lag=self.lag, sched=self.sched,
-            workers_cancelled=cancelled, scrape_failures=self.scrape_failures)
+            samples=self.sampler.samples, health=self.health, client_lag=self.lag, sched=self.sched,
+            workers_cancelled=cancelled, scrape_failures=self.sampler.failures)
 
     def keep(self, fake: dict[str, Any], tally: Tally) -> None:
         """Both sides' records in the work directory, for a closer look at any request."""
@@ -161,40 +161,23 @@ class Runner:
         await self.fake_call("POST", "/soak/start")
         traffic = Traffic(self.proxy.url, Mix(), self.seed, MODEL)
         t0 = time.monotonic()
-        watchers = [asyncio.create_task(w) for w in (self.sample_loop(traffic, t0), self.health.watch(),
-                                                          self.lag.watch(), self.sched.watch())]
-        try:
-            cancelled = await traffic.run(self.concurrency, self.seconds)
-        finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        cancelled = await watched(traffic, self.concurrency, self.seconds, [
+            self.sampler.loop(lambda: self.logged_sample(traffic, t0), traffic.tally), self.health.watch(),
+            self.lag.watch(), self.sched.watch()])
         elapsed = time.monotonic() - t0
         await self.fake_call("POST", "/soak/stop")
-        self.samples.append(await self.sample(traffic, t0))
+        self.sampler.samples.append(await self.sample(traffic, t0))
         return start, t0, elapsed, traffic, cancelled
 
     async def sample(self, traffic: Traffic, t0: float) -> Sample:
         return await sample(t0, self.proxy.pid, self.proxy.url, self.proxy.ports[0],
                             self.fake.ports, traffic.tally.finished)
 
-    async def sample_loop(self, traffic: Traffic, t0: float) -> None:
-        """A sample every 15 s (5-10 s in short runs), the first one interval in: at rest was
-        sampled already, and a scrape right as the clients start would pile onto their burst."""
-        every = min(15.0, max(5.0, self.seconds / 6))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                s = await self.sample(traffic, t0)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self.scrape_failures += 1
-                log(f"  sampling failed: {type(exc).__name__}: {exc}")
-                continue
-            self.samples.append(s)
-            cats = traffic.tally.by_category()
-            log(f"  {s.t:4.0f} s: {s.requests:,} requests ({', '.join(f'{k} {v}' for k, v in cats.items())}); "
-                f"RSS {s.rss / 2**20:.1f} MB, {s.tasks} tasks, {s.in_flight:g} in flight, "
-                f"{s.client_conns} client / {s.upstream_conns} upstream connections")
+    async def logged_sample(self, traffic: Traffic, t0: float) -> tuple[Sample, str]:
+        """A sample during the traffic, and its figures for the log."""
+        s = await self.sample(traffic, t0)
+        return s, (f"RSS {s.rss / 2**20:.1f} MB, {s.tasks} tasks, {s.in_flight:g} in flight, "
+                   f"{s.client_conns} client / {s.upstream_conns} upstream connections")
 
     async def settle(self, tasks_at_rest: int | None) -> tuple[float, int | None]:
         """Wait until nothing is in flight, no client connection is open, no socket waits in

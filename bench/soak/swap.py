@@ -37,8 +37,22 @@ import aiohttp
 from bench import fake_runtime, procs
 from bench.common import LOCALHOST, free_port, rss_bytes
 from bench.report import MB
-from bench.soak.report import CRASH, LEAK, VALIDITY, Check, _counts, _ms, _statuses, alive_check, as_statuses, exit_status, log
-from bench.soak.traffic import BUG, DISCONNECT, OK, SOAK, Mix, Tally, Traffic, complete, draw
+from bench.soak.report import (
+    CRASH,
+    LEAK,
+    VALIDITY,
+    Check,
+    _counts,
+    _ms,
+    _statuses,
+    alive_check,
+    as_statuses,
+    exit_status,
+    failure_checks,
+    log,
+)
+from bench.soak.sampling import Sampler, watched
+from bench.soak.traffic import DISCONNECT, OK, SOAK, Mix, Tally, Traffic, complete, draw
 from bench.soak.watch import ProxyMetrics, Sample, Sockets, least_tasks, sample, scrape, sockets
 
 FAKE = str(Path(fake_runtime.__file__).resolve())
@@ -248,13 +262,8 @@ class SwapSoak:
         yield Check(CRASH, f"{n} requests at once (= limits.max_concurrent) for the four models at the end",
                     f"{served} of {cap.finished} served, {e.capacity_swaps:g} swaps", "all",
                     served == cap.finished == n)
-        bugs = {cause: k for (cat, cause), k in t.outcomes.items() if cat == BUG}
-        yield Check(CRASH, "proxy failures: its own 5xx, dropped connections, streams cut short or with events "
-                    "missing, hangs", _counts(bugs) or "0", "0", not bugs)
-        yield Check(CRASH, "GET /metrics during the run that failed", str(self.scrape_failures), "0",
-                    self.scrape_failures == 0)
-        yield Check(CRASH, "tracebacks / unhandled errors in mtproxy's log", str(len(e.log_problems)), "0",
-                    not e.log_problems)
+        yield from failure_checks("proxy failures: its own 5xx, dropped connections, streams cut short or with "
+                                  "events missing, hangs", t, self.scrape_failures, e.log_problems)
 
     def _swap(self) -> Iterable[Check]:
         t, w = self.tally, self.watch
@@ -417,8 +426,7 @@ class SwapRunner:
         self.port_set = set(ports.values())
         self.seconds, self.concurrency, self.seed = seconds, concurrency, seed
         self.watch = AliveWatch(proxy.pid, self.port_set)
-        self.samples: list[Sample] = []
-        self.scrape_failures = 0
+        self.sampler = Sampler(seconds)  # samples during the traffic
         self.orphans_seen = 0
 
     def sockets(self) -> Sockets:
@@ -439,20 +447,15 @@ class SwapRunner:
             f"{start.sockets.describe()}")
         traffic = self.traffic(self.seed, "soak")
         t0 = time.monotonic()
-        watchers = [asyncio.create_task(w) for w in (self.watch.watch(self.settings.max_running),
-                                                          self.sample_loop(traffic, t0))]
-        try:
-            cancelled = await traffic.run(self.concurrency, self.seconds)
-        finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+        cancelled = await watched(traffic, self.concurrency, self.seconds, [
+            self.watch.watch(self.settings.max_running),
+            self.sampler.loop(lambda: self.logged_sample(traffic, t0), traffic.tally)])
         elapsed = time.monotonic() - t0
-        self.samples.append(await self.sample(traffic, t0))
+        self.sampler.samples.append(await self.sample(traffic, t0))
         log("traffic stopped; waiting for every member to stop and mtproxy to come back to rest")
         end = await self.finish(start)
         return SwapSoak(header, self.config_text, self.settings, self.concurrency, elapsed, traffic.tally, start,
-                        end, self.watch, self.orphans_seen, self.samples, cancelled, self.scrape_failures)
+                        end, self.watch, self.orphans_seen, self.sampler.samples, cancelled, self.sampler.failures)
 
     def look_everywhere(self) -> Members:
         m = members_anywhere(self.port_set)
@@ -464,22 +467,12 @@ class SwapRunner:
         return await sample(t0, self.proxy.pid, self.proxy.url, self.proxy.ports[0], list(self.port_set),
                             traffic.tally.finished)
 
-    async def sample_loop(self, traffic: Traffic, t0: float) -> None:
-        every = min(15.0, max(5.0, self.seconds / 6))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                s = await self.sample(traffic, t0)
-                m = await scrape(self.proxy.url)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self.scrape_failures += 1
-                log(f"  sampling failed: {type(exc).__name__}: {exc}")
-                continue
-            self.samples.append(s)
-            cats = traffic.tally.by_category()
-            log(f"  {s.t:4.0f} s: {s.requests:,} requests ({', '.join(f'{k} {v}' for k, v in cats.items())}); "
-                f"{m.swaps.get(GROUP, 0):g} swaps; most alive {self.watch.most}; RSS {s.rss / 2**20:.1f} MB, "
-                f"{s.tasks} tasks, {s.fds} fds")
+    async def logged_sample(self, traffic: Traffic, t0: float) -> tuple[Sample, str]:
+        """A sample during the traffic, and its figures for the log (the swaps from a scrape of its own)."""
+        s = await self.sample(traffic, t0)
+        m = await scrape(self.proxy.url)
+        return s, (f"{m.swaps.get(GROUP, 0):g} swaps; most alive {self.watch.most}; RSS {s.rss / 2**20:.1f} MB, "
+                   f"{s.tasks} tasks, {s.fds} fds")
 
     async def settle(self, tasks_at_rest: int | None) -> float:
         """Until nothing is in flight or queued, no client connection or CLOSE_WAIT, every member
