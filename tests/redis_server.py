@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
+
+from .processes import stop_process
+
 REQUIRE_ENV = "MTPROXY_REQUIRE_REDIS"
 START_TIMEOUT = 30.0
 
@@ -29,12 +33,6 @@ def redis_server_path() -> str:
             pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it", pytrace=False)
         pytest.skip(reason)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ping(port: int) -> bool:
@@ -78,11 +76,4 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)

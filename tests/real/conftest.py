@@ -23,7 +23,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.common import free_port
+
+from ..processes import stop_process
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 MODEL = "smollm2-135m"  # the alias every real server serves the model under
@@ -78,12 +81,6 @@ def smollm2_gguf() -> Path | None:
         if f.name.endswith(".gguf"):
             return Path(str(f.locate()))
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
@@ -157,14 +154,7 @@ class RealServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
