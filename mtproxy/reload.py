@@ -5,9 +5,12 @@ the backend they started on, requests queued for a slot stay queued and look aga
 config, and backends that left are retired when their last request ends. A changed
 ``responses:`` section gets a new response store (requests in flight finish with the old one,
 closed after them); an unchanged one, or new limits for the memory store, keep the store and
-what it holds. An invalid config, or a new store that cannot be opened (Redis not answering), is
-rejected with its error logged, and the old one stays. Listening address and body-size limit
-need a restart.
+what it holds. A changed ``ui:`` section resizes the page's ring (the newest records kept),
+gives the history its new limits, or opens it at its new path (records from then on go there;
+the old one gets those still pending, then is closed) or switches it off. An invalid config, or
+a new store or history that cannot be opened (Redis not answering, a path that is no SQLite
+file), is rejected with its error logged, and the old one stays. Listening address, body-size
+limit and ``ui.enabled`` need a restart: a reload applies the rest and warns.
 """
 
 from __future__ import annotations
@@ -20,32 +23,47 @@ from .config import Config, ConfigError, load_config
 from .front.response_store import ResponseStore
 from .front.responses import STORE
 from .state import CONFIG_PATH, KEYS, POOL, PROXY
+from .ui import UI
+from .ui.history import History
 
 log = logging.getLogger("mtproxy.reload")
 
-_RESTART_ONLY = ("host", "port", "max_body_bytes")
+_RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "ui.enabled")
 
 
 async def reload(app: web.Application) -> tuple[bool, str]:
     path = app[CONFIG_PATH]
     if path is None:
         return False, "mtproxy was started without a config file; nothing to reload"
+    hub = app.get(UI)
     try:
         config = load_config(path)
-        # opened before anything changes: a store that cannot be opened leaves the old config whole
+        # opened before anything changes: a store or history that cannot be opened leaves the old
+        # config whole
         store = await app[STORE].reopen(config.responses)
+        try:
+            history = await hub.reopen(config.ui) if hub is not None else None
+        except ConfigError:
+            if store is not None:
+                await store.close()
+            raise
     except ConfigError as exc:
         message = f"config {path} rejected, the old one stays: " + "; ".join(str(exc).splitlines())
         log.error("%s", message)
         return False, message
-    return True, await apply(app, config, store)
+    return True, await apply(app, config, store, history)
 
 
-async def apply(app: web.Application, config: Config, store: ResponseStore | None = None) -> str:
-    """``store``: a new response store for ``config.responses`` (StoreSlot.reopen), or None."""
+async def apply(app: web.Application, config: Config, store: ResponseStore | None = None,
+                history: History | None = None) -> str:
+    """``store``: a new response store for ``config.responses`` (StoreSlot.reopen), or None;
+    ``history``: a new page history for ``config.ui`` (Hub.reopen), or None."""
     pool, proxy = app[POOL], app[PROXY]
     old = pool.config
     await app[STORE].replace(config.responses, store)
+    hub = app.get(UI)
+    if hub is not None:
+        await hub.replace(config.ui, history)
     pool.update(config)
     proxy.apply(config)
     app[KEYS].update(config)
@@ -54,10 +72,20 @@ async def apply(app: web.Application, config: Config, store: ResponseStore | Non
     # requests queued for a full backend look again: new backends (their models discovered by
     # now) or raised caps may have room for them
     proxy.backend_waiters.wake_all()
-    stale = [k for k in _RESTART_ONLY if getattr(old.server, k) != getattr(config.server, k)]
-    message = f"config reloaded: {len(config.backends)} backends" + (
-        "; a new response store" if store is not None else "") + (
-        f"; {', '.join('server.' + k for k in stale)} change only on restart" if stale else "")
-    log.info("%s", message)
+    notes = [f"{len(config.backends)} backends"]
+    if store is not None:
+        notes.append("a new response store")
+    if hub is not None and (old.ui.history or None) != (config.ui.history or None):
+        notes.append(f"ui.history {'now ' + config.ui.history if config.ui.history else 'off'}")
+    stale = [k for k in _RESTART_ONLY if _field(old, k) != _field(config, k)]
+    if stale:
+        notes.append(f"{', '.join(stale)} change{'s' if len(stale) == 1 else ''} only on restart")
+    message = "config reloaded: " + "; ".join(notes)
+    log.log(logging.WARNING if stale else logging.INFO, "%s", message)
     return message
+
+
+def _field(config: Config, path: str) -> object:
+    section, _, name = path.partition(".")
+    return getattr(getattr(config, section), name)
 

@@ -4,6 +4,7 @@ retention, the login cookie and CSRF, the event stream and a viewer that stops r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -196,3 +197,153 @@ async def test_the_page_can_be_turned_off(runtime_factory, proxy_factory, http, 
     assert await chat(http, proxy.url) == 200
     async with http.get(proxy.url + "/ui") as resp:
         assert resp.status == 404
+
+
+# --- reload: the `ui:` section ----------------------------------------------------------------
+
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+class Reloadable:
+    """A proxy started from a config file for one runtime; ``reload(ui)`` writes a new `ui:`
+    section to the file and posts /mtproxy/reload: (status, message)."""
+
+    def __init__(self, path, backend: str, http: aiohttp.ClientSession) -> None:
+        self.path, self.backend, self.http = path, backend, http
+        self.runner = None
+        self.url = ""
+
+    def write(self, ui: dict) -> None:
+        self.path.write_text(json.dumps({
+            "server": {"admin_keys": ["admin-key"]}, "health": {"interval": 0.2, "timeout": 1},
+            "backends": [{"name": "a", "runtime": "vllm", "url": self.backend, "models": ["m1"]}], "ui": ui}))
+
+    async def start(self, ui: dict) -> Reloadable:
+        from mtproxy.config import load_config
+
+        self.write(ui)
+        self.app = create_app(load_config(self.path), config_path=str(self.path))
+        self.runner, port = await start(self.app, "127.0.0.1", 0, shutdown_grace=2)
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def reload(self, ui: dict) -> tuple[int, str]:
+        self.write(ui)
+        async with self.http.post(self.url + "/mtproxy/reload", headers=ADMIN) as resp:
+            body = await resp.json()
+            return resp.status, body.get("message") or body["error"]["message"]
+
+    async def chats(self, n: int) -> None:
+        assert await asyncio.gather(*(chat(self.http, self.url) for _ in range(n))) == [200] * n
+
+    async def exported(self) -> list[float]:
+        """The times of the exported records (one request's time is its identity here)."""
+        async with self.http.get(self.url + "/mtproxy/requests?format=json", headers=ADMIN) as resp:
+            assert resp.status == 200
+            return [r["time"] for r in await resp.json()]
+
+
+@pytest.fixture
+async def reloadable(runtime_factory, http, tmp_path):
+    rt = await runtime_factory("a", models=["m1"])
+    proxy = Reloadable(tmp_path / "config.json", rt.url, http)
+    yield proxy
+    if proxy.runner is not None:
+        await proxy.runner.cleanup()
+
+
+def rows_in(path) -> list[float]:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [t for (t,) in db.execute("SELECT time FROM requests ORDER BY id")]
+
+
+async def test_a_reload_resizes_the_ring_keeping_the_newest_and_viewers_miss_none(reloadable, http):
+    proxy = await reloadable.start({"ring": 8})
+    async with http.get(proxy.url + "/mtproxy/events", headers=ADMIN) as live:
+        assert (await _sse_events(live, "hello"))["requests"] == []
+        await proxy.chats(4)
+        first = await proxy.exported()
+        assert len(first) == 4
+        await proxy.chats(3)  # (likely not all sent to the viewer yet when the ring shrinks)
+        assert await proxy.reload({"ring": 2}) == (200, "config reloaded: 1 backends")
+        shrunk = await proxy.exported()
+        assert len(shrunk) == 2 and shrunk[0] > first[-1]  # the newest two, oldest first
+        await proxy.chats(1)
+        assert (await proxy.exported())[:1] == shrunk[1:]
+        assert (await proxy.reload({"ring": 4}))[0] == 200
+        kept = await proxy.exported()
+        assert len(kept) == 2 and kept[0] == shrunk[1]
+        await proxy.chats(3)
+        grown = await proxy.exported()
+        assert len(grown) == 4 and grown[:1] == kept[1:]
+
+        async def watched(n: int) -> list[float]:
+            seen: list[float] = []
+            while len(seen) < n:
+                seen += [r["time"] for r in await _sse_events(live, "requests")]
+            return seen
+
+        seen = await asyncio.wait_for(watched(11), 30)  # every record once, in order, across both resizes
+        assert len(seen) == 11 and seen == sorted(set(seen))
+        assert seen[:4] == first and seen[-4:] == grown
+
+
+async def test_a_reload_switches_the_history_on_moves_it_and_switches_it_off(reloadable, tmp_path):
+    one, two = tmp_path / "one.sqlite", tmp_path / "dir" / "two.sqlite"
+    proxy = await reloadable.start({"ring": 100})
+    await proxy.chats(2)
+    assert await proxy.reload({"ring": 100, "history": str(one)}) == (
+        200, f"config reloaded: 1 backends; ui.history now {one}")
+    await proxy.chats(3)
+    assert len(await proxy.exported()) == 3  # from the history: records from the switch on
+    await proxy.chats(4)  # pending for `one` (written once a second) when it moves
+    assert (await proxy.reload({"ring": 100, "history": str(two), "history_max_rows": 3}))[0] == 200
+    await proxy.chats(2)
+    assert len(await proxy.exported()) == 2  # from `two`
+    await proxy.chats(2)  # pending for `two` when it is switched off
+    assert await proxy.reload({"ring": 100}) == (200, "config reloaded: 1 backends; ui.history off")
+    everything = await proxy.exported()  # the ring again
+    assert len(everything) == 13
+    assert rows_in(one) == everything[2:9]  # closed: every record of its time, once
+    assert rows_in(two) == everything[10:]  # and its new limit of 3 rows applied
+    await proxy.chats(1)
+    assert rows_in(two) == everything[10:]  # nothing goes to a history after it is off
+
+
+async def test_a_history_that_cannot_be_opened_rejects_the_reload(reloadable, tmp_path):
+    history = tmp_path / "history.sqlite"
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "text.sqlite").write_text("this is not an SQLite database, it is a text file\n" * 10)
+    proxy = await reloadable.start({"history": str(history)})
+    await proxy.chats(2)
+    for bad in (tmp_path / "a-file" / "history.sqlite", tmp_path / "text.sqlite"):
+        status, message = await proxy.reload({"history": str(bad), "ring": 1})
+        assert status == 400 and "ui.history" in message and str(bad) in message, message
+        assert "the old one stays" in message
+    await proxy.chats(1)
+    exported = await proxy.exported()
+    assert len(exported) == 3  # the old history records on
+    await proxy.runner.cleanup()
+    proxy.runner = None
+    assert rows_in(history) == exported
+    assert (tmp_path / "text.sqlite").read_text().startswith("this is not")  # left as it was
+
+
+@pytest.mark.parametrize("start_enabled", [True, False])
+async def test_a_reload_that_changes_ui_enabled_warns_and_applies_the_rest(reloadable, http, caplog,
+                                                                           start_enabled):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mtproxy.reload")
+    proxy = await reloadable.start({"enabled": start_enabled, "ring": 5})
+    await proxy.chats(3)
+    status, message = await proxy.reload({"enabled": not start_enabled, "ring": 1})
+    assert status == 200 and message == "config reloaded: 1 backends; ui.enabled changes only on restart"
+    (warning,) = [r for r in caplog.records if r.name == "mtproxy.reload" and r.levelno == logging.WARNING]
+    assert "ui.enabled changes only on restart" in warning.getMessage()
+    async with http.get(proxy.url + "/ui") as resp:
+        assert resp.status == (200 if start_enabled else 404)  # the routes stay as they started
+    if start_enabled:
+        assert len(await proxy.exported()) == 1  # the ring's new size applied

@@ -33,10 +33,14 @@ class History:
     def open(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_CREATE)
-        db.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests(time)")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_CREATE)
+            db.execute("CREATE INDEX IF NOT EXISTS requests_time ON requests(time)")
+        except BaseException:  # not an SQLite file, or not writable: nothing left open
+            db.close()
+            raise
         self._db = db
         self.trim()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import orjson
 from yarl import URL
 
 from ..backends import BackendPool
-from ..config import UiConfig
+from ..config import ConfigError, UiConfig
 from ..metrics.instruments import Metrics
 from ..metrics.meter import ANSWERED, Measurement, RequestMeter
 from ..status import pool_status
@@ -188,10 +189,8 @@ class Hub:
     async def _broadcast(self) -> None:
         while self.viewers:
             out = []
-            new = self.seq - self._sent_seq
-            if new:
-                self._sent_seq = self.seq
-                out.append(sse("requests", [as_dict(r) for r in self.latest(new)]))
+            if self.seq != self._sent_seq:
+                out.append(self._unsent())
             overview = sse("overview", self.overview())
             if overview != self._sent_overview:
                 self._sent_overview = overview
@@ -205,6 +204,12 @@ class Hub:
                     v.push(chunk)
             await asyncio.sleep(TICK)
         self._new_points, self._new_markers = [], []
+
+    def _unsent(self) -> bytes:
+        """The ``requests`` event of the records viewers have not had yet (the newest
+        ``seq - _sent_seq`` in the ring), marked sent."""
+        new, self._sent_seq = self.seq - self._sent_seq, self.seq
+        return sse("requests", [as_dict(r) for r in self.latest(new)])
 
     # --- background work: the sampler and the history writer -------------------------------
     async def run(self) -> None:
@@ -253,6 +258,46 @@ class Hub:
             await self.flush()
             await self.in_thread(self.history.close)
         self._thread.shutdown(wait=False)
+
+    # --- a reloaded ``ui:`` section (reload.py) ---------------------------------------------
+    async def reopen(self, config: UiConfig) -> History | None:
+        """The history a reloaded ``ui:`` section needs, opened on the worker thread before
+        anything changes (a ConfigError naming ``ui.history`` when it cannot be); None when there
+        is none to open (the path unchanged, or unset)."""
+        if not config.history or config.history == self.config.history:
+            return None
+        history = History(config.history, config.history_max_rows, config.history_max_age_seconds)
+        try:
+            await self.in_thread(history.open)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"ui.history: {config.history!r} cannot be opened as an SQLite file: {exc}") from None
+        return history
+
+    async def replace(self, config: UiConfig, history: History | None) -> None:
+        """Take a reloaded ``ui:`` section with the history :meth:`reopen` gave for it.
+
+        A resized ring keeps its newest records; viewers get the records not sent to them yet
+        first, so a shrink takes none of theirs (``seq`` counts on across the resize). A history
+        whose path stays takes the new limits (at its next trim). One moved or switched off gets
+        the records pending for it, then is closed, on the worker thread after any write queued
+        before; records from the switch on go to the new one."""
+        old_config, self.config = self.config, config
+        if config.ring != self.ring.maxlen:
+            if self.viewers and self.seq != self._sent_seq:
+                chunk = self._unsent()
+                for v in list(self.viewers):
+                    v.push(chunk)
+            self.ring = deque(self.ring, maxlen=config.ring)
+        old = self.history
+        if (config.history or None) == (old_config.history or None):
+            if old is not None:
+                old.max_rows, old.max_age = config.history_max_rows, config.history_max_age_seconds
+            return
+        assert (history is not None) == bool(config.history), "Hub.reopen() gives the new history"
+        batch, self.pending = self.pending, []
+        self.history = history  # with the batch taken in the same step: no record is left between
+        if old is not None:
+            await self.in_thread(_retire, old, batch)
 
     def marker(self, kind: str, backend: str | None, detail: str = "") -> None:
         m = {"t": time.time(), "kind": kind, "backend": backend, "detail": detail}
@@ -308,6 +353,18 @@ class Hub:
         self.points.append(point)
         if self.viewers:
             self._new_points.append(point)
+
+
+def _retire(history: History, batch: list[Record]) -> None:
+    """A history a reload moved or switched off: its pending records written, then closed (on the
+    worker thread)."""
+    try:
+        if batch:
+            history.write(batch)
+    except Exception as exc:  # a full disk must not stop the reload
+        log.warning("ui history %s: writing %d rows failed: %s", history.path, len(batch), exc)
+    finally:
+        history.close()
 
 
 def _pct(ordered: list[float], q: float) -> float | None:

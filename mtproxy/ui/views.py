@@ -144,7 +144,9 @@ async def requests(request: web.Request) -> web.StreamResponse:
     wanted = activity.filters(query)
     if hub.history is not None:
         await hub.flush()  # what is not written yet belongs to the export too
-        records = await hub.in_thread(hub.history.query, wanted, limit)
+    history = hub.history  # (read again: a reload may have moved it or switched it off meanwhile)
+    if history is not None:
+        records = await hub.in_thread(history.query, wanted, limit)
     else:
         records = [r for r in hub.latest(len(hub.ring)) if activity.matches(r, wanted)][-limit:] if limit else []
     if kind == "json":
