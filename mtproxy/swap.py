@@ -626,8 +626,8 @@ class Swapper:
         """Once per health-probe round: ask each runtime mtproxy did not launch what it has loaded
         (side by side, each bounded by the health timeout) and settle the members whose state
         disagrees (:meth:`_settle`). An answer is used only if nothing happened to its member
-        while it was asked (no start, no request let through or finished); "cannot tell" (None)
-        or an error changes nothing."""
+        while it was asked (no start or stop, no request let through or finished); "cannot
+        tell" (None) or an error changes nothing."""
         if self._reconciling or self.closed:
             return
         for gone in [m for m in self._unsure if self.members.get(m.name) is not m]:
@@ -636,18 +636,18 @@ class Swapper:
                    and m.group is not None and m.group.limited and not m.group.adopting and self._settled(m)]
         if not members:
             return
-        seen = [(m, m.starts, m.last_used) for m in members]
+        seen = [(m, m.state, m.starts, m.last_used) for m in members]
         self._reconciling = True
         try:
             answers = await asyncio.gather(*(self._loaded(m) for m in members))
         finally:
             self._reconciling = False
         kick = set()
-        for (member, starts, used), loaded in zip(seen, answers, strict=True):
+        for (member, state, starts, used), loaded in zip(seen, answers, strict=True):
             group = member.group
             if (loaded is None or self.closed or self.members.get(member.name) is not member or group is None
-                    or group.adopting or member.starts != starts or member.last_used != used
-                    or not self._settled(member)):
+                    or group.adopting or member.state != state or member.starts != starts
+                    or member.last_used != used or not self._settled(member)):
                 continue  # cannot tell, or its answer may be stale
             if loaded == (member.state == "ready"):
                 continue

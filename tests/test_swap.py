@@ -581,3 +581,33 @@ async def test_a_runtime_that_cannot_tell_changes_nothing(runtime_factory, proxy
     assert v1.state == "ready"
     unsure = [r for r in caplog.records if "cannot tell what its runtime has loaded" in r.getMessage()]
     assert len(unsure) == 1 and "v1" in unsure[0].getMessage()
+
+
+async def test_an_answer_a_stop_made_stale_changes_nothing(runtime_factory, proxy_factory, http):
+    """The runtime is asked while its model is loaded; before the answer ("loaded") arrives,
+    mtproxy stops the member itself (admin stop, its model unloaded). The answer is stale: the
+    member stays stopped, not counted as running again with nothing loaded."""
+    rt = await runtime_factory(**_router("llamacpp", ["a:latest"]))
+    other = await runtime_factory(**_router("llamacpp", ["b:latest"]))  # asked every round: counts them
+    backends = _members(rt.url, "llamacpp", ["a:latest"]) + _members(other.url, "llamacpp", ["b:latest"], "other")
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"max_running": 1}, "other": {"max_running": 1}},
+                                            health={"interval": 0.2, "timeout": 30},
+                                            server={"admin_keys": ["adm"]}))
+    a = proxy.app[POOL].backends[0].member
+    async with http.post(proxy.url + "/v1/chat/completions", json=chat("a:latest")) as resp:
+        assert resp.status == 200
+    assert a.state == "ready"
+    held = rt.swapper.hold = asyncio.Event()  # a round asks while a is loaded: its answer held
+    polls = rt.swapper.polls
+    await until(lambda: rt.swapper.polls > polls)
+    rt.swapper.hold = None  # the stop's own looks answer at once
+    async with http.post(proxy.url + "/mtproxy/backends/be-a/stop", headers={"Authorization": "Bearer adm"}) as resp:
+        assert resp.status == 200 and (await resp.json())["state"] == "stopped"
+    assert rt.swapper.status["a:latest"] == "unloaded"
+    rounds = other.swapper.polls
+    held.set()  # the stale answer, "loaded", arrives
+    await until(lambda: other.swapper.polls >= rounds + 3)  # that round and two more are over
+    assert a.state == "stopped" and rt.swapper.status["a:latest"] == "unloaded"
+    samples = await _metrics(http, proxy)
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="admin") == 1
+    assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="runtime_unloaded") is None
