@@ -20,7 +20,7 @@ from .metrics.scrape import RuntimeMetrics, names
 from .metrics.window import TokenWindow
 from .middleware import Keys, add_cors, front_door
 from .proxy import Proxy
-from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY, RUNTIME_METRICS
+from .state import CONFIG_PATH, DRAINING, KEYS, METRICS, POOL, PROXY, RELOADING, RUNTIME_METRICS
 
 log = logging.getLogger("mtproxy")
 
@@ -35,6 +35,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app = web.Application(middlewares=[front_door(_keys, _cors_origins, front.error_shape)],
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG_PATH] = config_path
+    app[RELOADING] = asyncio.Lock()
     app[KEYS] = Keys(config)
     app[POOL] = BackendPool(config)
     if registry is None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from .config import Config, ConfigError, load_config
 from .front.response_store import ResponseStore
 from .front.responses import STORE
-from .state import CONFIG_PATH, KEYS, POOL, PROXY
+from .state import CONFIG_PATH, KEYS, POOL, PROXY, RELOADING
 from .ui import UI
 from .ui.history import History
 
@@ -32,9 +32,17 @@ _RESTART_ONLY = ("server.host", "server.port", "server.max_body_bytes", "ui.enab
 
 
 async def reload(app: web.Application) -> tuple[bool, str]:
+    """Read the config file again and apply it. One reload at a time: one posted while another
+    waits (on a store or history opening) reads the file after that one is applied, so what the
+    file says last is what runs, and no store or history is opened twice for one change."""
     path = app[CONFIG_PATH]
     if path is None:
         return False, "mtproxy was started without a config file; nothing to reload"
+    async with app[RELOADING]:
+        return await _reload(app, path)
+
+
+async def _reload(app: web.Application, path: str) -> tuple[bool, str]:
     hub = app.get(UI)
     try:
         config = load_config(path)

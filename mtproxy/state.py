@@ -19,3 +19,4 @@ METRICS = web.AppKey("metrics", Metrics)
 RUNTIME_METRICS = web.AppKey("runtime_metrics", RuntimeMetrics)  # the backends' own, on /metrics
 KEYS = web.AppKey("keys", Keys)
 CONFIG_PATH: web.AppKey[str | None] = web.AppKey("config_path")
+RELOADING = web.AppKey("reloading", asyncio.Lock)  # one reload at a time (reload.py)

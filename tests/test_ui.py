@@ -347,3 +347,40 @@ async def test_a_reload_that_changes_ui_enabled_warns_and_applies_the_rest(reloa
         assert resp.status == (200 if start_enabled else 404)  # the routes stay as they started
     if start_enabled:
         assert len(await proxy.exported()) == 1  # the ring's new size applied
+
+
+def open_fds(path) -> int:
+    """How many of this process's file descriptors are open on ``path`` (/proc/self/fd)."""
+    import os
+
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found += os.path.realpath(f"/proc/self/fd/{fd}") == str(path)
+    return found
+
+
+async def test_reloads_one_after_another_the_last_read_wins(reloadable, http, tmp_path):
+    """A reload waiting on its new history (here: a file another program holds locked) and a
+    second reload posted meanwhile: the second reads the config after the first is applied and is
+    applied after it, so what the file says last is what runs (the history off again, closed)."""
+    import sqlite3
+
+    locked = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(locked, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN EXCLUSIVE")  # opening it waits for the lock (sqlite's 5 s busy timeout)
+    proxy = await reloadable.start({"ring": 100})
+    try:
+        first = asyncio.create_task(proxy.reload({"ring": 100, "history": str(locked)}))
+        await until(lambda: open_fds(locked) > 1)  # the proxy is opening it: waiting for the lock
+        second = asyncio.create_task(proxy.reload({"ring": 3}))  # the history off again
+        await asyncio.wait({second}, timeout=1.0)  # (before the fix it was applied at once)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert await first == (200, f"config reloaded: 1 backends; ui.history now {locked}")
+    assert await second == (200, "config reloaded: 1 backends; ui.history off")
+    await until(lambda: open_fds(locked) == 0)  # the history the first opened is closed again
+    await proxy.chats(5)
+    assert len(await proxy.exported()) == 3  # from the ring of 3: the second reload's config runs
