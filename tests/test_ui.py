@@ -384,3 +384,26 @@ async def test_reloads_one_after_another_the_last_read_wins(reloadable, http, tm
     await until(lambda: open_fds(locked) == 0)  # the history the first opened is closed again
     await proxy.chats(5)
     assert len(await proxy.exported()) == 3  # from the ring of 3: the second reload's config runs
+
+
+async def test_a_write_that_fails_while_a_reload_switches_the_history_off(reloadable, tmp_path):
+    """The history's write waits on a lock another program holds and fails (sqlite's 5 s busy
+    timeout) while a reload switches the history off: the failure is logged, the page's
+    background work goes on (a history switched on later gets its records)."""
+    import sqlite3
+
+    one, two = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    proxy = await reloadable.start({"ring": 100, "history": str(one)})
+    holder = sqlite3.connect(one, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # no writer but this one
+        await proxy.chats(2)
+        await asyncio.sleep(1.5)  # the once-a-second write of those two has begun: it waits
+        assert await proxy.reload({"ring": 100}) == (200, "config reloaded: 1 backends; ui.history off")
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert rows_in(one) == []  # that write failed
+    assert (await proxy.reload({"ring": 100, "history": str(two)}))[0] == 200
+    await proxy.chats(3)
+    await until(lambda: len(rows_in(two)) == 3)  # written by the page's once-a-second work

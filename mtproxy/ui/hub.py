@@ -227,12 +227,13 @@ class Hub:
 
     async def flush(self) -> None:
         """Write the history's batch, in the worker thread."""
-        if self.pending and self.history is not None:
+        history = self.history  # (a reload may switch it off or move it while this one writes)
+        if self.pending and history is not None:
             batch, self.pending = self.pending, []
             try:
-                await self.in_thread(self.history.write, batch)
+                await self.in_thread(history.write, batch)
             except Exception as exc:  # a full disk must not stop the page
-                log.warning("ui history %s: writing %d rows failed: %s", self.history.path, len(batch), exc)
+                log.warning("ui history %s: writing %d rows failed: %s", history.path, len(batch), exc)
 
     def track(self, task: asyncio.Task) -> None:
         """A task of the page's (a verify run), cancelled when the app stops."""
