@@ -472,4 +472,7 @@ class BackendPool:
         """Probe every backend every ``health.interval`` seconds until cancelled."""
         while True:
             await asyncio.sleep(self.config.health.interval)
-            await self.probe_all(session)
+            try:
+                await self.probe_all(session)
+            except Exception:  # a bug must not end the health loop for good (backends never again up or down)
+                log.exception("health probe round failed; the next one runs in %g s", self.config.health.interval)

@@ -429,3 +429,22 @@ async def test_backends_endpoint_and_runtimes_cli(runtime_factory, proxy_factory
             text = out.decode()
             assert "llamacpp          yes since b9180" in text and "#22673" in text
             assert "MTP active: /props speculative.types = none,draft-mtp" in text
+
+
+async def test_a_truncated_gguf_is_reported_and_the_probes_go_on(runtime_factory, proxy_factory, http, tmp_path):
+    """A GGUF still being downloaded (here its magic alone): the gguf reader raises IndexError on it;
+    the proxy starts, says it cannot read the file, and keeps probing (the backend seen down)."""
+    partial = tmp_path / "glm-4.5-air.gguf"
+    partial.write_bytes(b"GGUF")
+    rt = await runtime_factory("a", models=["my-model"])
+    proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": rt.url,
+                                              "model_path": str(partial)}],
+                                            health={"interval": 0.05, "timeout": 1, "mtp_interval": 3600}))
+    read = detect.from_path(partial)  # no answer from the file: the model is judged without it
+    assert read is not None and read.mtp is None and "cannot read" in read.why and "IndexError" in read.why, read
+    assert proxy.app[POOL].trained["my-model"].source == "unknown"
+    async with http.post(proxy.url + "/v1/chat/completions", json={
+            "model": "my-model", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+        assert resp.status == 200, await resp.text()
+    await rt.stop()
+    await until(lambda: not proxy.app[POOL].backends[0].up)

@@ -106,8 +106,9 @@ def from_path(path: str | Path) -> Trained | None:
         if p.name.endswith(".json") and p.is_file():
             data = json.loads(p.read_text(encoding="utf-8"))
             return from_hf_config(data) if isinstance(data, dict) else None
-    except (OSError, ValueError) as exc:
-        return Trained(None, "file", f"cannot read {p}: {exc}")
+    except Exception as exc:  # the gguf reader raises what a broken file makes it (IndexError
+        # on a truncated one: a download still under way), and a probe must never fail for it
+        return Trained(None, "file", f"cannot read {p}: {type(exc).__name__}: {exc}")
     return None
 
 
