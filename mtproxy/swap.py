@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -586,16 +586,19 @@ class Swapper:
             finally:
                 group.adopting -= 1
             if loaded and member.state == "stopped":
-                self._settle(member, True, "already")
+                stop = self._settle(member, True, "already")
+                if stop is not None:  # unloaded before the next is weighed: it must not count for it
+                    await stop
         for group in {m.group for m in members if m.group is not None}:
             group.kick()
 
-    def _settle(self, member: Member, loaded: bool, how: str) -> None:
+    def _settle(self, member: Member, loaded: bool, how: str) -> Coroutine[Any, Any, None] | None:
         """Make a member's state what its runtime says it has loaded (``how``: for the log): a
         stopped member whose model is loaded counts as running while its group has room (and no
         other member's request is waiting for it), and is unloaded when it has none; a ready one
         whose model is gone is stopped, its slot freed. The caller has checked that nothing
-        changed since it asked (a start, a request)."""
+        changed since it asked (a start, a request). Returns the unload to run (the member is
+        ``stopping`` already), or None."""
         group = member.group
         assert group is not None
         if loaded and member.state == "stopped":
@@ -610,12 +613,13 @@ class Swapper:
                 log.info("backend %s has its model loaded %s but group %s has no room for it: unloading it",
                          member.name, how, group.name)
                 member.state = "stopping"
-                self.spawn(group._stop(member, "limit"), f"limit-stop-{member.name}")
+                return group._stop(member, "limit")
         elif not loaded and member.state == "ready":
             member.state = "stopped"
             log.warning("backend %s: its runtime no longer has its model loaded (unloaded %s): stopped, "
                         "its slot freed; the next request for it loads it again", member.name, how)
             self.events.stopped(member.name, "runtime_unloaded")
+        return None
 
     @staticmethod
     def _settled(member: Member) -> bool:
@@ -651,7 +655,9 @@ class Swapper:
                 continue  # cannot tell, or its answer may be stale
             if loaded == (member.state == "ready"):
                 continue
-            self._settle(member, loaded, "behind mtproxy's back")
+            stop = self._settle(member, loaded, "behind mtproxy's back")
+            if stop is not None:
+                self.spawn(stop, f"limit-stop-{member.name}")
             kick.add(group)
         for group in kick:
             group.kick()

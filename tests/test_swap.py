@@ -611,3 +611,16 @@ async def test_an_answer_a_stop_made_stale_changes_nothing(runtime_factory, prox
     samples = await _metrics(http, proxy)
     assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="admin") == 1
     assert value(samples, "mtproxy_backend_stops_total", backend="be-a", reason="runtime_unloaded") is None
+
+
+async def test_adoption_weighs_each_member_once_the_one_before_is_unloaded(runtime_factory, proxy_factory):
+    """Three vLLMs awake at start, a budget of 80GB: v1 (40GB) fits, v2 (50GB) does not and is
+    put to sleep, v3 (40GB) fits beside v1 once v2 is gone, so it stays awake."""
+    rts = [await runtime_factory(models=[f"m{i}"], swap="vllm", load_seconds=0.1) for i in (1, 2, 3)]
+    sizes = ["40GB", "50GB", "40GB"]
+    backends = [{"name": f"v{i}", "runtime": "vllm", "url": rt.url, "models": [f"m{i}"], "group": "gpu",
+                 "memory": size} for i, (rt, size) in enumerate(zip(rts, sizes, strict=True), 1)]
+    proxy = await proxy_factory(make_config(backends, groups={"gpu": {"memory": "80GB", "min_run": 0}}))
+    members = [b.member for b in proxy.app[POOL].backends]
+    await until(lambda: [m.state for m in members] == ["ready", "stopped", "ready"])
+    assert [rt.swapper.awake.is_set() for rt in rts] == [True, False, True]
