@@ -9,9 +9,11 @@ import csv
 import io
 import json
 import socket
+import sqlite3
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from mtproxy.app import create_app
 from mtproxy.server import start
@@ -407,3 +409,49 @@ async def test_a_write_that_fails_while_a_reload_switches_the_history_off(reload
     assert (await proxy.reload({"ring": 100, "history": str(two)}))[0] == 200
     await proxy.chats(3)
     await until(lambda: len(rows_in(two)) == 3)  # written by the page's once-a-second work
+
+
+async def test_a_runtimes_absurd_usage_costs_no_other_requests_history(runtime_factory, http, proxy_factory,
+                                                                         tmp_path):
+    """A runtime that reports 2**70 prompt tokens (past SQLite's 64-bit integers; JSON parsing makes
+    it a float, not a count): its row is kept without the figure, and so are the rows written in
+    the same batch."""
+    a = await runtime_factory("a", models=["m1"])
+    answer = (b'{"id":"x","object":"chat.completion","created":1,"model":"huge","choices":[{"index":0,'
+              b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
+              b'"usage":{"prompt_tokens":%d,"completion_tokens":4,"total_tokens":%d}}' % (2**70, 2**70 + 4))
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "huge", "object": "model"}]})
+
+    async def complete(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/health", models)
+    app.router.add_post("/v1/chat/completions", complete)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    huge_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        path = tmp_path / "history.sqlite"
+        proxy = await proxy_factory(make_config([{"name": "a", "runtime": "vllm", "url": a.url},
+                                                 {"name": "b", "runtime": "vllm", "url": huge_url}],
+                                                ui={"history": str(path)}))
+        assert await chat(http, proxy.url, stream=False) == 200
+        assert await chat(http, proxy.url, "huge", stream=False) == 200
+        assert await chat(http, proxy.url, stream=False) == 200
+        async with http.get(proxy.url + "/mtproxy/requests?format=json") as resp:  # flushes the history first
+            assert resp.status == 200
+            exported = await resp.json()
+        assert [r["model"] for r in exported] == ["m1", "huge", "m1"], exported
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT model, tokens_in FROM requests ORDER BY id").fetchall()
+        assert [m for m, _ in rows] == ["m1", "huge", "m1"], rows
+        assert rows == [("m1", 5), ("huge", None), ("m1", 5)], rows
+    finally:
+        await runner.cleanup()
