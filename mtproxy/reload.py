@@ -96,4 +96,3 @@ async def apply(app: web.Application, config: Config, store: ResponseStore | Non
 def _field(config: Config, path: str) -> object:
     section, _, name = path.partition(".")
     return getattr(getattr(config, section), name)
-

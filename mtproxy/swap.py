@@ -578,11 +578,7 @@ class Swapper:
             group = member.group
             assert group is not None and isinstance(member.driver, ApiDriver)
             try:
-                loaded = await member.driver.loaded()
-            except Exception as exc:  # unreachable, or an adapter bug: the group must not stay stuck
-                log.warning("backend %s: cannot tell what it has loaded (%s): taken as unloaded",
-                            member.name, exc.message if isinstance(exc, SwapFailed) else exc)
-                loaded = False
+                loaded = await self._loaded(member)  # None (cannot tell, unreachable): taken as unloaded
             finally:
                 group.adopting -= 1
             if loaded and member.state == "stopped":

@@ -230,10 +230,7 @@ class Hub:
         history = self.history  # (a reload may switch it off or move it while this one writes)
         if self.pending and history is not None:
             batch, self.pending = self.pending, []
-            try:
-                await self.in_thread(history.write, batch)
-            except Exception as exc:  # a full disk must not stop the page
-                log.warning("ui history %s: writing %d rows failed: %s", history.path, len(batch), exc)
+            await self.in_thread(_write, history, batch)
 
     def track(self, task: asyncio.Task) -> None:
         """A task of the page's (a verify run), cancelled when the app stops."""
@@ -356,14 +353,21 @@ class Hub:
             self._new_points.append(point)
 
 
+def _write(history: History, batch: list[Record]) -> None:
+    """``batch`` written to ``history`` (on the worker thread); a failure logged: a full disk must
+    not stop the page or a reload."""
+    try:
+        history.write(batch)
+    except Exception as exc:
+        log.warning("ui history %s: writing %d rows failed: %s", history.path, len(batch), exc)
+
+
 def _retire(history: History, batch: list[Record]) -> None:
     """A history a reload moved or switched off: its pending records written, then closed (on the
     worker thread)."""
     try:
         if batch:
-            history.write(batch)
-    except Exception as exc:  # a full disk must not stop the reload
-        log.warning("ui history %s: writing %d rows failed: %s", history.path, len(batch), exc)
+            _write(history, batch)
     finally:
         history.close()
 

@@ -142,8 +142,7 @@ async def requests(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("limit must be an integer.", param="limit") from None
     limit = max(0, min(limit, MAX_EXPORT))
     wanted = activity.filters(query)
-    if hub.history is not None:
-        await hub.flush()  # what is not written yet belongs to the export too
+    await hub.flush()  # what is not written yet belongs to the export too
     history = hub.history  # (read again: a reload may have moved it or switched it off meanwhile)
     if history is not None:
         records = await hub.in_thread(history.query, wanted, limit)
